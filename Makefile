@@ -1,0 +1,14 @@
+# connhealth — the commands the README and CONTRIBUTING name.
+.PHONY: test scan crds bench
+
+# Every test tier: fmt, clippy, unit, root, control plane. What CI runs.
+test:
+	scripts/test
+
+# One sweep of every network namespace on this host (needs root).
+scan:
+	cargo run --release --locked -p connhealth-agent -- scan
+
+# Regenerate the CRD YAML from the Rust types in crds/src.
+crds:
+	cargo run --locked -p connhealth-crds --bin crdgen

@@ -1,0 +1,360 @@
+//! `ConnectionHealth`: one per pod, what the node agent saw in the pod's
+//! network namespace, and the verdict the operator reached about it.
+//!
+//! Ownership of fields (server-side apply, one field manager each):
+//! - the agent (`connhealth-agent`) writes `spec` and every `status` field
+//!   except `status.verdict`;
+//! - the operator (`connhealth-operator`) writes only `status.verdict`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Verdict;
+
+/// The pod a report belongs to. Written once by the agent.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "connhealth.io",
+    version = "v1alpha1",
+    kind = "ConnectionHealth",
+    plural = "connectionhealths",
+    namespaced,
+    status = "ConnectionHealthStatus",
+    shortname = "ch",
+    shortname = "connhealth",
+    category = "connhealth",
+    selectable = ".spec.nodeName",
+    doc = "A ConnectionHealth reports the TCP sockets of one pod, as the connhealth agent on the pod's node saw them in the pod's network namespace: how many sockets are in each state, the CLOSE_WAIT sockets with their age, peers and owning process, and the pressure on the ephemeral port range. It has the pod's name, is owned by the pod (so it is deleted with it), and carries the verdict of the ConnectionHealthPolicy that selects the pod.",
+    printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".spec.nodeName",
+        priority = 1,
+        description = "Node whose agent wrote this report"
+    ),
+    printcolumn(
+        name = "Established",
+        type_ = "integer",
+        json_path = ".status.states.established",
+        description = "Sockets in ESTABLISHED"
+    ),
+    printcolumn(
+        name = "Close-Wait",
+        type_ = "integer",
+        json_path = ".status.closeWait.count",
+        description = "Sockets in CLOSE_WAIT: the peer closed, the application has not"
+    ),
+    printcolumn(
+        name = "Stuck",
+        type_ = "integer",
+        json_path = ".status.closeWait.stuck",
+        description = "CLOSE_WAIT sockets older than the agent's minimum age"
+    ),
+    printcolumn(
+        name = "Oldest",
+        type_ = "date",
+        json_path = ".status.closeWait.oldestSince",
+        description = "Age of the oldest CLOSE_WAIT socket"
+    ),
+    printcolumn(
+        name = "Time-Wait",
+        type_ = "integer",
+        json_path = ".status.states.timeWait",
+        description = "Sockets in TIME_WAIT"
+    ),
+    printcolumn(
+        name = "Port-Pressure",
+        type_ = "integer",
+        json_path = ".status.portPressure.percent",
+        priority = 1,
+        description = "Highest share, in percent, of the ephemeral port range used towards one destination"
+    ),
+    printcolumn(
+        name = "Owner",
+        type_ = "string",
+        json_path = ".status.closeWait.owners[0].command",
+        priority = 1,
+        description = "Process holding the most CLOSE_WAIT sockets"
+    ),
+    printcolumn(
+        name = "Verdict",
+        type_ = "string",
+        json_path = ".status.verdict.result",
+        description = "Healthy, Warning or Leaking, as decided by a ConnectionHealthPolicy"
+    ),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".status.verdict.policy",
+        priority = 1,
+        description = "The ConnectionHealthPolicy that decided the verdict"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionHealthSpec {
+    /// Name of the node whose agent scanned the pod.
+    pub node_name: String,
+    /// UID of the pod this report belongs to. A report whose UID differs from
+    /// the live pod of the same name is stale (the pod was recreated).
+    #[serde(rename = "podUID")]
+    pub pod_uid: String,
+}
+
+/// What the agent observed, plus the operator's verdict.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionHealthStatus {
+    /// When the agent last read the pod's sockets and found the figures below.
+    /// Reports are rewritten only when a figure changes meaningfully or as a
+    /// slow heartbeat, so this can be older than the agent's scan interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
+
+    /// True when the pod uses the node's network namespace (`hostNetwork`).
+    /// Such a pod shares every socket of the node, so its report carries no
+    /// socket figures of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network: Option<bool>,
+
+    /// Number of sockets in each TCP state, IPv4 and IPv6 together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub states: Option<TcpStateCounts>,
+
+    /// CLOSE_WAIT sockets in detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_wait: Option<CloseWaitDetail>,
+
+    /// Pressure on the ephemeral port range from TIME_WAIT and connecting
+    /// sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_pressure: Option<PortPressureDetail>,
+
+    /// The TCP settings of the pod's network namespace that bear on
+    /// CLOSE_WAIT and TIME_WAIT. Reported as evidence; connhealth never
+    /// changes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sysctls: Option<NetnsSysctls>,
+
+    /// Limits the agent hit while scanning (for example the number of tracked
+    /// CLOSE_WAIT sockets), so that figures are read as lower bounds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<String>,
+
+    /// The verdict of the deciding ConnectionHealthPolicy. Written only by
+    /// the operator; absent while no policy selects the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<VerdictStatus>,
+}
+
+/// Number of sockets in each TCP state (`ss -tan` state names).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpStateCounts {
+    /// ESTABLISHED: open in both directions.
+    pub established: i64,
+    /// SYN-SENT: connecting, waiting for the peer's SYN-ACK.
+    pub syn_sent: i64,
+    /// SYN-RECV: a peer is connecting to a listening socket.
+    pub syn_recv: i64,
+    /// FIN-WAIT-1: this side closed, its FIN not yet acknowledged.
+    pub fin_wait1: i64,
+    /// FIN-WAIT-2: this side closed, waiting for the peer to close.
+    pub fin_wait2: i64,
+    /// TIME-WAIT: closed by this side first; held for 60 s by the kernel.
+    pub time_wait: i64,
+    /// CLOSE: closed, not yet released.
+    pub close: i64,
+    /// CLOSE-WAIT: the peer closed; the application has not called close().
+    pub close_wait: i64,
+    /// LAST-ACK: closed by both, waiting for the last acknowledgement.
+    pub last_ack: i64,
+    /// LISTEN: accepting connections.
+    pub listen: i64,
+    /// CLOSING: both sides closed at the same time.
+    pub closing: i64,
+}
+
+/// CLOSE_WAIT sockets: how many, how old, towards whom, held by which process.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseWaitDetail {
+    /// Number of sockets in CLOSE_WAIT.
+    pub count: i64,
+    /// Of those, how many have been in CLOSE_WAIT for at least
+    /// `stuckAfterSeconds`.
+    pub stuck: i64,
+    /// The agent's minimum age, in seconds, for a CLOSE_WAIT socket to count
+    /// as stuck.
+    pub stuck_after_seconds: i64,
+    /// When the agent first saw the oldest CLOSE_WAIT socket that is still
+    /// open. `kubectl get` shows it as an age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_since: Option<Time>,
+    /// Bytes received and not yet read by the application, summed over the
+    /// CLOSE_WAIT sockets (Recv-Q in `ss`).
+    pub recv_queue_bytes: i64,
+    /// Remote endpoints with the most CLOSE_WAIT sockets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_peers: Vec<EndpointCount>,
+    /// When the agent first saw each CLOSE_WAIT socket that is still open,
+    /// as groups of sockets first seen at the same time, oldest first. The
+    /// operator counts stuck sockets from it for any policy's `minAge`
+    /// without the agent rewriting the report as sockets age. At most 32
+    /// groups: when more are needed, neighbouring groups are merged under the
+    /// later time, so ages are never overstated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub first_seen: Vec<FirstSeenGroup>,
+    /// Local ports with the most CLOSE_WAIT sockets (the pod's server ports
+    /// when it leaks as a server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_local_ports: Vec<PortCount>,
+    /// Processes holding CLOSE_WAIT sockets, most sockets first. Filled in
+    /// only when the count is over the agent's owner-lookup threshold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<SocketOwner>,
+}
+
+/// Sockets first seen in CLOSE_WAIT at (or, after merging, by) one time.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FirstSeenGroup {
+    /// When the agent first saw these sockets in CLOSE_WAIT.
+    pub since: Time,
+    /// How many sockets.
+    pub count: i64,
+}
+
+/// A remote endpoint and how many sockets point at it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointCount {
+    /// `address:port`, IPv6 addresses in brackets.
+    pub endpoint: String,
+    /// Number of sockets.
+    pub count: i64,
+}
+
+/// A local port and how many sockets use it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortCount {
+    /// Local TCP port.
+    pub port: i32,
+    /// Number of sockets.
+    pub count: i64,
+}
+
+/// A process that holds sockets, with its file-descriptor budget: when
+/// `openFds` reaches `fdLimit`, the process fails with "too many open files".
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketOwner {
+    /// Name of the container the process runs in, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Container ID from the process's cgroup, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Process ID as the node sees it.
+    pub pid: i64,
+    /// Process name (`/proc/<pid>/comm`).
+    pub command: String,
+    /// When the process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// CLOSE_WAIT sockets this process holds.
+    pub sockets: i64,
+    /// File descriptors the process has open.
+    pub open_fds: i64,
+    /// Its soft limit on open files (`RLIMIT_NOFILE`); absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd_limit: Option<i64>,
+}
+
+/// Ephemeral port usage per destination.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortPressureDetail {
+    /// The highest share, in percent (0-100), of the ephemeral port range used
+    /// towards a single destination.
+    pub percent: i32,
+    /// Size of the pod's ephemeral port range.
+    pub ephemeral_ports: i64,
+    /// Destinations using the most ephemeral ports, highest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_destinations: Vec<DestinationPressure>,
+}
+
+/// The sockets that hold ephemeral ports towards one destination.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationPressure {
+    /// `address:port`, IPv6 addresses in brackets.
+    pub endpoint: String,
+    /// Sockets in TIME_WAIT towards it.
+    pub time_wait: i64,
+    /// Sockets in SYN_SENT towards it.
+    pub syn_sent: i64,
+    /// Sockets in ESTABLISHED towards it.
+    pub established: i64,
+    /// Their sum in percent of the ephemeral port range.
+    pub percent: i32,
+}
+
+/// Per-namespace TCP settings (`sysctl net.ipv4.*` inside the pod).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetnsSysctls {
+    /// `net.ipv4.ip_local_port_range`, as `low-high`.
+    pub ip_local_port_range: String,
+    /// `net.ipv4.tcp_tw_reuse` (0 off, 1 on, 2 loopback only).
+    pub tcp_tw_reuse: i32,
+    /// `net.ipv4.tcp_timestamps` (TIME_WAIT reuse needs them).
+    pub tcp_timestamps: i32,
+    /// `net.ipv4.tcp_max_tw_buckets`: TIME_WAIT sockets beyond this are
+    /// destroyed early.
+    pub tcp_max_tw_buckets: i64,
+    /// `net.ipv4.tcp_fin_timeout`, in seconds (FIN_WAIT2 lifetime).
+    pub tcp_fin_timeout: i32,
+    /// Whether the namespace shares the node's TCP hash table (true unless
+    /// `net.ipv4.tcp_child_ehash_entries` was set when it was created).
+    pub shared_hash_table: bool,
+}
+
+/// The operator's verdict on the pod.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerdictStatus {
+    /// `Healthy`, `Warning` or `Leaking`.
+    pub result: Verdict,
+    /// The ConnectionHealthPolicy that decided it (the strictest of those
+    /// that select the pod).
+    pub policy: String,
+    /// Why, one line each, e.g. `17 CLOSE_WAIT sockets older than 2m (threshold 5)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// When the pod entered this verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// The `status.observedAt` of the report this verdict was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_observation: Option<Time>,
+    /// The last Warning Event published for this pod, so that a restarted
+    /// operator honours the policy's cooldown instead of repeating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<LastEvent>,
+}
+
+/// A published Event, remembered for the cooldown.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastEvent {
+    /// The Event's reason, e.g. `CloseWaitLeak`.
+    pub reason: String,
+    /// When it was published.
+    pub time: Time,
+}

@@ -1,0 +1,535 @@
+//! Policy evaluation, as pure functions over plain data: which policies
+//! select a pod, what each concludes from the pod's report, which one
+//! decides, and what follows (verdict, annotations, Event). Nothing here
+//! talks to the API server or reads a clock; the controller passes `now`.
+//!
+//! Rules, in the order they apply:
+//! - A policy selects a pod when its `podSelector` matches the pod's labels
+//!   (empty selector: every pod of the namespace).
+//! - Each selecting policy assesses the report: CLOSE_WAIT count ≥
+//!   `warningCount` → Warning; stuck sockets (first seen at least `minAge`
+//!   ago) ≥ `stuckCount` → Leaking; count grown by ≥ `growth.count` within
+//!   `growth.window` → Leaking; port pressure ≥ `warningPercent` → Warning.
+//! - **Several policies on one pod: the strictest verdict wins**
+//!   (Leaking > Warning > Healthy); among equals, the policy whose name sorts
+//!   first. The deciding policy's actions apply.
+//! - An Event is published when a pod becomes Warning or Leaking, when its
+//!   verdict worsens, and otherwise at most once per `eventCooldown` per
+//!   reason while it stays so; `Recovered` when it is Healthy again after
+//!   Warning or Leaking. The last Event is remembered on the report, so a
+//!   restarted operator does not repeat it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration as StdDuration;
+
+use connhealth_crds::health::{CloseWaitDetail, ConnectionHealthStatus, LastEvent, VerdictStatus};
+use connhealth_crds::names::{annotations, reasons};
+use connhealth_crds::policy::ConnectionHealthPolicySpec;
+use connhealth_crds::Verdict;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+
+/// Why a policy spec cannot be used. The text goes into the policy's
+/// `Invalid` condition, so it says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSpec {
+    /// A `matchExpressions` entry the operator cannot apply.
+    #[error("spec.podSelector: {0}")]
+    Selector(String),
+    /// A duration that is zero or negative.
+    #[error("{field}: must be a positive duration, got {value}")]
+    Duration { field: &'static str, value: String },
+    /// A threshold below its minimum.
+    #[error("{field}: must be at least {min}, got {value}")]
+    Threshold { field: &'static str, min: i64, value: i64 },
+    /// Nothing to check or nothing to do.
+    #[error("{0}")]
+    Empty(&'static str),
+}
+
+/// Checks what the CRD schema checks, for objects that reached the API
+/// before a rule existed (or were written with validation off). The
+/// operator never crashes on such a policy: it reports this in a condition.
+pub fn validate_spec(spec: &ConnectionHealthPolicySpec) -> Result<(), InvalidSpec> {
+    selector_requirements(&spec.pod_selector)?;
+    let positive = |field: &'static str, d: &kube::core::Duration| {
+        if d.is_negative() || StdDuration::from(*d).is_zero() {
+            Err(InvalidSpec::Duration { field, value: d.to_string() })
+        } else {
+            Ok(())
+        }
+    };
+    let at_least_one = |field: &'static str, value: i64| {
+        if value < 1 { Err(InvalidSpec::Threshold { field, min: 1, value }) } else { Ok(()) }
+    };
+    let cw = &spec.close_wait;
+    at_least_one("spec.closeWait.warningCount", cw.warning_count)?;
+    at_least_one("spec.closeWait.stuckCount", cw.stuck_count)?;
+    positive("spec.closeWait.minAge", &cw.min_age)?;
+    if let Some(growth) = &cw.growth {
+        at_least_one("spec.closeWait.growth.count", growth.count)?;
+        positive("spec.closeWait.growth.window", &growth.window)?;
+    }
+    let pct = i64::from(spec.port_pressure.warning_percent);
+    if !(1..=100).contains(&pct) {
+        return Err(InvalidSpec::Threshold { field: "spec.portPressure.warningPercent", min: 1, value: pct });
+    }
+    positive("spec.actions.eventCooldown", &spec.actions.event_cooldown)?;
+    if !cw.enabled && !spec.port_pressure.enabled {
+        return Err(InvalidSpec::Empty("at least one check (closeWait or portPressure) must be enabled"));
+    }
+    if !spec.actions.events && !spec.actions.annotations {
+        return Err(InvalidSpec::Empty("at least one action (events or annotations) must be enabled"));
+    }
+    Ok(())
+}
+
+/// One `matchExpressions` requirement, checked.
+enum Requirement<'a> {
+    In(&'a str, &'a [String]),
+    NotIn(&'a str, &'a [String]),
+    Exists(&'a str),
+    DoesNotExist(&'a str),
+}
+
+fn selector_requirements(selector: &LabelSelector) -> Result<Vec<Requirement<'_>>, InvalidSpec> {
+    let mut out = Vec::new();
+    for expr in selector.match_expressions.iter().flatten() {
+        let values = expr.values.as_deref().unwrap_or_default();
+        let req = match expr.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(InvalidSpec::Selector(format!(
+                    "operator {} on key {:?} needs at least one value",
+                    expr.operator, expr.key
+                )));
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(InvalidSpec::Selector(format!(
+                    "operator {} on key {:?} takes no values",
+                    expr.operator, expr.key
+                )));
+            }
+            "In" => Requirement::In(&expr.key, values),
+            "NotIn" => Requirement::NotIn(&expr.key, values),
+            "Exists" => Requirement::Exists(&expr.key),
+            "DoesNotExist" => Requirement::DoesNotExist(&expr.key),
+            other => {
+                return Err(InvalidSpec::Selector(format!(
+                    "unknown operator {other:?} on key {:?} (use In, NotIn, Exists or DoesNotExist)",
+                    expr.key
+                )));
+            }
+        };
+        out.push(req);
+    }
+    Ok(out)
+}
+
+/// Whether `selector` selects a pod with these labels. An invalid selector
+/// selects nothing (the policy is reported Invalid by [`validate_spec`]).
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let Ok(requirements) = selector_requirements(selector) else { return false };
+    let labels_match = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    labels_match
+        && requirements.iter().all(|req| match req {
+            Requirement::In(k, vs) => labels.get(*k).is_some_and(|v| vs.contains(v)),
+            Requirement::NotIn(k, vs) => labels.get(*k).is_none_or(|v| !vs.contains(v)),
+            Requirement::Exists(k) => labels.contains_key(*k),
+            Requirement::DoesNotExist(k) => !labels.contains_key(*k),
+        })
+}
+
+/// CLOSE_WAIT counts seen over time for one pod, for the growth rule. Kept
+/// in memory by the controller (a restarted operator re-learns growth over
+/// one window). Bounded: samples older than the longest window asked for are
+/// dropped, and at most [`GrowthHistory::MAX_SAMPLES`] are kept.
+#[derive(Debug, Clone, Default)]
+pub struct GrowthHistory {
+    samples: VecDeque<(Timestamp, i64)>,
+}
+
+impl GrowthHistory {
+    /// Upper bound on kept samples per pod.
+    pub const MAX_SAMPLES: usize = 256;
+
+    /// Records the CLOSE_WAIT count observed at `at` (the report's
+    /// `observedAt`); a repeated or older observation is ignored.
+    pub fn record(&mut self, at: Timestamp, count: i64, keep: StdDuration) {
+        if self.samples.back().is_some_and(|(t, _)| *t >= at) {
+            return;
+        }
+        self.samples.push_back((at, count));
+        let horizon = at.checked_sub(signed(keep)).unwrap_or(Timestamp::MIN);
+        // Keep one sample at or before the horizon: it is the baseline the
+        // window starts from.
+        while self.samples.len() > 1 && self.samples[1].0 <= horizon {
+            self.samples.pop_front();
+        }
+        while self.samples.len() > Self::MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// How much the count rose within `window` before `now`: the current
+    /// count minus the lowest count seen in the window (or at its start).
+    pub fn growth(&self, window: StdDuration, now: Timestamp) -> i64 {
+        let Some(&(_, current)) = self.samples.back() else { return 0 };
+        let start = now.checked_sub(signed(window)).unwrap_or(Timestamp::MIN);
+        // The last sample at or before the window start still describes the
+        // window's first moment.
+        let first_in = self.samples.iter().rposition(|(t, _)| *t <= start).unwrap_or(0);
+        let lowest = self.samples.iter().skip(first_in).map(|(_, c)| *c).min().unwrap_or(current);
+        (current - lowest).max(0)
+    }
+}
+
+fn signed(d: StdDuration) -> jiff::SignedDuration {
+    jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+/// What kind of problem a finding is; decides the Event reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FindingKind {
+    /// Stuck CLOSE_WAIT sockets.
+    CloseWaitStuck,
+    /// CLOSE_WAIT count grew too fast.
+    CloseWaitGrowth,
+    /// Many CLOSE_WAIT sockets.
+    CloseWaitCount,
+    /// Ephemeral ports towards one destination mostly in use.
+    PortPressure,
+}
+
+impl FindingKind {
+    /// The Event reason this kind of finding publishes.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            FindingKind::PortPressure => reasons::TIME_WAIT_PRESSURE,
+            _ => reasons::CLOSE_WAIT_LEAK,
+        }
+    }
+}
+
+/// One threshold crossed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Which check.
+    pub kind: FindingKind,
+    /// The verdict it implies.
+    pub verdict: Verdict,
+    /// One line, e.g. `17 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)`.
+    pub text: String,
+}
+
+/// One policy's view of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assessment {
+    /// Worst verdict among the findings; Healthy when there are none.
+    pub verdict: Verdict,
+    /// Thresholds crossed, worst first.
+    pub findings: Vec<Finding>,
+    /// When the verdict may change by time alone (a CLOSE_WAIT group
+    /// reaching `minAge`), so the controller re-evaluates then.
+    pub recheck_at: Option<Timestamp>,
+}
+
+/// Number of CLOSE_WAIT sockets first seen at least `min_age` before `now`,
+/// and the earliest future moment another group becomes stuck.
+pub fn stuck_sockets(detail: &CloseWaitDetail, min_age: StdDuration, now: Timestamp) -> (i64, Option<Timestamp>) {
+    if detail.first_seen.is_empty() {
+        // An agent that sends no groups: fall back to its own stuck count,
+        // which it computed with its own minimum age.
+        return (detail.stuck, None);
+    }
+    let mut stuck = 0;
+    let mut next = None;
+    for group in &detail.first_seen {
+        let ripe = group.since.0.checked_add(signed(min_age)).unwrap_or(Timestamp::MAX);
+        if ripe <= now {
+            stuck += group.count;
+        } else if next.is_none_or(|n| ripe < n) {
+            next = Some(ripe);
+        }
+    }
+    (stuck, next)
+}
+
+/// Short human form of a duration: `45s`, `2m`, `1h30m`.
+pub fn human_duration(d: StdDuration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 if secs % 60 == 0 => format!("{}m", secs / 60),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ if secs % 3600 == 0 => format!("{}h", secs / 3600),
+        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// What one policy concludes about one report at `now`.
+pub fn assess(
+    spec: &ConnectionHealthPolicySpec,
+    report: &ConnectionHealthStatus,
+    history: &GrowthHistory,
+    now: Timestamp,
+) -> Assessment {
+    let mut findings = Vec::new();
+    let mut recheck_at = None;
+    let cw = &spec.close_wait;
+    if cw.enabled
+        && let Some(detail) = &report.close_wait
+    {
+        let min_age = StdDuration::from(cw.min_age);
+        let (stuck, next) = stuck_sockets(detail, min_age, now);
+        recheck_at = next;
+        if stuck >= cw.stuck_count {
+            findings.push(Finding {
+                kind: FindingKind::CloseWaitStuck,
+                verdict: Verdict::Leaking,
+                text: format!(
+                    "{stuck} CLOSE_WAIT sockets stuck for at least {} (threshold {})",
+                    human_duration(min_age),
+                    cw.stuck_count
+                ),
+            });
+        }
+        if let Some(growth) = &cw.growth {
+            let window = StdDuration::from(growth.window);
+            let grew = history.growth(window, now);
+            if grew >= growth.count {
+                findings.push(Finding {
+                    kind: FindingKind::CloseWaitGrowth,
+                    verdict: Verdict::Leaking,
+                    text: format!(
+                        "CLOSE_WAIT grew by {grew} within {} (threshold {})",
+                        human_duration(window),
+                        growth.count
+                    ),
+                });
+            }
+        }
+        if detail.count >= cw.warning_count {
+            findings.push(Finding {
+                kind: FindingKind::CloseWaitCount,
+                verdict: Verdict::Warning,
+                text: format!("{} CLOSE_WAIT sockets (threshold {})", detail.count, cw.warning_count),
+            });
+        }
+    }
+    if spec.port_pressure.enabled
+        && let Some(pressure) = &report.port_pressure
+        && pressure.percent >= spec.port_pressure.warning_percent
+    {
+        let towards = pressure.top_destinations.first().map(|d| format!(" towards {}", d.endpoint)).unwrap_or_default();
+        findings.push(Finding {
+            kind: FindingKind::PortPressure,
+            verdict: Verdict::Warning,
+            text: format!(
+                "port pressure {}%{towards} of {} ephemeral ports (threshold {}%)",
+                pressure.percent, pressure.ephemeral_ports, spec.port_pressure.warning_percent
+            ),
+        });
+    }
+    findings.sort_by(|a, b| b.verdict.cmp(&a.verdict).then(a.kind.cmp(&b.kind)));
+    let verdict = findings.first().map_or(Verdict::Healthy, |f| f.verdict);
+    Assessment { verdict, findings, recheck_at }
+}
+
+/// A policy as evaluation needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyRef<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its spec (valid: invalid policies are left out by the caller).
+    pub spec: &'a ConnectionHealthPolicySpec,
+}
+
+/// The deciding policy among those that select a pod: the strictest
+/// verdict; among equals the name that sorts first. `None` when no policy
+/// selects the pod.
+pub fn decide<'a, 'b>(assessed: &'b [(PolicyRef<'a>, Assessment)]) -> Option<(PolicyRef<'a>, &'b Assessment)> {
+    assessed
+        .iter()
+        .min_by(|(pa, a), (pb, b)| b.verdict.cmp(&a.verdict).then_with(|| pa.name.cmp(pb.name)))
+        .map(|(p, a)| (*p, a))
+}
+
+/// An Event to publish on the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventIntent {
+    /// `Warning` or `Normal`.
+    pub type_: EventType,
+    /// One of [`connhealth_crds::names::reasons`].
+    pub reason: &'static str,
+    /// What happened and what to do, for a person (at most 1 KiB).
+    pub note: String,
+}
+
+/// Event severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Something needs attention.
+    Warning,
+    /// Informational.
+    Normal,
+}
+
+/// Everything the controller should make true for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodOutcome {
+    /// The verdict to write on the report; `None` removes it (no policy).
+    pub verdict: Option<VerdictStatus>,
+    /// The `connhealth.io/` annotations the pod should carry (empty: none).
+    pub annotations: BTreeMap<String, String>,
+    /// An Event to publish now, if any.
+    pub event: Option<EventIntent>,
+    /// When to evaluate again even if nothing changes.
+    pub recheck_at: Option<Timestamp>,
+}
+
+/// Events' notes are limited to 1 KiB by the API.
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// Decides verdict, annotations and Event for a pod from the deciding
+/// policy's assessment and what was decided before (the report's current
+/// `status.verdict`).
+pub fn outcome(
+    decided: Option<(PolicyRef<'_>, &Assessment)>,
+    report: &ConnectionHealthStatus,
+    previous: Option<&VerdictStatus>,
+    now: Timestamp,
+) -> PodOutcome {
+    let Some((policy, assessment)) = decided else {
+        return PodOutcome { verdict: None, annotations: BTreeMap::new(), event: None, recheck_at: None };
+    };
+    let was = previous.map(|p| p.result);
+    let since = match previous {
+        Some(p) if p.result == assessment.verdict => p.since.clone().unwrap_or(Time(now)),
+        _ => Time(now),
+    };
+    let actions = &policy.spec.actions;
+    let mut last_event = previous.and_then(|p| p.last_event.clone());
+    let mut event = None;
+    if let Some(top) = assessment.findings.first() {
+        let reason = top.kind.event_reason();
+        let worsened = was.is_none_or(|w| assessment.verdict > w);
+        let cooled = last_event.as_ref().is_none_or(|last| {
+            last.reason != reason || now.duration_since(last.time.0) >= signed(actions.event_cooldown.into())
+        });
+        if actions.events && (worsened || cooled) {
+            event = Some(EventIntent {
+                type_: EventType::Warning,
+                reason,
+                note: truncate(warning_note(assessment, report), MAX_NOTE_BYTES),
+            });
+            last_event = Some(LastEvent { reason: reason.to_owned(), time: Time(now) });
+        }
+    } else if was.is_some_and(|w| w > Verdict::Healthy) && actions.events {
+        event = Some(EventIntent {
+            type_: EventType::Normal,
+            reason: reasons::RECOVERED,
+            note: format!(
+                "Recovered: no threshold of policy {} is crossed any more ({} CLOSE_WAIT sockets now).",
+                policy.name,
+                report.close_wait.as_ref().map_or(0, |c| c.count)
+            ),
+        });
+        last_event = Some(LastEvent { reason: reasons::RECOVERED.to_owned(), time: Time(now) });
+    }
+
+    let summary = summary(assessment);
+    let mut annotations_out = BTreeMap::new();
+    if actions.annotations && assessment.verdict > Verdict::Healthy {
+        annotations_out.insert(annotations::VERDICT.to_owned(), assessment.verdict.to_string());
+        annotations_out.insert(annotations::SUMMARY.to_owned(), summary);
+        annotations_out.insert(annotations::POLICY.to_owned(), policy.name.to_owned());
+        annotations_out.insert(annotations::SINCE.to_owned(), since.0.to_string());
+    }
+    PodOutcome {
+        verdict: Some(VerdictStatus {
+            result: assessment.verdict,
+            policy: policy.name.to_owned(),
+            reasons: assessment.findings.iter().map(|f| f.text.clone()).collect(),
+            since: Some(since),
+            evaluated_observation: report.observed_at.clone(),
+            last_event,
+        }),
+        annotations: annotations_out,
+        event,
+        recheck_at: assessment.recheck_at,
+    }
+}
+
+/// The key figure behind a verdict, for annotations and policy status.
+pub fn summary(assessment: &Assessment) -> String {
+    match assessment.findings.first() {
+        Some(f) => f.text.clone(),
+        None => "healthy".to_owned(),
+    }
+}
+
+/// The Warning Event's note: the figures, the oldest age, the top peer, the
+/// owner and its fd budget, and a hint.
+fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus) -> String {
+    let mut note = assessment.findings.iter().map(|f| f.text.as_str()).collect::<Vec<_>>().join("; ");
+    let top = assessment.findings.first().map(|f| f.kind);
+    if top == Some(FindingKind::PortPressure) {
+        if let Some(sysctls) = &report.sysctls {
+            note.push_str(&format!(
+                ". Ephemeral range {}, tcp_tw_reuse={}, tcp_timestamps={}",
+                sysctls.ip_local_port_range, sysctls.tcp_tw_reuse, sysctls.tcp_timestamps
+            ));
+        }
+        note.push_str(". Hint: reuse connections (keep-alive or a pool) instead of opening one per request.");
+        return note;
+    }
+    if let Some(cw) = &report.close_wait {
+        if let Some(peer) = cw.top_peers.first() {
+            note.push_str(&format!(". Top peer {} ({} sockets)", peer.endpoint, peer.count));
+        }
+        if let Some(port) = cw.top_local_ports.first() {
+            note.push_str(&format!(", local port {}", port.port));
+        }
+        if let Some(owner) = cw.owners.first() {
+            let container = owner.container.as_deref().map(|c| format!(" in container {c}")).unwrap_or_default();
+            let limit = owner.fd_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+            note.push_str(&format!(
+                ". Held by {} (pid {}){container}: {} sockets, {} of {} fds open",
+                owner.command, owner.pid, owner.sockets, owner.open_fds, limit
+            ));
+        }
+        if cw.recv_queue_bytes > 0 {
+            note.push_str(&format!(". {} unread bytes in their receive queues", cw.recv_queue_bytes));
+        }
+    }
+    note.push_str(&format!(". Hint: {}", close_wait_hint(report)));
+    note
+}
+
+/// What CLOSE_WAIT leaks usually are, picked by what the report shows.
+fn close_wait_hint(report: &ConnectionHealthStatus) -> &'static str {
+    let cw = report.close_wait.as_ref();
+    let serves = cw.is_some_and(|c| !c.top_local_ports.is_empty() && report.states.as_ref().is_some_and(|s| s.listen > 0));
+    if cw.is_some_and(|c| c.recv_queue_bytes > 0) {
+        "the peer closed while data was still unread: a handler stopped reading (hung or blocked) and never closed the connection"
+    } else if serves {
+        "a server that never closes connections its clients closed: add read/write timeouts and close in finally/defer"
+    } else {
+        "a stream or client connection not closed in finally/defer, or an upstream idle timeout longer than the peer's"
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

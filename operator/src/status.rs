@@ -1,0 +1,139 @@
+//! Policy status, as a pure function: matched and violating counts, the
+//! bounded list of violations, and conditions whose `lastTransitionTime`
+//! moves only when the condition's status does.
+
+use connhealth_crds::Verdict;
+use connhealth_crds::policy::{ConnectionHealthPolicyStatus, PolicyViolation};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Most violations listed in a policy's status (the schema's `maxItems`).
+pub const MAX_VIOLATIONS: usize = 20;
+
+/// Condition type: the policy is valid and being evaluated.
+pub const READY: &str = "Ready";
+/// Condition type: the spec cannot be used (message says why).
+pub const INVALID: &str = "Invalid";
+
+/// One selected pod as this policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodVerdict {
+    /// Pod name.
+    pub pod: String,
+    /// This policy's own verdict on the pod.
+    pub verdict: Verdict,
+    /// The key figure, in words.
+    pub summary: String,
+    /// Since when the pod has had this verdict, if known.
+    pub since: Option<Time>,
+}
+
+/// The status a policy should have. `invalid` is the reason its spec cannot
+/// be used (then no pod is evaluated); `pods` are the pods it selects that
+/// have a report.
+pub fn policy_status(
+    generation: Option<i64>,
+    invalid: Option<&str>,
+    pods: &[PodVerdict],
+    previous: Option<&ConnectionHealthPolicyStatus>,
+    now: Timestamp,
+) -> ConnectionHealthPolicyStatus {
+    let mut violating: Vec<&PodVerdict> = pods.iter().filter(|p| p.verdict > Verdict::Healthy).collect();
+    violating.sort_by(|a, b| b.verdict.cmp(&a.verdict).then_with(|| a.pod.cmp(&b.pod)));
+    let violations = violating
+        .iter()
+        .take(MAX_VIOLATIONS)
+        .map(|p| PolicyViolation {
+            pod: p.pod.clone(),
+            verdict: p.verdict,
+            summary: p.summary.clone(),
+            since: p.since.clone(),
+        })
+        .collect();
+
+    let (ready, invalid_cond) = match invalid {
+        None => (
+            cond(READY, "True", "Evaluated", &format!("evaluating {} pods, {} violating", pods.len(), violating.len())),
+            cond(INVALID, "False", "Valid", "the spec is valid"),
+        ),
+        Some(why) => (cond(READY, "False", "InvalidSpec", why), cond(INVALID, "True", "InvalidSpec", why)),
+    };
+    let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let conditions = [ready, invalid_cond]
+        .into_iter()
+        .map(|c| with_transition_time(c, previous_conditions, generation, now))
+        .collect();
+
+    ConnectionHealthPolicyStatus {
+        observed_generation: generation,
+        matched_pods: if invalid.is_some() { 0 } else { pods.len() as i64 },
+        violating_pods: if invalid.is_some() { 0 } else { violating.len() as i64 },
+        violations: if invalid.is_some() { Vec::new() } else { violations },
+        conditions,
+    }
+}
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: None,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// Keeps the previous `lastTransitionTime` when the status is unchanged.
+fn with_transition_time(mut c: Condition, previous: &[Condition], generation: Option<i64>, now: Timestamp) -> Condition {
+    c.observed_generation = generation;
+    c.last_transition_time = match previous.iter().find(|p| p.type_ == c.type_) {
+        Some(p) if p.status == c.status => p.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn pod(name: &str, verdict: Verdict) -> PodVerdict {
+        PodVerdict { pod: name.into(), verdict, summary: format!("{name} summary"), since: None }
+    }
+
+    #[test]
+    fn counts_and_bounded_violations_worst_first() {
+        let mut pods: Vec<PodVerdict> = (0..30).map(|i| pod(&format!("w{i:02}"), Verdict::Warning)).collect();
+        pods.push(pod("z-leak", Verdict::Leaking));
+        pods.push(pod("ok", Verdict::Healthy));
+        let s = policy_status(Some(3), None, &pods, None, ts(0));
+        assert_eq!((s.observed_generation, s.matched_pods, s.violating_pods), (Some(3), 32, 31));
+        assert_eq!(s.violations.len(), MAX_VIOLATIONS);
+        assert_eq!(s.violations[0].pod, "z-leak");
+        assert_eq!(s.violations[1].pod, "w00");
+        let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.message.as_str()), ("True", "evaluating 32 pods, 31 violating"));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let first = policy_status(Some(1), None, &[], None, ts(0));
+        let second = policy_status(Some(2), None, &[pod("a", Verdict::Leaking)], Some(&first), ts(100));
+        for c in &second.conditions {
+            assert_eq!(c.last_transition_time, Time(ts(0)), "{} unchanged", c.type_);
+            assert_eq!(c.observed_generation, Some(2));
+        }
+        let third = policy_status(Some(3), Some("spec.closeWait.minAge: bad"), &[], Some(&second), ts(200));
+        for c in &third.conditions {
+            assert_eq!(c.last_transition_time, Time(ts(200)), "{} changed", c.type_);
+        }
+        let invalid = third.conditions.iter().find(|c| c.type_ == INVALID).unwrap();
+        assert_eq!((invalid.status.as_str(), invalid.message.as_str()), ("True", "spec.closeWait.minAge: bad"));
+        assert_eq!((third.matched_pods, third.violating_pods), (0, 0));
+    }
+}

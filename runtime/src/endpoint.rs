@@ -1,0 +1,157 @@
+//! The HTTP endpoint both binaries expose: `GET /metrics` (Prometheus text
+//! format from a `prometheus-client` registry), `GET /healthz` (the process
+//! is serving) and `GET /readyz` (the component says it is ready). Nothing
+//! else; any other path is 404.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// Readiness as the component reports it; `/readyz` answers 200 only while
+/// it is set.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the component ready (or not).
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+    /// Whether the component is ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Could not serve the endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for /metrics, /healthz and /readyz: {source}")]
+pub struct BindError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// A bound endpoint; [`Endpoint::serve`] answers requests until the task is
+/// dropped.
+pub struct Endpoint {
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+impl Endpoint {
+    /// Binds `addr` (port 0 picks a free port; see [`Endpoint::local_addr`]).
+    pub async fn bind(addr: SocketAddr, registry: Registry, readiness: Readiness) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
+        Ok(Self { listener, registry: Arc::new(registry), readiness })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves connections forever; each on its own task.
+    pub async fn serve(self) {
+        loop {
+            let (stream, _) = match self.listener.accept().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a metrics connection failed");
+                    continue;
+                }
+            };
+            let registry = self.registry.clone();
+            let readiness = self.readiness.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| respond(req, registry.clone(), readiness.clone()));
+                if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                    tracing::debug!(%error, "metrics connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status: StatusCode, body: String| {
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp
+    };
+    if req.method() != Method::GET {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into()));
+    }
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" if readiness.get() => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                Ok(()) => {
+                    let mut resp = text(StatusCode::OK, body);
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    resp
+                }
+                Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {error}\n")),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness() {
+        let mut registry = Registry::default();
+        let counter: Counter = Counter::default();
+        registry.register("demo_things", "Things counted for the test", counter.clone());
+        counter.inc_by(3);
+        let readiness = Readiness::default();
+        let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), registry, readiness.clone()).await.unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let server = tokio::spawn(endpoint.serve());
+
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        readiness.set(true);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.contains("# HELP demo_things Things counted for the test"), "{metrics}");
+        assert!(metrics.contains("demo_things_total 3"), "{metrics}");
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        server.abort();
+    }
+}
