@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::policy::Verdict;
 
 /// The pod a report belongs to. Written once by the agent.
+// Each `printcolumn(...)` repeats the same keys, which clippy mistakes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "connhealth.io",

@@ -19,6 +19,9 @@ const POSITIVE_DURATION_MESSAGE: &str = "must be a positive duration such as 30s
 /// connhealth takes when a pod crosses them. A pod selected by several
 /// policies takes the strictest verdict; the report names the policy that
 /// decided it.
+// Each `printcolumn(...)` repeats the same keys, which clippy mistakes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "connhealth.io",

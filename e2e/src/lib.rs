@@ -1,1 +1,307 @@
-//! x
+//! Harness for connhealth's control-plane and end-to-end tests.
+//!
+//! - [`Cluster`]: the loopback control plane from `e2e/cluster/up` (started
+//!   on first use when it is not running), its admin kubeconfig and the
+//!   Go-built binaries (`kubectl`, `helm`).
+//! - [`TestNamespace`]: a fresh namespace per test; when the test fails it
+//!   prints the namespace's events, pods, connectionhealths and policies,
+//!   and it is deleted either way.
+//! - [`ChildProcess`]: a connhealth binary run as a child process with a
+//!   given kubeconfig, its logs captured to a file and printed on failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e/ has a parent").to_path_buf()
+}
+
+/// The local control plane.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Admin kubeconfig written by `e2e/cluster/up`.
+    pub kubeconfig: PathBuf,
+    /// Directory of the Go-built binaries (`kubectl`, `helm`, ...).
+    pub bin_dir: PathBuf,
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+impl Cluster {
+    /// The running cluster, started (once per test process) if it is not.
+    pub fn get() -> &'static Cluster {
+        let result = CLUSTER.get_or_init(|| Self::start().map_err(|e| format!("{e:#}")));
+        match result {
+            Ok(cluster) => cluster,
+            Err(e) => panic!("the local control plane is not available: {e}"),
+        }
+    }
+
+    fn start() -> anyhow::Result<Cluster> {
+        let dir = repo_root().join("e2e/cluster");
+        let up = Command::new(dir.join("up")).stderr(Stdio::inherit()).output().context("running e2e/cluster/up")?;
+        if !up.status.success() {
+            bail!("e2e/cluster/up failed ({})", up.status);
+        }
+        let kubeconfig = PathBuf::from(String::from_utf8_lossy(&up.stdout).lines().last().unwrap_or_default().trim());
+        let bin =
+            Command::new(dir.join("build")).arg("--print-bin-dir").output().context("running e2e/cluster/build")?;
+        let bin_dir = PathBuf::from(String::from_utf8_lossy(&bin.stdout).lines().last().unwrap_or_default().trim());
+        if !kubeconfig.is_file() || !bin_dir.join("kubectl").is_file() {
+            bail!("e2e/cluster/up gave kubeconfig {kubeconfig:?} and bin dir {bin_dir:?}, which do not exist");
+        }
+        let cluster = Cluster { kubeconfig, bin_dir };
+        cluster.install_crds()?;
+        Ok(cluster)
+    }
+
+    /// Applies the CRDs from `crds/` and waits until they are Established.
+    fn install_crds(&self) -> anyhow::Result<()> {
+        let crds = repo_root().join("crds");
+        self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()])?;
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/connectionhealths.connhealth.io",
+            "crd/connectionhealthpolicies.connhealth.io",
+        ])?;
+        Ok(())
+    }
+
+    /// The node the harness registered (this machine's host name).
+    pub fn node_name(&self) -> String {
+        std::env::var("CONNHEALTH_NODE_NAME").unwrap_or_else(|_| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_lowercase()
+        })
+    }
+
+    /// A `kubectl` command with the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("kubectl"));
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    pub fn kubectl_run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.kubectl().args(args).output().expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs kubectl and returns stdout; fails with stderr otherwise.
+    pub fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let (ok, stdout, stderr) = self.kubectl_run(args);
+        if !ok {
+            bail!("kubectl {} failed: {stderr}", args.join(" "));
+        }
+        Ok(stdout)
+    }
+
+    /// Runs kubectl with `stdin` as input (for `apply -f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        use std::io::Write as _;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+        let out = child.wait_with_output().expect("kubectl output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A kube client with the admin kubeconfig.
+    pub async fn client(&self) -> Client {
+        client_from(&self.kubeconfig).await
+    }
+}
+
+/// A kube client for a kubeconfig file.
+pub async fn client_from(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig is usable");
+    Client::try_from(config).expect("client from kubeconfig")
+}
+
+/// A namespace that lives as long as one test.
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+    cluster: &'static Cluster,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>`.
+    pub fn new(prefix: &str) -> Self {
+        let cluster = Cluster::get();
+        let name = format!("{prefix}-{}", random_suffix());
+        cluster.kubectl_ok(&["create", "namespace", &name]).expect("create the test namespace");
+        TestNamespace { name, cluster }
+    }
+
+    /// Prints what a person needs to see why a test failed.
+    pub fn dump(&self) {
+        eprintln!("==== state of namespace {} ====", self.name);
+        for args in [
+            vec!["get", "events", "-n", &self.name, "-o", "wide", "--sort-by=.metadata.creationTimestamp"],
+            vec!["get", "pods", "-n", &self.name, "-o", "wide", "--show-labels"],
+            vec!["get", "connectionhealths", "-n", &self.name, "-o", "yaml"],
+            vec!["get", "connectionhealthpolicies", "-n", &self.name, "-o", "yaml"],
+        ] {
+            let (_, stdout, stderr) = self.cluster.kubectl_run(&args);
+            eprintln!("---- kubectl {}\n{stdout}{stderr}", args.join(" "));
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        let _ = self.cluster.kubectl_run(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// A short random suffix for names (namespaces, netns).
+pub fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("{:08x}", h.finish() as u32)
+}
+
+/// A connhealth binary running as a child process.
+pub struct ChildProcess {
+    child: std::process::Child,
+    log: PathBuf,
+    name: String,
+}
+
+impl ChildProcess {
+    /// Starts the workspace binary `bin` (built by cargo for this test run)
+    /// with `args`, `KUBECONFIG=kubeconfig` and extra `env`.
+    pub fn spawn(bin: &str, args: &[&str], kubeconfig: &Path, env: &[(&str, &str)]) -> Self {
+        let path = workspace_binary(bin);
+        let log = std::env::temp_dir().join(format!("{bin}-{}.log", random_suffix()));
+        let file = std::fs::File::create(&log).expect("create log file");
+        let mut cmd = Command::new(&path);
+        cmd.args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
+        ChildProcess { child, log, name: bin.to_owned() }
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if !self.running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== logs of {} (pid {}) ====\n{}", self.name, self.child.id(), self.logs());
+        }
+        self.stop(Duration::from_secs(5));
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Path of a binary of this workspace, built by cargo in the same profile as
+/// the running test (cargo builds workspace binaries for integration tests
+/// of their own package only, so the harness builds them when missing).
+pub fn workspace_binary(bin: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let profile_dir = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let path = target.join(profile_dir).join(bin);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == bin) {
+        let package = match bin {
+            "connhealth-agent" => "connhealth-agent",
+            "connhealth-operator" => "connhealth-operator",
+            other => panic!("unknown workspace binary {other}"),
+        };
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-q", "-p", package, "--bin", bin]).current_dir(repo_root());
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of {bin} failed");
+        built.push(bin.to_owned());
+    }
+    path
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or panics with
+/// `what` after `timeout`. Timeouts here bound a wait for the system to
+/// converge; they are generous and never measure performance.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -22,10 +22,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration as StdDuration;
 
+use connhealth_crds::Verdict;
 use connhealth_crds::health::{CloseWaitDetail, ConnectionHealthStatus, LastEvent, VerdictStatus};
 use connhealth_crds::names::{annotations, reasons};
 use connhealth_crds::policy::ConnectionHealthPolicySpec;
-use connhealth_crds::Verdict;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 
@@ -45,6 +45,9 @@ pub enum InvalidSpec {
     /// Nothing to check or nothing to do.
     #[error("{0}")]
     Empty(&'static str),
+    /// The object does not even deserialize (wrong types in stored data).
+    #[error("the policy cannot be read: {0}")]
+    Unreadable(String),
 }
 
 /// Checks what the CRD schema checks, for objects that reached the API
@@ -259,9 +262,9 @@ pub fn human_duration(d: StdDuration) -> String {
     let secs = d.as_secs();
     match secs {
         0..60 => format!("{secs}s"),
-        60..3600 if secs % 60 == 0 => format!("{}m", secs / 60),
+        60..3600 if secs.is_multiple_of(60) => format!("{}m", secs / 60),
         60..3600 => format!("{}m{}s", secs / 60, secs % 60),
-        _ if secs % 3600 == 0 => format!("{}h", secs / 3600),
+        _ if secs.is_multiple_of(3600) => format!("{}h", secs / 3600),
         _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
     }
 }
@@ -509,7 +512,8 @@ fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus) -> Str
 /// What CLOSE_WAIT leaks usually are, picked by what the report shows.
 fn close_wait_hint(report: &ConnectionHealthStatus) -> &'static str {
     let cw = report.close_wait.as_ref();
-    let serves = cw.is_some_and(|c| !c.top_local_ports.is_empty() && report.states.as_ref().is_some_and(|s| s.listen > 0));
+    let serves =
+        cw.is_some_and(|c| !c.top_local_ports.is_empty() && report.states.as_ref().is_some_and(|s| s.listen > 0));
     if cw.is_some_and(|c| c.recv_queue_bytes > 0) {
         "the peer closed while data was still unread: a handler stopped reading (hung or blocked) and never closed the connection"
     } else if serves {

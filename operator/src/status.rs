@@ -85,7 +85,12 @@ fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
 }
 
 /// Keeps the previous `lastTransitionTime` when the status is unchanged.
-fn with_transition_time(mut c: Condition, previous: &[Condition], generation: Option<i64>, now: Timestamp) -> Condition {
+fn with_transition_time(
+    mut c: Condition,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
     c.observed_generation = generation;
     c.last_transition_time = match previous.iter().find(|p| p.type_ == c.type_) {
         Some(p) if p.status == c.status => p.last_transition_time.clone(),

@@ -20,6 +20,8 @@ pub fn init(format: LogFormat, default_filter: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     let _already_set = match format {
         LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
-        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).try_init(),
+        LogFormat::Json => {
+            registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).try_init()
+        }
     };
 }

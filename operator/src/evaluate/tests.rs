@@ -54,8 +54,9 @@ fn policy(spec: &ConnectionHealthPolicySpec) -> PolicyRef<'_> {
 fn close_wait_thresholds_below_at_and_above() {
     let spec = spec(); // warning 10, stuck 5 after 2m
     let history = GrowthHistory::default();
-    // (groups, now, expected verdict, expected finding kinds)
-    let table: &[(&[(i64, i64)], i64, Verdict, &[FindingKind])] = &[
+    // (CLOSE_WAIT groups as (first seen at +s, count), now at +s, verdict, findings)
+    type Row = (&'static [(i64, i64)], i64, Verdict, &'static [FindingKind]);
+    let table: &[Row] = &[
         (&[], 0, Verdict::Healthy, &[]),
         (&[(0, 9)], 10, Verdict::Healthy, &[]),
         (&[(0, 10)], 10, Verdict::Warning, &[FindingKind::CloseWaitCount]),
@@ -109,8 +110,7 @@ fn growth_over_window() {
     let mut spec = spec();
     spec.close_wait.warning_count = 1000;
     spec.close_wait.stuck_count = 1000;
-    spec.close_wait.growth =
-        Some(GrowthThreshold { count: 20, window: StdDuration::from_secs(600).into() });
+    spec.close_wait.growth = Some(GrowthThreshold { count: 20, window: StdDuration::from_secs(600).into() });
     let keep = StdDuration::from_secs(600);
     let mut h = GrowthHistory::default();
     // +0: 5, +300: 15, +590: 24 → grew 19 within 10m: below.
@@ -217,7 +217,10 @@ fn leaking_pod_gets_annotations_verdict_and_event() {
     assert_eq!(v.policy, "default");
     assert_eq!(v.since, Some(Time(ts(600))));
     assert_eq!(v.evaluated_observation, Some(Time(ts(600))));
-    assert_eq!(v.reasons, ["12 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)", "12 CLOSE_WAIT sockets (threshold 10)"]);
+    assert_eq!(
+        v.reasons,
+        ["12 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)", "12 CLOSE_WAIT sockets (threshold 10)"]
+    );
     let expected: BTreeMap<String, String> = [
         ("connhealth.io/verdict", "Leaking"),
         ("connhealth.io/summary", "12 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)"),

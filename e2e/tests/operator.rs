@@ -1,0 +1,264 @@
+//! The operator against a real API server. The test plays the agent: it
+//! writes ConnectionHealth reports itself (server-side apply, the agent's
+//! field manager) for Pod objects it creates, and reads back what the
+//! operator did with `kubectl`: verdicts, Events, annotations, policy status,
+//! recovery, cleanup on policy deletion, no duplicate Events after a
+//! restart, and one acting replica out of two.
+
+use std::time::Duration;
+
+use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, SocketOwner, TcpStateCounts};
+use connhealth_crds::names::field_managers;
+use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
+use connhealth_e2e::{ChildProcess, Cluster, TestNamespace, eventually};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn operator(ns: &TestNamespace, identity: &str) -> ChildProcess {
+    let cluster = Cluster::get();
+    ChildProcess::spawn(
+        "connhealth-operator",
+        &[
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--lease-namespace",
+            &ns.name,
+            "--identity",
+            identity,
+            "--lease-duration",
+            "6s",
+            "--renew-deadline",
+            "4s",
+            "--retry-period",
+            "1s",
+        ],
+        &cluster.kubeconfig,
+        &[],
+    )
+}
+
+async fn create_pod(client: &Client, ns: &str, name: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app": "api" } },
+        "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.expect("create pod").uid().unwrap()
+}
+
+/// Writes a report as the agent would, with `close_wait` sockets first
+/// seen 10 minutes ago (so all of them are stuck under the default policy).
+async fn write_report(client: &Client, ns: &str, pod: &str, uid: &str, close_wait: i64) {
+    let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: "node-a".into(), pod_uid: uid.into() });
+    api.patch(pod, &params, &Patch::Apply(&report)).await.expect("apply report");
+    let since = Time(Timestamp::now() - SignedDuration::from_mins(10));
+    let status = ConnectionHealthStatus {
+        observed_at: Some(Time(Timestamp::now())),
+        states: Some(TcpStateCounts { established: 2, close_wait, listen: 1, ..Default::default() }),
+        close_wait: Some(CloseWaitDetail {
+            count: close_wait,
+            stuck: close_wait,
+            stuck_after_seconds: 120,
+            oldest_since: (close_wait > 0).then(|| since.clone()),
+            first_seen: if close_wait > 0 { vec![FirstSeenGroup { since, count: close_wait }] } else { vec![] },
+            top_peers: vec![EndpointCount { endpoint: "10.20.30.40:5432".into(), count: close_wait }],
+            owners: vec![SocketOwner {
+                container: Some("app".into()),
+                pid: 31337,
+                command: "leaky-server".into(),
+                sockets: close_wait,
+                open_fds: 40 + close_wait,
+                fd_limit: Some(1024),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let body = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionHealth", "status": status });
+    api.patch_status(pod, &params, &Patch::Apply(&body)).await.expect("apply report status");
+}
+
+fn events(cluster: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<String> {
+    let out = cluster
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("involvedObject.name={pod},reason={reason}"),
+            "-o",
+            "jsonpath={range .items[*]}{.count}|{.message}{.note}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+fn jsonpath(cluster: &Cluster, ns: &str, resource: &str, path: &str) -> String {
+    cluster.kubectl_run(&["get", resource, "-n", ns, "-o", &format!("jsonpath={path}")]).1
+}
+
+fn apply_policy(cluster: &Cluster, ns: &str, name: &str, spec: &str) {
+    let yaml = format!(
+        "apiVersion: connhealth.io/v1alpha1\nkind: ConnectionHealthPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
+    );
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(ok, "apply policy: {stderr}");
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    eventually(what, WAIT, || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn leak_to_events_annotations_recovery_and_cleanup() {
+    let cluster = Cluster::get();
+    let ns = TestNamespace::new("op-leak");
+    let client = cluster.client().await;
+    let _op = operator(&ns, "op-a");
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    write_report(&client, &ns.name, "api-1", &uid, 12).await;
+    apply_policy(cluster, &ns.name, "default", "  podSelector: {matchLabels: {app: api}}\n");
+
+    until("the report's verdict to be Leaking", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}/{.status.verdict.policy}")
+            == "Leaking/default"
+    })
+    .await;
+    until("the pod's annotations", || {
+        jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations.connhealth\\.io/verdict}") == "Leaking"
+    })
+    .await;
+    let summary = jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations.connhealth\\.io/summary}");
+    assert_eq!(summary, "12 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)");
+    until("a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    let event = &events(cluster, &ns.name, "api-1", "CloseWaitLeak")[0];
+    assert!(event.contains("Top peer 10.20.30.40:5432 (12 sockets)"), "{event}");
+    assert!(
+        event.contains("Held by leaky-server (pid 31337) in container app: 12 sockets, 52 of 1024 fds open"),
+        "{event}"
+    );
+    assert!(event.contains("Hint: "), "{event}");
+
+    // `kubectl get chp` columns.
+    until("policy status", || {
+        let t = cluster.kubectl_run(&["get", "chp", "-n", &ns.name, "--no-headers"]).1;
+        t.split_whitespace().take(4).collect::<Vec<_>>() == ["default", "1", "1", "True"]
+    })
+    .await;
+    let table = cluster.kubectl_ok(&["get", "chp", "-n", &ns.name]).unwrap();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert_eq!(
+        table.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "MATCHED", "VIOLATING", "READY", "AGE"]
+    );
+    // The printer column shows the verdict.
+    let ch = cluster.kubectl_ok(&["get", "ch", "-n", &ns.name, "--no-headers"]).unwrap();
+    assert!(ch.contains("Leaking"), "{ch}");
+
+    // Recovery: the workload closes its sockets.
+    write_report(&client, &ns.name, "api-1", &uid, 0).await;
+    until("verdict Healthy", || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Healthy").await;
+    until("annotations removed", || {
+        !jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations}").contains("connhealth.io/")
+    })
+    .await;
+    until("a Recovered Event", || events(cluster, &ns.name, "api-1", "Recovered").len() == 1).await;
+
+    // Leak again, then delete the policy: annotations and verdict go.
+    write_report(&client, &ns.name, "api-1", &uid, 30).await;
+    until("annotations back", || {
+        jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations.connhealth\\.io/verdict}") == "Leaking"
+    })
+    .await;
+    cluster.kubectl_ok(&["delete", "chp", "default", "-n", &ns.name, "--wait=true", "--timeout=60s"]).unwrap();
+    until("annotations removed after policy deletion", || {
+        !jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations}").contains("connhealth.io/")
+    })
+    .await;
+    until("verdict removed", || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict}").is_empty()).await;
+    // Other fields of the pod and the agent's fields of the report are untouched.
+    assert_eq!(jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.labels.app}"), "api");
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.closeWait.count}"), "30");
+}
+
+#[tokio::test]
+async fn invalid_stored_policy_is_reported_not_crashed_on() {
+    let cluster = Cluster::get();
+    let ns = TestNamespace::new("op-invalid");
+    let mut op = operator(&ns, "op-a");
+    // A selector operator the schema lets through but no selector accepts.
+    apply_policy(
+        cluster,
+        &ns.name,
+        "odd",
+        "  podSelector: {matchExpressions: [{key: app, operator: Near, values: [api]}]}\n",
+    );
+    until("the Invalid condition", || {
+        jsonpath(cluster, &ns.name, "chp/odd", "{.status.conditions[?(@.type==\"Invalid\")].status}") == "True"
+    })
+    .await;
+    let message = jsonpath(cluster, &ns.name, "chp/odd", "{.status.conditions[?(@.type==\"Invalid\")].message}");
+    assert_eq!(
+        message,
+        "spec.podSelector: unknown operator \"Near\" on key \"app\" (use In, NotIn, Exists or DoesNotExist)"
+    );
+    assert_eq!(jsonpath(cluster, &ns.name, "chp/odd", "{.status.conditions[?(@.type==\"Ready\")].status}"), "False");
+    assert!(op.running(), "the operator keeps running:\n{}", op.logs());
+}
+
+#[tokio::test]
+async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
+    let cluster = Cluster::get();
+    let ns = TestNamespace::new("op-ha");
+    let client = cluster.client().await;
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    write_report(&client, &ns.name, "api-1", &uid, 12).await;
+    apply_policy(cluster, &ns.name, "default", "  {}\n");
+
+    let mut first = operator(&ns, "op-a");
+    until("a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    let holder = || jsonpath(cluster, &ns.name, "lease/connhealth-operator", "{.spec.holderIdentity}");
+    assert_eq!(holder(), "op-a");
+
+    // A second replica stands by while the first holds the lease.
+    let mut second = operator(&ns, "op-b");
+    until("the second replica to stand by", || second.logs().contains("another replica leads")).await;
+    assert_eq!(holder(), "op-a");
+
+    // Kill the leader without releasing: the follower takes over after the
+    // lease expires, and publishes no second Event (the cooldown is stored).
+    let _ = std::process::Command::new("kill").args(["-KILL", &first.pid().to_string()]).status();
+    until("op-b to take over", || holder() == "op-b").await;
+    until("op-b to reconcile", || second.logs().contains("reconciled")).await;
+    // Give it a few reconciles' worth of time to (wrongly) publish.
+    write_report(&client, &ns.name, "api-1", &uid, 13).await;
+    until("op-b to see the new report", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.reasons[0]}").starts_with("13 ")
+    })
+    .await;
+    let leaks = events(cluster, &ns.name, "api-1", "CloseWaitLeak");
+    assert_eq!(leaks.len(), 1, "one Event object: {leaks:?}");
+    assert!(leaks[0].starts_with("1|") || leaks[0].starts_with("|"), "no repeat within the cooldown: {leaks:?}");
+    first.stop(Duration::from_secs(1));
+
+    // A graceful stop releases the lease at once.
+    second.stop(Duration::from_secs(10));
+    until("the lease released", || holder().is_empty()).await;
+}

@@ -1,0 +1,171 @@
+//! Command line of `connhealth-operator`: settings by flag or environment
+//! variable, validated before anything starts, and the `run` command that
+//! wires leader election, the controller and the metrics endpoint together.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use connhealth_runtime::endpoint::{Endpoint, Readiness};
+use connhealth_runtime::logging::{self, LogFormat};
+use prometheus_client::registry::Registry;
+
+use crate::leader::{LeaderElector, LeaseConfig};
+use crate::metrics::OperatorMetrics;
+
+/// connhealth operator: turns ConnectionHealth reports into verdicts,
+/// Events and pod annotations, as ConnectionHealthPolicy objects ask.
+#[derive(Debug, Parser)]
+#[command(name = "connhealth-operator", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (what the Deployment runs).
+    Run(RunArgs),
+}
+
+/// Settings of `connhealth-operator run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "CONNHEALTH_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "CONNHEALTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Use leader election, so that of several replicas one acts. Turn off
+    /// only when running a single replica by hand.
+    #[arg(long, env = "CONNHEALTH_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease (normally the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "connhealth-system")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "CONNHEALTH_LEASE_NAME", default_value = "connhealth-operator")]
+    pub lease_name: String,
+
+    /// This replica's identity in the Lease and in Events (normally its pod
+    /// name; defaults to the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How long a Lease is valid without renewal, e.g. `15s`.
+    #[arg(long, env = "CONNHEALTH_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long the leader keeps trying to renew before giving up, e.g. `10s`.
+    #[arg(long, env = "CONNHEALTH_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// How often to try to acquire or renew the Lease, e.g. `2s`.
+    #[arg(long, env = "CONNHEALTH_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+}
+
+/// Parses a Go-style duration (`30s`, `5m`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: kube::core::Duration = s.parse().map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?} is negative"));
+    }
+    Ok(d.into())
+}
+
+impl RunArgs {
+    /// Checks settings that clap cannot, in one line each.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.renew_deadline >= self.lease_duration {
+            return Err(format!(
+                "--renew-deadline ({:?}) must be shorter than --lease-duration ({:?})",
+                self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.retry_period >= self.renew_deadline || self.retry_period.is_zero() {
+            return Err(format!(
+                "--retry-period ({:?}) must be positive and shorter than --renew-deadline ({:?})",
+                self.retry_period, self.renew_deadline
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `connhealth-operator run` until a shutdown signal or the loss of
+/// the leader lease.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    logging::init(args.log_format, "info,kube_runtime=warn");
+    args.validate().map_err(anyhow::Error::msg)?;
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+
+    let mut registry = Registry::default();
+    let metrics = OperatorMetrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let endpoint = Endpoint::bind(args.metrics_addr, registry, readiness.clone()).await?;
+    tracing::info!(addr = %endpoint.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(endpoint.serve());
+
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot configure a Kubernetes client (in-cluster or KUBECONFIG): {e}"))?;
+
+    if !args.leader_election {
+        crate::controller::run(client, identity, metrics, readiness).await;
+        return Ok(());
+    }
+    let mut elector = LeaderElector::new(
+        client.clone(),
+        LeaseConfig {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+        },
+    );
+    // A follower is ready (it serves, and takes over when needed).
+    readiness.set(true);
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = shutdown_signal() => return Ok(()),
+    }
+    metrics.leader.set(1);
+    readiness.set(false);
+    let lost = tokio::select! {
+        lost = elector.hold() => Some(lost),
+        () = crate::controller::run(client, identity, metrics.clone(), readiness) => None,
+    };
+    metrics.leader.set(0);
+    match lost {
+        // Exit, so that the Deployment restarts this replica as a follower:
+        // nothing it started keeps acting without the lease.
+        Some(lost) => Err(anyhow::Error::new(lost)),
+        None => {
+            elector.release().await;
+            Ok(())
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "connhealth-operator".into())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

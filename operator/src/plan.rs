@@ -1,0 +1,306 @@
+//! The plan for one reconcile, as a pure function: given everything the
+//! operator knows about a namespace (its policies, reports and pods), what
+//! must be written for the pods one policy is responsible for, and that
+//! policy's own view for its status.
+//!
+//! A policy is responsible for writing a pod when it decides the pod's
+//! verdict, or when the pod's current verdict names it (so a policy that no
+//! longer selects a pod, became invalid, or is being deleted clears what it
+//! set), or when the current verdict names a policy that no longer exists.
+//! Several policies may compute the same write for a pod; it is the same
+//! write, so applying it twice changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use connhealth_crds::health::{ConnectionHealthStatus, VerdictStatus};
+use connhealth_crds::names::annotations;
+use connhealth_crds::policy::ConnectionHealthPolicySpec;
+use jiff::Timestamp;
+
+use crate::evaluate::{self, EventIntent, GrowthHistory, InvalidSpec, PolicyRef};
+use crate::status::PodVerdict;
+
+/// A policy of the namespace, as read.
+#[derive(Debug, Clone)]
+pub struct PolicyInput {
+    /// Policy name.
+    pub name: String,
+    /// The spec, or why it cannot be used.
+    pub spec: Result<ConnectionHealthPolicySpec, InvalidSpec>,
+}
+
+/// A pod of the namespace, as read (metadata only).
+#[derive(Debug, Clone, Default)]
+pub struct PodInput {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its annotations (all of them; only `connhealth.io/` ones matter).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A ConnectionHealth report of the namespace, as read.
+#[derive(Debug, Clone, Default)]
+pub struct ReportInput {
+    /// Report name (= pod name).
+    pub name: String,
+    /// `spec.podUID`: which incarnation of the pod it describes.
+    pub pod_uid: String,
+    /// Its status (observation and current verdict).
+    pub status: ConnectionHealthStatus,
+}
+
+/// What to write for one pod. `None` fields need no write.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PodWrite {
+    /// Pod (and report) name.
+    pub pod: String,
+    /// Pod UID, for the Event's object reference.
+    pub pod_uid: String,
+    /// New `status.verdict` for the report (`Some(None)` removes it).
+    pub verdict: Option<Option<VerdictStatus>>,
+    /// New set of `connhealth.io/` annotations (`Some(empty)` removes them).
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Event to publish.
+    pub event: Option<EventIntent>,
+}
+
+/// The result of planning one policy's reconcile.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// Writes for the pods this policy is responsible for, by pod name.
+    pub writes: Vec<PodWrite>,
+    /// This policy's own view of each pod it selects that has a report.
+    pub selected: Vec<PodVerdict>,
+    /// Earliest moment a verdict may change by time alone.
+    pub recheck_at: Option<Timestamp>,
+}
+
+/// The longest growth window among valid policies: how much CLOSE_WAIT
+/// history to keep per pod.
+pub fn history_horizon(policies: &[PolicyInput]) -> std::time::Duration {
+    policies
+        .iter()
+        .filter_map(|p| p.spec.as_ref().ok()?.close_wait.growth.as_ref().map(|g| g.window.into()))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Plans the reconcile of policy `me` in a namespace. `me_present` is false
+/// when `me` is being deleted: it then selects nothing and only clears what
+/// it set. `history` holds CLOSE_WAIT counts per pod UID (updated by the
+/// caller from the reports before planning).
+pub fn plan(
+    me: &str,
+    me_present: bool,
+    policies: &[PolicyInput],
+    pods: &[PodInput],
+    reports: &[ReportInput],
+    history: &HashMap<String, GrowthHistory>,
+    now: Timestamp,
+) -> Plan {
+    let valid: Vec<PolicyRef<'_>> = policies
+        .iter()
+        .filter(|p| me_present || p.name != me)
+        .filter_map(|p| Some(PolicyRef { name: &p.name, spec: p.spec.as_ref().ok()? }))
+        .collect();
+    let valid_names: BTreeSet<&str> = valid.iter().map(|p| p.name).collect();
+    let pods_by_name: HashMap<&str, &PodInput> = pods.iter().map(|p| (p.name.as_str(), p)).collect();
+    let empty = GrowthHistory::default();
+
+    let mut out = Plan::default();
+    for report in reports {
+        // A report without its pod (or of an earlier pod of the same name) is
+        // left alone: garbage collection or the agent will replace it.
+        let Some(pod) = pods_by_name.get(report.name.as_str()).filter(|p| p.uid == report.pod_uid) else {
+            continue;
+        };
+        let growth = history.get(&pod.uid).unwrap_or(&empty);
+        let assessed: Vec<(PolicyRef<'_>, evaluate::Assessment)> = valid
+            .iter()
+            .filter(|p| evaluate::selects(&p.spec.pod_selector, &pod.labels))
+            .map(|p| (*p, evaluate::assess(p.spec, &report.status, growth, now)))
+            .collect();
+
+        if let Some((_, mine)) = assessed.iter().find(|(p, _)| p.name == me) {
+            out.selected.push(PodVerdict {
+                pod: pod.name.clone(),
+                verdict: mine.verdict,
+                summary: evaluate::summary(mine),
+                since: None,
+            });
+            out.recheck_at = earliest(out.recheck_at, mine.recheck_at);
+        }
+
+        let decided = evaluate::decide(&assessed);
+        let previous = report.status.verdict.as_ref();
+        let responsible = decided.is_some_and(|(p, _)| p.name == me)
+            || previous.is_some_and(|v| v.policy == me || !valid_names.contains(v.policy.as_str()));
+        if !responsible {
+            continue;
+        }
+        let outcome = evaluate::outcome(decided, &report.status, previous, now);
+        if let Some(mine) = out.selected.last_mut().filter(|s| s.pod == pod.name) {
+            mine.since = outcome.verdict.as_ref().filter(|v| v.policy == me).and_then(|v| v.since.clone());
+        }
+        let current_annotations: BTreeMap<String, String> = pod
+            .annotations
+            .iter()
+            .filter(|(k, _)| annotations::ALL.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let write = PodWrite {
+            pod: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            verdict: (outcome.verdict.as_ref() != previous).then(|| outcome.verdict.clone()),
+            annotations: (outcome.annotations != current_annotations).then(|| outcome.annotations.clone()),
+            event: outcome.event,
+        };
+        if write.verdict.is_some() || write.annotations.is_some() || write.event.is_some() {
+            out.writes.push(write);
+        }
+    }
+    out
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connhealth_crds::Verdict;
+    use connhealth_crds::health::{CloseWaitDetail, FirstSeenGroup};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn policy(name: &str, app: Option<&str>) -> PolicyInput {
+        let mut spec: ConnectionHealthPolicySpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        if let Some(app) = app {
+            spec.pod_selector =
+                LabelSelector { match_labels: Some([("app".to_owned(), app.to_owned())].into()), ..Default::default() };
+        }
+        PolicyInput { name: name.into(), spec: Ok(spec) }
+    }
+
+    fn pod(name: &str, app: &str) -> PodInput {
+        PodInput {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    fn report(name: &str, close_wait: i64) -> ReportInput {
+        ReportInput {
+            name: name.into(),
+            pod_uid: format!("uid-{name}"),
+            status: ConnectionHealthStatus {
+                observed_at: Some(Time(ts(0))),
+                close_wait: Some(CloseWaitDetail {
+                    count: close_wait,
+                    first_seen: vec![FirstSeenGroup { since: Time(ts(0)), count: close_wait }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn writes_only_pods_the_policy_decides_and_reports_its_view() {
+        let policies = [policy("api-only", Some("api")), policy("all", None)];
+        let pods = [pod("api-1", "api"), pod("web-1", "web")];
+        let reports = [report("api-1", 50), report("web-1", 0)];
+        let p = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
+        // "all" and "api-only" both find api-1 Leaking; "all" sorts first and decides.
+        assert_eq!(p.writes.iter().map(|w| w.pod.as_str()).collect::<Vec<_>>(), ["api-1", "web-1"]);
+        let api = &p.writes[0];
+        assert_eq!(api.verdict.as_ref().unwrap().as_ref().unwrap().result, Verdict::Leaking);
+        assert_eq!(api.annotations.as_ref().unwrap()["connhealth.io/policy"], "all");
+        assert_eq!(api.event.as_ref().unwrap().reason, "CloseWaitLeak");
+        // web-1 is healthy: its verdict is written, no annotations to change, no Event.
+        let web = &p.writes[1];
+        assert_eq!(web.verdict.as_ref().unwrap().as_ref().unwrap().result, Verdict::Healthy);
+        assert_eq!((web.annotations.as_ref(), web.event.as_ref()), (None, None));
+        assert_eq!(p.selected.len(), 2);
+
+        let other = plan("api-only", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
+        assert!(other.writes.is_empty(), "api-only decides nothing: {other:?}");
+        assert_eq!(
+            other.selected.iter().map(|s| (s.pod.as_str(), s.verdict)).collect::<Vec<_>>(),
+            [("api-1", Verdict::Leaking)]
+        );
+    }
+
+    #[test]
+    fn steady_state_writes_nothing() {
+        let policies = [policy("all", None)];
+        let mut pods = [pod("api-1", "api")];
+        let mut reports = [report("api-1", 50)];
+        let first = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
+        let w = &first.writes[0];
+        reports[0].status.verdict = w.verdict.clone().unwrap();
+        pods[0].annotations = w.annotations.clone().unwrap();
+        pods[0].annotations.insert("unrelated".into(), "kept".into());
+        let second = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(700));
+        assert_eq!(second.writes, []);
+    }
+
+    #[test]
+    fn deleted_policy_clears_what_it_set() {
+        let policies = [policy("all", None)];
+        let mut pods = [pod("api-1", "api")];
+        let mut reports = [report("api-1", 50)];
+        let first = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
+        reports[0].status.verdict = first.writes[0].verdict.clone().unwrap();
+        pods[0].annotations = first.writes[0].annotations.clone().unwrap();
+        let cleanup = plan("all", false, &policies, &pods, &reports, &HashMap::new(), ts(700));
+        assert_eq!(
+            cleanup.writes,
+            [PodWrite {
+                pod: "api-1".into(),
+                pod_uid: "uid-api-1".into(),
+                verdict: Some(None),
+                annotations: Some(BTreeMap::new()),
+                event: None,
+            }]
+        );
+        assert!(cleanup.selected.is_empty());
+    }
+
+    #[test]
+    fn invalid_policy_hands_its_pods_over() {
+        let mut policies = vec![policy("a", None), policy("b", None)];
+        let pods = [pod("api-1", "api")];
+        let mut reports = [report("api-1", 50)];
+        let first = plan("a", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
+        reports[0].status.verdict = first.writes[0].verdict.clone().unwrap();
+        policies[0].spec = Err(InvalidSpec::Empty("broken"));
+        let p = plan("a", true, &policies, &pods, &reports, &HashMap::new(), ts(700));
+        let verdict = p.writes[0].verdict.clone().unwrap().unwrap();
+        assert_eq!((verdict.policy.as_str(), verdict.result), ("b", Verdict::Leaking));
+        assert!(p.selected.is_empty(), "an invalid policy evaluates nothing");
+    }
+
+    #[test]
+    fn stale_and_orphan_reports_are_skipped() {
+        let policies = [policy("all", None)];
+        let pods = [pod("api-1", "api")];
+        let mut stale = report("api-1", 50);
+        stale.pod_uid = "uid-of-an-older-pod".into();
+        let p = plan("all", true, &policies, &pods, &[stale, report("gone", 50)], &HashMap::new(), ts(600));
+        assert_eq!(p, Plan::default());
+    }
+}
