@@ -76,11 +76,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// The node the harness registered (this machine's host name).
+    /// The Node object `e2e/cluster/up` registered for this machine (the
+    /// name it wrote beside the kubeconfig).
     pub fn node_name(&self) -> String {
-        std::env::var("CONNHEALTH_NODE_NAME").unwrap_or_else(|_| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_lowercase()
-        })
+        let file = self.kubeconfig.with_file_name("node-name");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()))
+            .trim()
+            .to_owned()
     }
 
     /// A `kubectl` command with the admin kubeconfig.
@@ -236,7 +239,7 @@ impl ChildProcess {
 
     /// Stops it: SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
             if !self.running() {
@@ -270,8 +273,7 @@ pub fn workspace_binary(bin: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !built.iter().any(|b| b == bin) {
         let package = match bin {
-            "connhealth-agent" => "connhealth-agent",
-            "connhealth-operator" => "connhealth-operator",
+            "connhealth-agent" | "connhealth-operator" | "connhealth-demo" => bin,
             other => panic!("unknown workspace binary {other}"),
         };
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

@@ -28,12 +28,24 @@ fn crds_are_established_and_explained() {
         ])
         .unwrap();
     assert_eq!(out, "True");
-    let spec = cluster.kubectl_ok(&["explain", "connectionhealthpolicy.spec"]).unwrap();
+    // The API server publishes a new CRD's OpenAPI a moment after it is
+    // Established.
+    let explain = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match cluster.kubectl_ok(&["explain", what]) {
+                Ok(out) => return out,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    };
+    let spec = explain("connectionhealthpolicy.spec");
     assert!(spec.contains("Which pods of this namespace the policy applies to"), "{spec}");
     assert!(spec.contains("closeWait"), "{spec}");
-    let status = cluster.kubectl_ok(&["explain", "connectionhealth.status"]).unwrap();
+    let status = explain("connectionhealth.status");
     assert!(status.contains("When the agent last read the pod's sockets"), "{status}");
-    let cw = cluster.kubectl_ok(&["explain", "connectionhealth.status.closeWait.stuck"]).unwrap();
+    let cw = explain("connectionhealth.status.closeWait.stuck");
     assert!(cw.contains("stuckAfterSeconds"), "{cw}");
     // Short names and the category resolve.
     for resource in ["chp", "ch", "connhealth", "connhealth.connhealth.io"] {
@@ -77,7 +89,8 @@ fn invalid_policies_are_refused_with_the_rule_message() {
         ("  closeWait: {minAge: soon}\n", "must be a positive duration such as 30s, 5m or 1h30m"),
         ("  closeWait: {minAge: 0s}\n", "must be a positive duration such as 30s, 5m or 1h30m"),
         ("  closeWait: {growth: {count: 5, window: -1m}}\n", "must be a positive duration such as 30s, 5m or 1h30m"),
-        ("  actions: {eventCooldown: 10}\n", "must be a positive duration"),
+        ("  actions: {eventCooldown: \"10\"}\n", "must be a positive duration such as 30s, 5m or 1h30m"),
+        ("  actions: {eventCooldown: 10}\n", "spec.actions.eventCooldown in body must be of type string"),
         (
             "  closeWait: {enabled: false}\n  portPressure: {enabled: false}\n",
             "at least one check (closeWait or portPressure) must be enabled",

@@ -136,7 +136,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     readiness.set(true);
     tokio::select! {
         () = elector.acquire() => {}
-        () = shutdown_signal() => return Ok(()),
+        () = connhealth_runtime::shutdown_signal() => return Ok(()),
     }
     metrics.leader.set(1);
     readiness.set(false);
@@ -160,12 +160,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "connhealth-operator".into())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
