@@ -80,10 +80,7 @@ impl Cluster {
     /// name it wrote beside the kubeconfig).
     pub fn node_name(&self) -> String {
         let file = self.kubeconfig.with_file_name("node-name");
-        std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()))
-            .trim()
-            .to_owned()
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display())).trim().to_owned()
     }
 
     /// A `kubectl` command with the admin kubeconfig.
@@ -135,6 +132,89 @@ impl Cluster {
     /// A kube client with the admin kubeconfig.
     pub async fn client(&self) -> Client {
         client_from(&self.kubeconfig).await
+    }
+}
+
+impl Cluster {
+    /// The control plane's state directory (beside the kubeconfig).
+    pub fn state_dir(&self) -> PathBuf {
+        self.kubeconfig.parent().expect("kubeconfig has a directory").to_path_buf()
+    }
+
+    /// Stops kube-apiserver (only it: etcd and the data stay), for tests of
+    /// behaviour while the API server is away. The returned guard starts it
+    /// again with the same command line, when told or when dropped.
+    pub fn stop_apiserver(&self) -> StoppedApiserver {
+        let dir = self.state_dir();
+        let pid_file = dir.join("pids/kube-apiserver.pid");
+        let pid = std::fs::read_to_string(&pid_file).expect("apiserver pid file").trim().to_owned();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("apiserver command line");
+        let argv: Vec<std::ffi::OsString> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a).to_owned())
+            .collect();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        StoppedApiserver {
+            argv,
+            pid_file,
+            log: dir.join("logs/kube-apiserver.log"),
+            cluster: self.clone(),
+            started: false,
+        }
+    }
+}
+
+/// kube-apiserver, stopped by [`Cluster::stop_apiserver`].
+pub struct StoppedApiserver {
+    argv: Vec<std::ffi::OsString>,
+    pid_file: PathBuf,
+    log: PathBuf,
+    cluster: Cluster,
+    started: bool,
+}
+
+impl StoppedApiserver {
+    /// Starts it again and waits until `/readyz` answers.
+    pub fn start(mut self) {
+        self.start_inner();
+    }
+
+    fn start_inner(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let log = std::fs::OpenOptions::new().append(true).create(true).open(&self.log).expect("apiserver log");
+        // The restarted server outlives this test process, like the one `up`
+        // started; `down` stops it by its pid file. Not waited on here.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new("setsid")
+            .args(&self.argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart kube-apiserver");
+        std::fs::write(&self.pid_file, format!("{}\n", child.id())).expect("write apiserver pid");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            if self.cluster.kubectl_run(&["get", "--raw", "/readyz"]).0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("kube-apiserver did not become ready again; see {}", self.log.display());
+    }
+}
+
+impl Drop for StoppedApiserver {
+    fn drop(&mut self) {
+        self.start_inner();
     }
 }
 

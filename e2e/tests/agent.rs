@@ -1,0 +1,353 @@
+//! The node agent in cluster mode against the real control plane. The test
+//! plays the kubelet: it creates Pod objects bound to this node with the
+//! status a kubelet would write, and runs real processes in real network
+//! namespaces, placed in cgroups laid out as the kubelet's systemd driver
+//! lays them out (in the `name=systemd` v1 hierarchy; only processes this
+//! test started are moved). The agent runs as a child process.
+//!
+//! The agent scans every namespace on the host, so agent tests run one at a
+//! time ([`AGENT_LOCK`]): two agents for one node would both report.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use connhealth_crds::ConnectionHealth;
+use connhealth_e2e::{ChildProcess, Cluster, TestNamespace, eventually, random_suffix, workspace_binary};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+static AGENT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Root tests skip with a message when not root, and fail under CI.
+fn require_root() -> bool {
+    // The real uid, from /proc/self/status.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "agent cluster tests need root and CI is set: refusing to skip");
+        eprintln!("skipping: agent cluster tests need root (network namespaces, cgroups)");
+    }
+    root
+}
+
+/// The cgroup v1 named hierarchy the fake kubelet uses.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/systemd";
+
+/// One pod as a kubelet would lay it out: a network namespace, a cgroup in
+/// the systemd driver's layout, and processes in both.
+struct FakePod {
+    uid: String,
+    container_id: String,
+    netns: String,
+    cgroup: PathBuf,
+    children: Vec<Child>,
+}
+
+impl FakePod {
+    async fn create(client: &Client, cluster: &Cluster, namespace: &str, name: &str, host_network: bool) -> FakePod {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "labels": { "app": name } },
+            "spec": {
+                "nodeName": cluster.node_name(),
+                "hostNetwork": host_network,
+                "containers": [{ "name": "server", "image": "connhealth-demo:local" }]
+            }
+        }))
+        .unwrap();
+        let created = pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        let uid = created.metadata.uid.clone().unwrap();
+        let container_id = format!("{:0>64}", format!("{}{}", random_suffix(), random_suffix()));
+        let status = json!({ "status": {
+            "phase": "Running",
+            "podIP": "192.0.2.10",
+            "containerStatuses": [{
+                "name": "server", "ready": true, "restartCount": 0, "started": true,
+                "image": "connhealth-demo:local", "imageID": "sha256:00",
+                "containerID": format!("containerd://{container_id}"),
+                "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } }
+            }]
+        }});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("pod status");
+
+        let netns = format!("ch-{}", random_suffix());
+        if !host_network {
+            run(&["ip", "netns", "add", &netns]);
+            run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        }
+        let slice = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+        let cgroup = Path::new(CGROUP_ROOT)
+            .join("kubepods.slice/kubepods-besteffort.slice")
+            .join(slice)
+            .join(format!("cri-containerd-{container_id}.scope"));
+        std::fs::create_dir_all(&cgroup).expect("create the pod's cgroup");
+        FakePod { uid, container_id, netns, cgroup, children: Vec::new() }
+    }
+
+    /// Starts `connhealth-demo args` inside the pod (its netns and cgroup).
+    fn spawn(&mut self, args: &[&str]) -> u32 {
+        let demo = workspace_binary("connhealth-demo");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(&demo)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo in netns");
+        let pid = child.id();
+        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).expect("move into the pod cgroup");
+        self.children.push(child);
+        pid
+    }
+
+    /// What `ss` says about a state in the pod's namespace right now.
+    fn ss_count(&self, state: &str) -> i64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "ss", "-tanH", "state", state])
+            .output()
+            .expect("run ss");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count() as i64
+    }
+
+    fn stop_processes(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        self.stop_processes();
+        // Remove the cgroup leaf and the pod slice (the shared parents stay).
+        let _ = std::fs::remove_dir(&self.cgroup);
+        if let Some(parent) = self.cgroup.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(Stdio::null()).status();
+    }
+}
+
+fn run(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status().expect("run command");
+    assert!(status.success(), "{args:?} failed");
+}
+
+fn agent(cluster: &Cluster, kubeconfig: &Path) -> ChildProcess {
+    ChildProcess::spawn(
+        "connhealth-agent",
+        &[
+            "run",
+            "--node-name",
+            &cluster.node_name(),
+            "--scan-interval",
+            "1s",
+            "--close-wait-min-age",
+            "3s",
+            "--heartbeat",
+            "1h",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        kubeconfig,
+        &[],
+    )
+}
+
+async fn report(client: &Client, ns: &str, name: &str) -> Option<ConnectionHealth> {
+    let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
+    api.get_opt(name).await.ok().flatten()
+}
+
+/// The metrics endpoint's address, from the agent's log line.
+fn metrics_addr(agent: &ChildProcess) -> Option<String> {
+    let logs = agent.logs();
+    let line = logs.lines().find(|l| l.contains("serving /metrics"))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some(addr.to_owned())
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
+    if !require_root() {
+        return;
+    }
+    let _serial = AGENT_LOCK.lock().await;
+    let cluster = Cluster::get();
+    let ns = TestNamespace::new("agent-leak");
+    let client = cluster.client().await;
+
+    let mut leaky = FakePod::create(&client, cluster, &ns.name, "leaky", false).await;
+    let server = leaky.spawn(&["serve", "--listen", "127.0.0.1:8080"]);
+    std::thread::sleep(Duration::from_millis(300));
+    leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "12", "--interval-ms", "20"]);
+    let mut healthy = FakePod::create(&client, cluster, &ns.name, "healthy", false).await;
+    healthy.spawn(&["serve", "--listen", "127.0.0.1:8080", "--close-after-ms", "50"]);
+    let host = FakePod::create(&client, cluster, &ns.name, "hostnet", true).await;
+
+    let agent = agent(cluster, &cluster.kubeconfig);
+
+    // The leaking pod: CLOSE_WAIT equal to ss, peers, owner, growing age.
+    let leaky_report = eventually("the leaky pod's report with 12 CLOSE_WAIT", WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            let r = report(&client, &ns, "leaky").await?;
+            (r.status.as_ref()?.close_wait.as_ref()?.count == 12).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(leaky.ss_count("close-wait"), 12, "ss agrees with the report");
+    let status = leaky_report.status.clone().unwrap();
+    let states = status.states.clone().unwrap();
+    assert_eq!(states.close_wait, leaky.ss_count("close-wait"));
+    assert_eq!(states.listen, leaky.ss_count("listening"));
+    let cw = status.close_wait.clone().unwrap();
+    assert_eq!(cw.top_peers.first().map(|p| (p.endpoint.as_str(), p.count)), Some(("127.0.0.1", 12)));
+    assert_eq!(cw.top_local_ports.first().map(|p| (p.port, p.count)), Some((8080, 12)));
+    let owner = cw.owners.first().expect("owner found (12 ≥ the owner threshold)");
+    assert_eq!((owner.pid, owner.command.as_str(), owner.sockets), (i64::from(server), "connhealth-demo", 12));
+    assert_eq!(owner.container.as_deref(), Some("server"), "container named from the pod status");
+    assert_eq!(owner.container_id.as_deref(), Some(leaky.container_id.as_str()));
+    assert!(owner.open_fds >= 13, "{owner:?}");
+    let first_oldest = cw.oldest_since.clone().expect("oldest first sighting");
+    assert_eq!(leaky_report.spec.pod_uid, leaky.uid);
+    assert_eq!(leaky_report.metadata.owner_references.as_ref().unwrap()[0].uid, leaky.uid);
+    let sysctls = status.sysctls.unwrap();
+    assert!(!sysctls.ip_local_port_range.is_empty());
+
+    // Stuck after the agent's min age (3s): the stuck count is written.
+    eventually("the leaked sockets to be stuck", WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move { (report(&client, &ns, "leaky").await?.status?.close_wait?.stuck == 12).then_some(()) }
+    })
+    .await;
+    // The first sighting does not move while the sockets stay (ages grow).
+    let again = report(&client, &ns.name, "leaky").await.unwrap().status.unwrap().close_wait.unwrap();
+    assert_eq!(again.oldest_since, Some(first_oldest.clone()));
+
+    // hostNetwork pod: reported as sharing the node's namespace, no figures.
+    let host_report = eventually("the hostNetwork pod's report", WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move { report(&client, &ns, "hostnet").await }
+    })
+    .await;
+    let hs = host_report.status.unwrap();
+    assert_eq!((hs.host_network, hs.states, hs.close_wait), (Some(true), None, None));
+    drop(host);
+
+    // A healthy busy pod in steady state causes no writes: its report's
+    // resourceVersion stays put over several sweeps.
+    let steady = eventually("the healthy pod's report", WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move { report(&client, &ns, "healthy").await }
+    })
+    .await;
+    assert_eq!(steady.status.as_ref().unwrap().close_wait.as_ref().unwrap().count, 0);
+    tokio::time::sleep(Duration::from_secs(6)).await; // six sweeps
+    let later = report(&client, &ns.name, "healthy").await.unwrap();
+    assert_eq!(later.metadata.resource_version, steady.metadata.resource_version, "no writes in steady state");
+
+    // The API server goes away; the leak grows meanwhile; the agent survives
+    // and writes the newest figures when the server is back.
+    let stopped = cluster.stop_apiserver();
+    leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "8", "--interval-ms", "20", "--exit"]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut agent = agent;
+    assert!(agent.running(), "the agent survives an API outage:\n{}", agent.logs());
+    stopped.start();
+    eventually("the report to catch up to 20 CLOSE_WAIT", WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move { (report(&client, &ns, "leaky").await?.status?.close_wait?.count == 20).then_some(()) }
+    })
+    .await;
+    assert_eq!(leaky.ss_count("close-wait"), 20);
+
+    // Metrics: per-pod gauges, sweeps, writes.
+    let addr = metrics_addr(&agent).expect("metrics address in the log");
+    let metrics = scrape(&addr);
+    let pod_series = format!("connhealth_agent_close_wait_stuck{{namespace=\"{}\",pod=\"leaky\"}}", ns.name);
+    assert!(metrics.contains(&pod_series), "{metrics}");
+    assert!(metrics.contains("connhealth_agent_report_writes_total{outcome=\"ok\",reason=\"new\"}"), "{metrics}");
+    assert!(metrics.contains("connhealth_agent_sweep_duration_seconds_count"), "{metrics}");
+
+    // Deleting the pod removes its report (garbage collection) and its series.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.delete("leaky", &DeleteParams::default().grace_period(0)).await.expect("delete pod");
+    drop(leaky);
+    eventually("the leaky pod's report to be collected", WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move { report(&client, &ns, "leaky").await.is_none().then_some(()) }
+    })
+    .await;
+    eventually("the leaky pod's series to go", WAIT, || {
+        let gone = !scrape(&addr).contains(&pod_series);
+        async move { gone.then_some(()) }
+    })
+    .await;
+    assert!(agent.running(), "{}", agent.logs());
+}
+
+#[tokio::test]
+async fn a_restarted_agent_keeps_ages_and_does_not_rewrite() {
+    if !require_root() {
+        return;
+    }
+    let _serial = AGENT_LOCK.lock().await;
+    let cluster = Cluster::get();
+    let ns = TestNamespace::new("agent-restart");
+    let client = cluster.client().await;
+    let mut leaky = FakePod::create(&client, cluster, &ns.name, "leaky", false).await;
+    leaky.spawn(&["serve", "--listen", "127.0.0.1:8080"]);
+    std::thread::sleep(Duration::from_millis(300));
+    leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "6", "--interval-ms", "20"]);
+
+    let mut first = agent(cluster, &cluster.kubeconfig);
+    let before = eventually("6 stuck CLOSE_WAIT", WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            let r = report(&client, &ns, "leaky").await?;
+            (r.status.as_ref()?.close_wait.as_ref()?.stuck == 6).then_some(r)
+        }
+    })
+    .await;
+    first.stop(Duration::from_secs(10));
+    let oldest = before.status.as_ref().unwrap().close_wait.as_ref().unwrap().oldest_since.clone();
+
+    let second = agent(cluster, &cluster.kubeconfig);
+    eventually("the restarted agent to sweep", WAIT, || {
+        let swept = second.logs().contains("serving /metrics");
+        async move { swept.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = report(&client, &ns.name, "leaky").await.unwrap();
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "nothing changed, nothing written");
+    assert_eq!(after.status.unwrap().close_wait.unwrap().oldest_since, oldest, "ages carried over the restart");
+    drop(second);
+}
