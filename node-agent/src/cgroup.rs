@@ -19,6 +19,8 @@
 //!   (`/system.slice/containerd.service/kubepods-…`), kind nodes
 //!   (`/system.slice/docker-<node>.scope/kubelet.slice/kubelet-kubepods.slice/…`),
 //!   `/kubelet/kubepods/…`.
+//! - a systemd-style cgroupsPath that a runtime in cgroupfs mode created
+//!   literally: `/system.slice/containerd.service/kubepods-…-pod<uid>.slice:cri-containerd:<id>`.
 //! - paths relative to the reader's cgroup namespace (`/../../pod<uid>/…`),
 //!   which is what a reader in a private cgroupns (the default for cgroup v2
 //!   containers) sees for processes outside it.
@@ -32,6 +34,8 @@
 //! digits, no dashes); that is what their cgroup carries, and it is reported
 //! as is (the mirror pod in the API server has a different UID and carries the
 //! hash in its `kubernetes.io/config.mirror` annotation).
+
+#![forbid(unsafe_code)]
 
 use serde::Serialize;
 
@@ -105,11 +109,7 @@ pub fn parse_cgroup_file(text: &str) -> CgroupIdentity {
             let hierarchy = parts.next()?;
             let controllers = parts.next()?;
             let path = parts.next()?;
-            let rank = if hierarchy == "0" && controllers.is_empty() {
-                0
-            } else {
-                v1_rank(controllers)
-            };
+            let rank = if hierarchy == "0" && controllers.is_empty() { 0 } else { v1_rank(controllers) };
             Some((rank, parse_cgroup_path(path)))
         })
         .collect();
@@ -119,20 +119,16 @@ pub fn parse_cgroup_file(text: &str) -> CgroupIdentity {
     if let Some(pos) = lines.iter().position(|(_, id)| id.pod_uid.is_some()) {
         let mut chosen = lines[pos].1.clone();
         if chosen.container_id.is_none() && !chosen.runtime_helper {
-            let better = lines.iter().find(|(_, id)| {
-                id.pod_uid == chosen.pod_uid && (id.container_id.is_some() || id.runtime_helper)
-            });
+            let better = lines
+                .iter()
+                .find(|(_, id)| id.pod_uid == chosen.pod_uid && (id.container_id.is_some() || id.runtime_helper));
             if let Some((_, better)) = better {
                 chosen = better.clone();
             }
         }
         return chosen;
     }
-    lines
-        .into_iter()
-        .map(|(_, id)| id)
-        .find(|id| !id.is_empty())
-        .unwrap_or_default()
+    lines.into_iter().map(|(_, id)| id).find(|id| !id.is_empty()).unwrap_or_default()
 }
 
 fn v1_rank(controllers: &str) -> u8 {
@@ -278,15 +274,11 @@ fn container_from_component(component: &str, bare_allowed: bool) -> Option<Conta
     if let Some(id) = stem.strip_prefix("crio-conmon-") {
         return is_container_id(id).then_some(ContainerPart::Helper(Runtime::CriO));
     }
-    const PREFIXES: [(&str, Runtime); 3] = [
-        ("cri-containerd-", Runtime::Containerd),
-        ("crio-", Runtime::CriO),
-        ("docker-", Runtime::Docker),
-    ];
+    const PREFIXES: [(&str, Runtime); 3] =
+        [("cri-containerd-", Runtime::Containerd), ("crio-", Runtime::CriO), ("docker-", Runtime::Docker)];
     for (prefix, runtime) in PREFIXES {
         if let Some(id) = stem.strip_prefix(prefix) {
-            return is_container_id(id)
-                .then(|| ContainerPart::Container(id.to_ascii_lowercase(), runtime));
+            return is_container_id(id).then(|| ContainerPart::Container(id.to_ascii_lowercase(), runtime));
         }
     }
     (bare_allowed && stem.len() == component.len() && is_container_id(stem))
@@ -311,14 +303,7 @@ mod tests {
     use Runtime::*;
 
     /// (description, path, pod UID, container ID, runtime, runtime helper)
-    type Row = (
-        &'static str,
-        String,
-        Option<&'static str>,
-        Option<&'static str>,
-        Option<Runtime>,
-        bool,
-    );
+    type Row = (&'static str, String, Option<&'static str>, Option<&'static str>, Option<Runtime>, bool);
 
     fn table() -> Vec<Row> {
         vec![
@@ -339,14 +324,7 @@ mod tests {
                 Some(Unknown),
                 false,
             ),
-            (
-                "cgroupfs guaranteed",
-                format!("/kubepods/pod{UID}/{CID}"),
-                Some(UID),
-                Some(CID),
-                Some(Unknown),
-                false,
-            ),
+            ("cgroupfs guaranteed", format!("/kubepods/pod{UID}/{CID}"), Some(UID), Some(CID), Some(Unknown), false),
             (
                 "cgroupfs pause (sandbox) container is a container too",
                 format!("/kubepods/besteffort/pod{UID}/{PAUSE}"),
@@ -355,14 +333,7 @@ mod tests {
                 Some(Unknown),
                 false,
             ),
-            (
-                "cgroupfs pod level only",
-                format!("/kubepods/burstable/pod{UID}"),
-                Some(UID),
-                None,
-                None,
-                false,
-            ),
+            ("cgroupfs pod level only", format!("/kubepods/burstable/pod{UID}"), Some(UID), None, None, false),
             (
                 "cgroupfs CRI-O container",
                 format!("/kubepods/burstable/pod{UID}/crio-{CID}"),
@@ -482,9 +453,7 @@ mod tests {
             ),
             (
                 "systemd pod level only",
-                format!(
-                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice"
-                ),
+                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice"),
                 Some(UID),
                 None,
                 None,
@@ -502,9 +471,7 @@ mod tests {
             ),
             (
                 "systemd cgroupsPath created literally by runc in cgroupfs mode",
-                format!(
-                    "/system.slice/containerd.service/kubepods-burstable-pod{UID_US}.slice:cri-containerd:{CID}"
-                ),
+                format!("/system.slice/containerd.service/kubepods-burstable-pod{UID_US}.slice:cri-containerd:{CID}"),
                 Some(UID),
                 Some(CID),
                 Some(Containerd),
@@ -531,38 +498,10 @@ mod tests {
             // --- not pods ---
             ("root", "/".to_string(), None, None, None, false),
             ("empty", String::new(), None, None, None, false),
-            (
-                "host systemd service",
-                "/system.slice/sshd.service".to_string(),
-                None,
-                None,
-                None,
-                false,
-            ),
-            (
-                "the kubelet itself",
-                "/system.slice/kubelet.service".to_string(),
-                None,
-                None,
-                None,
-                false,
-            ),
-            (
-                "kubepods slice itself",
-                "/kubepods.slice/kubepods-burstable.slice".to_string(),
-                None,
-                None,
-                None,
-                false,
-            ),
-            (
-                "user session",
-                "/user.slice/user-1000.slice/session-3.scope".to_string(),
-                None,
-                None,
-                None,
-                false,
-            ),
+            ("host systemd service", "/system.slice/sshd.service".to_string(), None, None, None, false),
+            ("the kubelet itself", "/system.slice/kubelet.service".to_string(), None, None, None, false),
+            ("kubepods slice itself", "/kubepods.slice/kubepods-burstable.slice".to_string(), None, None, None, false),
+            ("user session", "/user.slice/user-1000.slice/session-3.scope".to_string(), None, None, None, false),
             (
                 "user manager with a podman-like pod name",
                 "/user.slice/user-1000.slice/user@1000.service/app.slice/pod-1234.slice".to_string(),
@@ -571,14 +510,7 @@ mod tests {
                 None,
                 false,
             ),
-            (
-                "docker outside Kubernetes (cgroupfs)",
-                format!("/docker/{CID}"),
-                None,
-                Some(CID),
-                Some(Docker),
-                false,
-            ),
+            ("docker outside Kubernetes (cgroupfs)", format!("/docker/{CID}"), None, Some(CID), Some(Docker), false),
             (
                 "docker outside Kubernetes (systemd)",
                 format!("/system.slice/docker-{CID}.scope"),
@@ -696,15 +628,7 @@ mod tests {
 
     #[test]
     fn file_garbage_is_empty_not_a_panic() {
-        for text in [
-            "",
-            "\n\n",
-            "no colons here",
-            "0:",
-            "::::",
-            "0::/\n",
-            "\u{0}\u{ff}:x:/kubepods/pod",
-        ] {
+        for text in ["", "\n\n", "no colons here", "0:", "::::", "0::/\n", "\u{0}\u{ff}:x:/kubepods/pod"] {
             assert!(parse_cgroup_file(text).is_empty(), "{text:?}");
         }
     }

@@ -23,9 +23,10 @@
 //! `CAP_SYS_PTRACE` (ptrace read access). `/run/netns` must be the host's
 //! (mounted in) for named namespaces to be found.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,13 +40,10 @@ use crate::netns::NetnsId;
 pub type NetnsIdReader = fn(&Path) -> io::Result<NetnsId>;
 
 /// `stat(2)` through `path` (following the `/proc/<pid>/ns/net` magic link
-/// or the `/run/netns/NAME` bind mount) → the nsfs (dev, inode).
+/// or the `/run/netns/NAME` bind mount) → the nsfs (dev, inode):
+/// [`NetnsId::of_path`] as a [`NetnsIdReader`].
 pub fn netns_id_of(path: &Path) -> io::Result<NetnsId> {
-    let meta = std::fs::metadata(path)?;
-    Ok(NetnsId {
-        dev: meta.dev(),
-        ino: meta.ino(),
-    })
+    NetnsId::of_path(path)
 }
 
 /// What to walk and how.
@@ -56,10 +54,13 @@ pub struct DiscoveryOptions {
     /// Where `ip netns add` bind-mounts named namespaces; `Some("/run/netns")`.
     /// `None` skips named namespaces.
     pub netns_dir: Option<PathBuf>,
-    /// A path naming the host's network namespace; `None` means
-    /// `<proc_root>/1/ns/net`. With `hostPID`, pid 1 is the host's init, whose
-    /// namespace is the host's. (Without `hostPID` it would be the agent's own
-    /// pod: the agent must run with `hostPID`.)
+    /// A path naming the host's network namespace. `None` means
+    /// `<proc_root>/1/ns/net`: with `hostPID`, pid 1 is the host's init, whose
+    /// namespace is the host's (without `hostPID` it would be the agent's own
+    /// pod: the agent must run with `hostPID`). If pid 1's is unreadable (a
+    /// hardened or sandboxed init), `<proc_root>/2/ns/net` when pid 2 is
+    /// `kthreadd` (parent 0): kernel threads always live in the initial
+    /// network namespace.
     pub host_netns: Option<PathBuf>,
     /// Read the cgroups of the host namespace's processes too, filling
     /// [`NamespaceInfo::pod_uids`] with the `hostNetwork` pods. Off by
@@ -235,10 +236,7 @@ impl BootClock {
             .ok()
             .and_then(|bytes| parse_auxv_clock_ticks(&bytes))
             .unwrap_or(Self::DEFAULT_TICKS_PER_SECOND);
-        Self {
-            boot_time,
-            ticks_per_second,
-        }
+        Self { boot_time, ticks_per_second }
     }
 
     /// The wall-clock time `ticks` after boot (precise to about a second:
@@ -246,17 +244,14 @@ impl BootClock {
     /// value is absurd.
     pub fn wall_time(&self, ticks: u64) -> Option<SystemTime> {
         let tps = self.ticks_per_second.max(1);
-        let since_boot = Duration::from_secs(ticks / tps)
-            .checked_add(Duration::from_nanos((ticks % tps) * 1_000_000_000 / tps))?;
+        let since_boot =
+            Duration::from_secs(ticks / tps).checked_add(Duration::from_nanos((ticks % tps) * 1_000_000_000 / tps))?;
         self.boot_time?.checked_add(since_boot)
     }
 }
 
 fn parse_btime(proc_stat: &str) -> Option<u64> {
-    proc_stat
-        .lines()
-        .find_map(|line| line.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse().ok())
+    proc_stat.lines().find_map(|line| line.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
 }
 
 /// `AT_CLKTCK` from the native-endian `(type, value)` word pairs of an auxv.
@@ -296,30 +291,17 @@ pub struct ProcessInfo {
 }
 
 fn unix_ms<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-    let ms = time
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .and_then(|d| u64::try_from(d.as_millis()).ok());
+    let ms = time.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).and_then(|d| u64::try_from(d.as_millis()).ok());
     ms.serialize(s)
 }
 
 /// Reads `<proc_root>/<pid>/stat`.
-pub fn read_process(
-    proc_root: &Path,
-    pid: u32,
-    clock: &BootClock,
-) -> Result<ProcessInfo, ProcReadError> {
+pub fn read_process(proc_root: &Path, pid: u32, clock: &BootClock) -> Result<ProcessInfo, ProcReadError> {
     let path = proc_root.join(pid.to_string()).join("stat");
     let bytes = std::fs::read(&path).map_err(|e| ProcReadError::from_io(&path, e))?;
-    let (comm, start_ticks) = parse_stat(&bytes).ok_or(ProcReadError::Malformed {
-        path,
-        reason: "no comm in parentheses or no field 22 (starttime)",
-    })?;
-    Ok(ProcessInfo {
-        pid,
-        comm,
-        start_ticks,
-        started_at: clock.wall_time(start_ticks),
-    })
+    let (comm, start_ticks) = parse_stat(&bytes)
+        .ok_or(ProcReadError::Malformed { path, reason: "no comm in parentheses or no field 22 (starttime)" })?;
+    Ok(ProcessInfo { pid, comm, start_ticks, started_at: clock.wall_time(start_ticks) })
 }
 
 /// `(comm, starttime)` from the text of `/proc/<pid>/stat`. The comm may hold
@@ -347,7 +329,9 @@ pub fn read_cgroup(proc_root: &Path, pid: u32) -> Result<CgroupIdentity, ProcRea
 pub struct Discovery {
     /// Every namespace found, each once: the host's first, then by identity.
     pub namespaces: Vec<NamespaceInfo>,
-    /// The host's namespace, if `host_netns` could be read.
+    /// The host's namespace; `None` if it could not be read (then no
+    /// namespace is marked as the host's: a missing `hostPID` or
+    /// `CAP_SYS_PTRACE`).
     pub host: Option<NetnsId>,
     /// Processes whose namespace was read.
     pub processes_seen: u64,
@@ -363,9 +347,7 @@ impl Discovery {
 
     /// The named namespace (`/run/netns/NAME`).
     pub fn by_name(&self, name: &str) -> Option<&NamespaceInfo> {
-        self.namespaces
-            .iter()
-            .find(|ns| ns.names.iter().any(|n| n == name))
+        self.namespaces.iter().find(|ns| ns.names.iter().any(|n| n == name))
     }
 }
 
@@ -437,17 +419,7 @@ pub fn discover(opts: &DiscoveryOptions) -> Result<Discovery, DiscoveryError> {
     let read_id = opts.read_netns_id;
     let mut skipped = SkippedCounts::default();
 
-    let host_path = opts
-        .host_netns
-        .clone()
-        .unwrap_or_else(|| proc_root.join("1/ns/net"));
-    let host = match read_id(&host_path) {
-        Ok(id) => Some(id),
-        Err(error) => {
-            tracing::warn!(path = %host_path.display(), %error, "cannot read the host's network namespace; none will be marked as the host's");
-            None
-        }
-    };
+    let host = host_netns(opts);
 
     // 1. Every process's namespace.
     let mut by_ns: BTreeMap<NetnsId, Vec<u32>> = BTreeMap::new();
@@ -487,38 +459,57 @@ pub fn discover(opts: &DiscoveryOptions) -> Result<Discovery, DiscoveryError> {
         let pids = by_ns.remove(&id).unwrap_or_default();
         let mut names = named.remove(&id).unwrap_or_default();
         names.sort();
-        let is_host = host == Some(id);
-        let label = !is_host || opts.label_host_processes;
-        if let Some(ns) = describe(
-            opts,
-            &clock,
-            id,
-            is_host,
-            label,
-            names,
-            pids,
-            &mut skipped,
-        ) {
+        if let Some(ns) = describe(opts, &clock, id, host == Some(id), names, pids, &mut skipped) {
             namespaces.push(ns);
         }
     }
     namespaces.sort_by_key(|ns| (!ns.is_host, ns.id));
 
-    Ok(Discovery {
-        namespaces,
-        host,
-        processes_seen,
-        skipped,
-    })
+    Ok(Discovery { namespaces, host, processes_seen, skipped })
+}
+
+/// The host's namespace identity; see [`DiscoveryOptions::host_netns`].
+fn host_netns(opts: &DiscoveryOptions) -> Option<NetnsId> {
+    let read_id = opts.read_netns_id;
+    let path = match &opts.host_netns {
+        Some(path) => path.clone(),
+        None => opts.proc_root.join("1/ns/net"),
+    };
+    let error = match read_id(&path) {
+        Ok(id) => return Some(id),
+        Err(error) => error,
+    };
+    if opts.host_netns.is_none() && is_kthreadd(&opts.proc_root, 2) {
+        let kthreadd = opts.proc_root.join("2/ns/net");
+        if let Ok(id) = read_id(&kthreadd) {
+            tracing::debug!(path = %path.display(), %error, "host namespace taken from kthreadd");
+            return Some(id);
+        }
+    }
+    // Reported through `Discovery::host` being `None`; discovery runs often.
+    tracing::debug!(path = %path.display(), %error, "cannot read the host's network namespace");
+    None
+}
+
+/// Whether `pid` is the kernel's `kthreadd` (comm `kthreadd`, parent 0).
+fn is_kthreadd(proc_root: &Path, pid: u32) -> bool {
+    let Ok(bytes) = std::fs::read(proc_root.join(pid.to_string()).join("stat")) else {
+        return false;
+    };
+    let Some(close) = bytes.iter().rposition(|b| *b == b')') else {
+        return false;
+    };
+    let comm_ok = bytes[..close].ends_with(b"(kthreadd");
+    // Fields after the comm: state (3), ppid (4).
+    let ppid = std::str::from_utf8(&bytes[close + 1..]).ok().and_then(|rest| rest.split_ascii_whitespace().nth(4 - 3));
+    comm_ok && ppid == Some("0")
 }
 
 /// Numeric entries of the proc root (thread-group leaders; tasks are not
 /// listed there).
 fn list_pids(proc_root: &Path, skipped: &mut SkippedCounts) -> Result<Vec<u32>, DiscoveryError> {
-    let entries = std::fs::read_dir(proc_root).map_err(|source| DiscoveryError::ListProcesses {
-        path: proc_root.to_owned(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(proc_root)
+        .map_err(|source| DiscoveryError::ListProcesses { path: proc_root.to_owned(), source })?;
     let mut pids = Vec::new();
     for entry in entries {
         match entry {
@@ -529,7 +520,7 @@ fn list_pids(proc_root: &Path, skipped: &mut SkippedCounts) -> Result<Vec<u32>, 
             }
             Err(error) => {
                 // A failing readdir may keep failing; stop here with what we have.
-                tracing::warn!(path = %proc_root.display(), %error, "listing processes stopped early");
+                tracing::debug!(path = %proc_root.display(), %error, "listing processes stopped early");
                 skipped.other += 1;
                 break;
             }
@@ -546,17 +537,14 @@ fn list_named(dir: &Path, skipped: &mut SkippedCounts) -> Vec<(String, PathBuf)>
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
             let error = ProcReadError::from_io(dir, e);
-            tracing::warn!(%error, "cannot list named network namespaces");
+            tracing::debug!(%error, "cannot list named network namespaces");
             skipped.record(&error);
             return Vec::new();
         }
     };
     entries
         .filter_map(|entry| match entry {
-            Ok(entry) => Some((
-                entry.file_name().to_string_lossy().into_owned(),
-                entry.path(),
-            )),
+            Ok(entry) => Some((entry.file_name().to_string_lossy().into_owned(), entry.path())),
             Err(_) => {
                 skipped.other += 1;
                 None
@@ -565,19 +553,20 @@ fn list_named(dir: &Path, skipped: &mut SkippedCounts) -> Vec<(String, PathBuf)>
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Labels one namespace from its names and processes. `None` if nothing can
+/// open it any more (no name, every process gone).
 fn describe(
     opts: &DiscoveryOptions,
     clock: &BootClock,
     id: NetnsId,
     is_host: bool,
-    label: bool,
     names: Vec<(String, PathBuf)>,
     pids: Vec<u32>,
     skipped: &mut SkippedCounts,
 ) -> Option<NamespaceInfo> {
     let proc_root = opts.proc_root.as_path();
     let candidates = opts.open_candidates.max(1);
+    let label = !is_host || opts.label_host_processes;
 
     let mut processes: Vec<ProcessInfo> = Vec::new();
     let mut live_pids = Vec::with_capacity(pids.len());
@@ -637,27 +626,17 @@ fn describe(
         // No stat was readable: any pid still listed will do.
         openers = live_pids.iter().copied().take(candidates).collect();
     }
-    paths.extend(
-        openers
-            .iter()
-            .map(|pid| proc_root.join(pid.to_string()).join("ns/net")),
-    );
+    paths.extend(openers.iter().map(|pid| proc_root.join(pid.to_string()).join("ns/net")));
     if paths.is_empty() {
         // Every process vanished and it has no name: it is gone.
         return None;
     }
     let open_path = paths.remove(0);
 
-    let mut pod_uids: Vec<PodVote> = votes
-        .into_iter()
-        .map(|(uid, processes)| PodVote { uid, processes })
-        .collect();
+    let mut pod_uids: Vec<PodVote> = votes.into_iter().map(|(uid, processes)| PodVote { uid, processes }).collect();
     pod_uids.sort_by(|a, b| b.processes.cmp(&a.processes).then_with(|| a.uid.cmp(&b.uid)));
-    let (pod_uid, pod_uid_ambiguous) = if is_host {
-        (None, false)
-    } else {
-        (pod_uids.first().map(|v| v.uid.clone()), pod_uids.len() > 1)
-    };
+    let (pod_uid, pod_uid_ambiguous) =
+        if is_host { (None, false) } else { (pod_uids.first().map(|v| v.uid.clone()), pod_uids.len() > 1) };
     let runtime = runtimes
         .into_iter()
         .max_by_key(|(runtime, count)| (*count, std::cmp::Reverse(*runtime)))
@@ -716,10 +695,8 @@ pub(crate) mod test_support {
 
     /// A value unlikely to repeat across runs (for names of host objects).
     pub(crate) fn unique() -> u64 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         (u64::from(std::process::id()) << 32) | u64::from(nanos)
     }
 
@@ -757,9 +734,7 @@ pub(crate) mod test_support {
 
     impl Drop for NamedNetns {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
         }
     }
 
@@ -818,17 +793,11 @@ mod tests {
                 .and_then(|t| t.strip_suffix(']'))
                 .and_then(|t| t.parse().ok())
                 .ok_or_else(bad)?;
-            return Ok(NetnsId {
-                dev: FIXTURE_DEV,
-                ino,
-            });
+            return Ok(NetnsId { dev: FIXTURE_DEV, ino });
         }
         let text = std::fs::read_to_string(path)?;
         let (dev, ino) = text.trim().split_once(':').ok_or_else(bad)?;
-        Ok(NetnsId {
-            dev: dev.parse().map_err(|_| bad())?,
-            ino: ino.parse().map_err(|_| bad())?,
-        })
+        Ok(NetnsId { dev: dev.parse().map_err(|_| bad())?, ino: ino.parse().map_err(|_| bad())? })
     }
 
     struct FakeProc {
@@ -840,11 +809,7 @@ mod tests {
             let dir = TempDir::new("fakeproc");
             std::fs::create_dir_all(dir.path().join("proc")).unwrap();
             std::fs::create_dir_all(dir.path().join("netns")).unwrap();
-            std::fs::write(
-                dir.path().join("proc/stat"),
-                "cpu  1 2 3\nbtime 1700000000\nprocesses 42\n",
-            )
-            .unwrap();
+            std::fs::write(dir.path().join("proc/stat"), "cpu  1 2 3\nbtime 1700000000\nprocesses 42\n").unwrap();
             Self { dir }
         }
 
@@ -885,9 +850,11 @@ mod tests {
     }
 
     fn stat_line(pid: u32, comm: &str, start: u64) -> String {
-        // Fields 3..=21, then starttime (22), then a few more.
+        // Fields 3..=21, then starttime (22), then a few more. Pids 1 and 2
+        // have parent 0, like init and kthreadd.
+        let ppid = if pid <= 2 { 0 } else { 1 };
         format!(
-            "{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10 18446744073709551615 0 0 0\n"
+            "{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10 18446744073709551615 0 0 0\n"
         )
     }
 
@@ -899,10 +866,7 @@ mod tests {
     }
 
     fn ns_id(ino: u64) -> NetnsId {
-        NetnsId {
-            dev: FIXTURE_DEV,
-            ino,
-        }
+        NetnsId { dev: FIXTURE_DEV, ino }
     }
 
     /// host ns 100; pod A in ns 200 (pause, app, and a process of pod B that
@@ -927,13 +891,7 @@ mod tests {
         f.process(110, "pause", 1000, Some(200), &systemd_cgroup(UID_A, PAUSE));
         f.process(121, "nginx: worker", 1300, Some(200), &systemd_cgroup(UID_A, APP));
         f.process(130, "debug", 5000, Some(200), &systemd_cgroup(UID_B, APP));
-        f.process(
-            300,
-            "redis-server",
-            2000,
-            Some(300),
-            &format!("0::/system.slice/docker-{PAUSE}.scope\n"),
-        );
+        f.process(300, "redis-server", 2000, Some(300), &format!("0::/system.slice/docker-{PAUSE}.scope\n"));
         // Vanished between listing and reading ns/net.
         f.process(400, "gone", 1, None, "");
         // Unreadable stat: still a member of its namespace.
@@ -957,15 +915,7 @@ mod tests {
         let ids: Vec<u64> = d.namespaces.iter().map(|n| n.id.ino).collect();
         assert_eq!(ids, [100, 200, 300, 500, 600], "host first, then by id");
         assert_eq!(d.processes_seen, 9);
-        assert_eq!(
-            d.skipped,
-            SkippedCounts {
-                vanished: 1,
-                malformed: 1,
-                not_a_namespace: 1,
-                ..Default::default()
-            }
-        );
+        assert_eq!(d.skipped, SkippedCounts { vanished: 1, malformed: 1, not_a_namespace: 1, ..Default::default() });
 
         let host = &d.namespaces[0];
         assert!(host.is_host);
@@ -985,31 +935,16 @@ mod tests {
         assert!(pod.pod_uid_ambiguous);
         assert_eq!(
             pod.pod_uids,
-            [
-                PodVote {
-                    uid: UID_A.into(),
-                    processes: 3
-                },
-                PodVote {
-                    uid: UID_B.into(),
-                    processes: 1
-                }
-            ]
+            [PodVote { uid: UID_A.into(), processes: 3 }, PodVote { uid: UID_B.into(), processes: 1 }]
         );
         assert_eq!(pod.container_ids, [APP, PAUSE]);
         assert_eq!(pod.runtime, Some(Runtime::Containerd));
         let rep = pod.representative.as_ref().unwrap();
         assert_eq!((rep.pid, rep.comm.as_str(), rep.start_ticks), (110, "pause", 1000));
         // btime + 1000 ticks / 100 Hz.
-        assert_eq!(
-            rep.started_at,
-            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_010))
-        );
+        assert_eq!(rep.started_at, Some(UNIX_EPOCH + Duration::from_secs(1_700_000_010)));
         assert_eq!(pod.open_path, f.netns().join("blue"));
-        assert_eq!(
-            pod.fallback_paths,
-            [f.proc().join("110/ns/net"), f.proc().join("120/ns/net")]
-        );
+        assert_eq!(pod.fallback_paths, [f.proc().join("110/ns/net"), f.proc().join("120/ns/net")]);
 
         let docker = d.get(ns_id(300)).unwrap();
         assert_eq!(docker.pod_uid, None);
@@ -1030,21 +965,14 @@ mod tests {
         assert_eq!(empty.open_path, f.netns().join("red"));
 
         let json = serde_json::to_value(&d).unwrap();
-        assert_eq!(
-            json["namespaces"][1]["representative"]["startedAtUnixMs"],
-            1_700_000_010_000u64
-        );
+        assert_eq!(json["namespaces"][1]["representative"]["startedAtUnixMs"], 1_700_000_010_000u64);
         assert_eq!(json["namespaces"][1]["podUid"], UID_A);
     }
 
     #[test]
     fn fixture_labels_host_when_asked() {
         let f = fixture();
-        let d = discover(&DiscoveryOptions {
-            label_host_processes: true,
-            ..f.options()
-        })
-        .unwrap();
+        let d = discover(&DiscoveryOptions { label_host_processes: true, ..f.options() }).unwrap();
         let host = &d.namespaces[0];
         assert!(host.is_host);
         assert_eq!(host.pod_uid, None, "hostNetwork pods do not own the host ns");
@@ -1073,21 +1001,30 @@ mod tests {
     }
 
     #[test]
+    fn fixture_host_from_kthreadd_when_init_is_unreadable() {
+        let f = fixture();
+        std::fs::remove_file(f.proc().join("1/ns/net")).unwrap();
+        let d = discover(&f.options()).unwrap();
+        assert_eq!(d.host, Some(ns_id(100)));
+        assert!(d.namespaces[0].is_host);
+        assert_eq!(d.namespaces[0].pids, [2, 50]);
+
+        // Pid 2 that is not kthreadd (no hostPID): no host at all.
+        std::fs::write(f.proc().join("2/stat"), stat_line(2, "sh", 5).replace("S 0", "S 1")).unwrap();
+        let d = discover(&f.options()).unwrap();
+        assert_eq!(d.host, None);
+        assert!(d.namespaces.iter().all(|n| !n.is_host));
+        assert_eq!(d.get(ns_id(200)).unwrap().pod_uid.as_deref(), Some(UID_A));
+    }
+
+    #[test]
     fn missing_proc_root_is_an_error_missing_netns_dir_is_not() {
         let f = FakeProc::new();
-        let err = discover(&DiscoveryOptions {
-            proc_root: f.dir.path().join("nope"),
-            ..f.options()
-        })
-        .unwrap_err();
+        let err = discover(&DiscoveryOptions { proc_root: f.dir.path().join("nope"), ..f.options() }).unwrap_err();
         assert_eq!(err.category(), "ListProcesses");
         assert!(std::error::Error::source(&err).is_some());
 
-        let d = discover(&DiscoveryOptions {
-            netns_dir: Some(f.dir.path().join("nope")),
-            ..f.options()
-        })
-        .unwrap();
+        let d = discover(&DiscoveryOptions { netns_dir: Some(f.dir.path().join("nope")), ..f.options() }).unwrap();
         assert!(d.namespaces.is_empty());
         assert_eq!(d.host, None);
     }
@@ -1098,21 +1035,12 @@ mod tests {
         let classify = |e: io::Error| ProcReadError::from_io(p, e).category();
         assert_eq!(classify(io::Error::from_raw_os_error(libc::ENOENT)), "Vanished");
         assert_eq!(classify(io::Error::from_raw_os_error(libc::ESRCH)), "Vanished");
-        assert_eq!(
-            classify(io::Error::from_raw_os_error(libc::EACCES)),
-            "PermissionDenied"
-        );
-        assert_eq!(
-            classify(io::Error::from_raw_os_error(libc::EPERM)),
-            "PermissionDenied"
-        );
+        assert_eq!(classify(io::Error::from_raw_os_error(libc::EACCES)), "PermissionDenied");
+        assert_eq!(classify(io::Error::from_raw_os_error(libc::EPERM)), "PermissionDenied");
         assert_eq!(classify(io::Error::from_raw_os_error(libc::EIO)), "Io");
         let mut counts = SkippedCounts::default();
         counts.record(&ProcReadError::from_io(p, io::Error::from_raw_os_error(libc::ESRCH)));
-        counts.record(&ProcReadError::Malformed {
-            path: p.into(),
-            reason: "x",
-        });
+        counts.record(&ProcReadError::Malformed { path: p.into(), reason: "x" });
         assert_eq!((counts.vanished, counts.malformed, counts.total()), (1, 1, 2));
     }
 
@@ -1132,39 +1060,19 @@ mod tests {
     fn boot_clock() {
         assert_eq!(parse_btime("cpu 1\nbtime 17\n"), Some(17));
         assert_eq!(parse_btime("cpu 1\n"), None);
-        let clock = BootClock {
-            boot_time: Some(UNIX_EPOCH + Duration::from_secs(1000)),
-            ticks_per_second: 100,
-        };
-        assert_eq!(
-            clock.wall_time(250),
-            Some(UNIX_EPOCH + Duration::from_millis(1_002_500))
-        );
+        let clock = BootClock { boot_time: Some(UNIX_EPOCH + Duration::from_secs(1000)), ticks_per_second: 100 };
+        assert_eq!(clock.wall_time(250), Some(UNIX_EPOCH + Duration::from_millis(1_002_500)));
         // Absurd values do not panic.
         let _ = clock.wall_time(u64::MAX);
-        let zero = BootClock {
-            ticks_per_second: 0,
-            ..clock
-        };
+        let zero = BootClock { ticks_per_second: 0, ..clock };
         let _ = zero.wall_time(u64::MAX);
-        assert_eq!(
-            BootClock {
-                boot_time: None,
-                ..clock
-            }
-            .wall_time(1),
-            None
-        );
+        assert_eq!(BootClock { boot_time: None, ..clock }.wall_time(1), None);
     }
 
     #[test]
     fn auxv_clock_ticks() {
         let words = |pairs: &[(usize, usize)]| -> Vec<u8> {
-            pairs
-                .iter()
-                .flat_map(|(k, v)| [k.to_ne_bytes(), v.to_ne_bytes()])
-                .flatten()
-                .collect()
+            pairs.iter().flat_map(|(k, v)| [k.to_ne_bytes(), v.to_ne_bytes()]).flatten().collect()
         };
         assert_eq!(parse_auxv_clock_ticks(&words(&[(6, 4096), (17, 100), (0, 0)])), Some(100));
         assert_eq!(parse_auxv_clock_ticks(&words(&[(6, 4096), (0, 0), (17, 1)])), None);
@@ -1185,12 +1093,8 @@ mod tests {
         let named_path = Path::new("/run/netns").join(&netns.0);
         let want = netns_id_of(&named_path).unwrap();
         // A process inside it, so that its pids and representative are real.
-        let child = Child(
-            std::process::Command::new("ip")
-                .args(["netns", "exec", &netns.0, "sleep", "60"])
-                .spawn()
-                .unwrap(),
-        );
+        let child =
+            Child(std::process::Command::new("ip").args(["netns", "exec", &netns.0, "sleep", "60"]).spawn().unwrap());
         let pid = child.0.id();
         wait_for_comm(pid, "sleep");
 
@@ -1207,13 +1111,15 @@ mod tests {
         assert_eq!(ns.fallback_paths, [PathBuf::from(format!("/proc/{pid}/ns/net"))]);
         assert_eq!(netns_id_of(&ns.fallback_paths[0]).unwrap(), want);
 
-        let host_id = netns_id_of(Path::new("/proc/1/ns/net")).unwrap();
+        // Pid 1 may be unreadable (a sandboxed init); kthreadd then decides.
+        let host_id =
+            netns_id_of(Path::new("/proc/1/ns/net")).or_else(|_| netns_id_of(Path::new("/proc/2/ns/net"))).unwrap();
         assert_eq!(d.host, Some(host_id));
         let hosts: Vec<_> = d.namespaces.iter().filter(|n| n.is_host).collect();
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0].id, host_id);
         assert_eq!(hosts[0].pod_uid, None);
-        assert!(hosts[0].pids.contains(&1));
+        assert!(hosts[0].pids.contains(&2), "kthreadd is in the host namespace");
 
         let mut ids: Vec<NetnsId> = d.namespaces.iter().map(|n| n.id).collect();
         let total = ids.len();

@@ -121,9 +121,7 @@ impl ScanError {
         let denied = |e: &io::Error| e.kind() == io::ErrorKind::PermissionDenied;
         match self {
             Self::Setns { source, .. } if denied(source) => Some("CAP_SYS_ADMIN"),
-            Self::OpenNetns { source, .. } if denied(source) => {
-                Some("CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH")
-            }
+            Self::OpenNetns { source, .. } if denied(source) => Some("CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH"),
             _ => None,
         }
     }
@@ -147,37 +145,16 @@ mod tests {
         let io = || io::Error::from_raw_os_error(libc::EPERM);
         let id = NetnsId { dev: 4, ino: 1 };
         let cases = [
-            (
-                ScanError::OpenNetns {
-                    path: "/x".into(),
-                    source: io(),
-                },
-                "NetnsOpen",
-            ),
-            (
-                ScanError::NotNamespace { path: "/x".into() },
-                "NotNamespace",
-            ),
+            (ScanError::OpenNetns { path: "/x".into(), source: io() }, "NetnsOpen"),
+            (ScanError::NotNamespace { path: "/x".into() }, "NotNamespace"),
             (ScanError::Setns { id, source: io() }, "NetnsEnter"),
             (ScanError::ThreadPanicked, "NetnsThread"),
             (ScanError::DiagSocket { source: io() }, "DiagSocket"),
             (ScanError::DiagIo { source: io() }, "DiagIo"),
             (ScanError::DiagKernel { source: io() }, "DiagKernel"),
             (ScanError::DiagMalformed { what: "x" }, "DiagMalformed"),
-            (
-                ScanError::Sysctl {
-                    name: "net.ipv4.tcp_tw_reuse",
-                    source: io(),
-                },
-                "Sysctl",
-            ),
-            (
-                ScanError::Counters {
-                    what: "sockstat",
-                    source: io(),
-                },
-                "Counters",
-            ),
+            (ScanError::Sysctl { name: "net.ipv4.tcp_tw_reuse", source: io() }, "Sysctl"),
+            (ScanError::Counters { what: "sockstat", source: io() }, "Counters"),
         ];
         for (err, cat) in cases {
             assert_eq!(err.category(), cat, "{err}");
@@ -187,23 +164,12 @@ mod tests {
     #[test]
     fn permission_errors_name_the_capability() {
         let id = NetnsId { dev: 4, ino: 1 };
-        let e = ScanError::Setns {
-            id,
-            source: io::Error::from_raw_os_error(libc::EPERM),
-        };
+        let e = ScanError::Setns { id, source: io::Error::from_raw_os_error(libc::EPERM) };
         assert_eq!(e.missing_capability(), Some("CAP_SYS_ADMIN"));
-        let e = ScanError::OpenNetns {
-            path: "/proc/1/ns/net".into(),
-            source: io::Error::from_raw_os_error(libc::EACCES),
-        };
-        assert_eq!(
-            e.missing_capability(),
-            Some("CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH")
-        );
-        let e = ScanError::Setns {
-            id,
-            source: io::Error::from_raw_os_error(libc::EINVAL),
-        };
+        let e =
+            ScanError::OpenNetns { path: "/proc/1/ns/net".into(), source: io::Error::from_raw_os_error(libc::EACCES) };
+        assert_eq!(e.missing_capability(), Some("CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH"));
+        let e = ScanError::Setns { id, source: io::Error::from_raw_os_error(libc::EINVAL) };
         assert_eq!(e.missing_capability(), None);
     }
 }

@@ -1,1 +1,29 @@
-fn main() {}
+//! `connhealth-agent`: parses the command line and hands over to the
+//! library ([`connhealth_agent::cli`]).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use connhealth_agent::cli::{self, Cli, Command};
+use connhealth_agent::scan::error_chain;
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let result = match &args.command {
+        Command::Scan(scan) => {
+            cli::init_logging("error");
+            cli::scan(scan, &mut std::io::stdout().lock(), &mut std::io::stderr())
+        }
+        Command::Run(run) => {
+            cli::init_logging("info");
+            cli::run(run)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("connhealth-agent: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -16,7 +16,8 @@
 //!
 //! It is the only module allowed to use `unsafe`; every block says why it is
 //! sound. The syscall surface is deliberately small: `setns`, `socket`,
-//! `sendto`, `recv`, `getrusage`, `getrlimit`, `setrlimit`.
+//! `send`, `recv`, `capget`/`capset` (to create diag sockets without
+//! `CAP_NET_ADMIN`), `getrusage`, `getrlimit`, `setrlimit`.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -54,10 +55,7 @@ impl NetnsId {
     }
 
     fn from_metadata(meta: &std::fs::Metadata) -> Self {
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
+        Self { dev: meta.dev(), ino: meta.ino() }
     }
 }
 
@@ -93,25 +91,14 @@ impl NetnsHandle {
     /// checked by the kernel when it is entered.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ScanError> {
         let path = path.as_ref();
-        let open_err = |source| ScanError::OpenNetns {
-            path: path.to_owned(),
-            source,
-        };
+        let open_err = |source| ScanError::OpenNetns { path: path.to_owned(), source };
         let file = File::open(path).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
-        let nsfs_dev = std::fs::metadata("/proc/thread-self/ns/net")
-            .map_err(open_err)?
-            .dev();
+        let nsfs_dev = std::fs::metadata("/proc/thread-self/ns/net").map_err(open_err)?.dev();
         if meta.dev() != nsfs_dev {
-            return Err(ScanError::NotNamespace {
-                path: path.to_owned(),
-            });
+            return Err(ScanError::NotNamespace { path: path.to_owned() });
         }
-        Ok(Self {
-            fd: OwnedFd::from(file),
-            id: NetnsId::from_metadata(&meta),
-            path: path.to_owned(),
-        })
+        Ok(Self { fd: OwnedFd::from(file), id: NetnsId::from_metadata(&meta), path: path.to_owned() })
     }
 
     /// The network namespace of the calling thread.
@@ -170,11 +157,7 @@ fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
     // calling thread alone, which is a thread created for this purpose and
     // discarded afterwards (see `run_in`).
     let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// A `NETLINK_SOCK_DIAG` socket, bound to the network namespace it was
@@ -189,13 +172,8 @@ impl DiagSocket {
     /// inside [`NetnsHandle::run_in`] for another namespace.
     pub fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2) with constant arguments; no pointers.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -205,26 +183,41 @@ impl DiagSocket {
         Ok(Self { fd })
     }
 
-    /// Sends one request datagram to the kernel (netlink port 0). Retries on
+    /// Like [`DiagSocket::open`], but the socket is created while the
+    /// calling thread's effective capabilities lack `CAP_NET_ADMIN` (and the
+    /// thread's set is restored afterwards). The kernel checks the socket's
+    /// file credentials for `CAP_NET_ADMIN` on every dump: without it, dumps
+    /// skip the socket mark and the MD5/ULP details (fewer cache lines
+    /// touched per socket) and the socket can never destroy sockets
+    /// (`SOCK_DESTROY`). The agent needs neither. Falls back to a plain
+    /// socket when capabilities cannot be changed.
+    pub fn open_without_net_admin() -> io::Result<Self> {
+        let Ok(saved) = ThreadCaps::get() else {
+            return Self::open();
+        };
+        let mut reduced = saved;
+        reduced.data[0].effective &= !(1 << CAP_NET_ADMIN);
+        if reduced.data[0].effective == saved.data[0].effective || reduced.set().is_err() {
+            return Self::open();
+        }
+        let sock = Self::open();
+        if let Err(e) = saved.set() {
+            tracing::warn!(error = %e, "cannot restore this thread's capabilities");
+        }
+        sock
+    }
+
+    /// Sends one request datagram to the kernel. No destination address is
+    /// given (an unconnected netlink socket sends to the kernel, port 0):
+    /// with an explicit address the kernel would judge the request by the
+    /// sending thread's capabilities alone instead of also by the socket's
+    /// creator (see [`DiagSocket::open_without_net_admin`]). Retries on
     /// `EINTR`.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         loop {
-            // SAFETY: `buf` is valid for `buf.len()` bytes and `addr` for
-            // `size_of::<sockaddr_nl>()` bytes for the duration of the call;
-            // the kernel only reads both.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    buf.as_ptr().cast::<c_void>(),
-                    buf.len(),
-                    0,
-                    (&raw const addr).cast::<libc::sockaddr>(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
+            // SAFETY: `buf` is valid for `buf.len()` bytes for the duration
+            // of the call; the kernel only reads it.
+            let n = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast::<c_void>(), buf.len(), 0) };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -243,22 +236,14 @@ impl DiagSocket {
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the
             // duration of the call; the kernel writes at most that many.
             let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast::<c_void>(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                )
+                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast::<c_void>(), buf.len(), libc::MSG_TRUNC)
             };
             if n >= 0 {
                 let n = n as usize;
                 if n > buf.len() {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!(
-                            "netlink datagram of {n} bytes exceeds the {}-byte buffer",
-                            buf.len()
-                        ),
+                        format!("netlink datagram of {n} bytes exceeds the {}-byte buffer", buf.len()),
                     ));
                 }
                 return Ok(n);
@@ -268,6 +253,62 @@ impl DiagSocket {
                 return Err(err);
             }
         }
+    }
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The calling thread's capability sets (version 3: two 32-bit words).
+#[derive(Debug, Clone, Copy)]
+struct ThreadCaps {
+    data: [CapData; 2],
+}
+
+impl ThreadCaps {
+    fn header() -> CapHeader {
+        CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0, // the calling thread
+        }
+    }
+
+    fn get() -> io::Result<Self> {
+        let mut hdr = Self::header();
+        let mut data = [CapData::default(); 2];
+        // SAFETY: capget(2) reads `hdr` and writes two `CapData` (the v3
+        // layout) into `data`; both are valid, writable and live for the
+        // call.
+        let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()) };
+        if rc == 0 { Ok(Self { data }) } else { Err(io::Error::last_os_error()) }
+    }
+
+    /// Sets the calling thread's capabilities (capset only ever acts on the
+    /// calling thread).
+    fn set(&self) -> io::Result<()> {
+        let mut hdr = Self::header();
+        // SAFETY: capset(2) reads `hdr` and two `CapData` from `self.data`;
+        // both are valid for the call. It changes only the calling thread's
+        // sets, within what its permitted set allows.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut hdr, self.data.as_ptr()) };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 }
 
@@ -317,14 +358,8 @@ pub fn resource_usage(who: Who) -> io::Result<ResourceUsage> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    Ok(ResourceUsage {
-        user: tv(ru.ru_utime),
-        system: tv(ru.ru_stime),
-        max_rss_kib: ru.ru_maxrss as u64,
-    })
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Ok(ResourceUsage { user: tv(ru.ru_utime), system: tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss as u64 })
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to at least `want` open files,
@@ -341,17 +376,11 @@ pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
     if lim.rlim_cur >= want {
         return Ok(lim.rlim_cur);
     }
-    let mut new = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: lim.rlim_max.max(want),
-    };
+    let mut new = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max.max(want) };
     // SAFETY: `new` is a valid rlimit read by the kernel during the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
         // Not allowed to raise the hard limit: go as far as it allows.
-        new = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
+        new = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         // SAFETY: as above.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
             return Err(io::Error::last_os_error());
@@ -380,9 +409,7 @@ mod tests {
     #[test]
     fn run_in_own_namespace_needs_no_privilege_and_returns_the_value() {
         let h = NetnsHandle::current().unwrap();
-        let (id, sock) = h
-            .run_in(|| (NetnsId::current_thread().unwrap(), DiagSocket::open()))
-            .unwrap();
+        let (id, sock) = h.run_in(|| (NetnsId::current_thread().unwrap(), DiagSocket::open())).unwrap();
         assert_eq!(id, h.id());
         assert!(sock.is_ok());
     }
@@ -390,7 +417,7 @@ mod tests {
     #[test]
     fn panicking_closure_is_an_error_not_a_panic() {
         let h = NetnsHandle::current().unwrap();
-        let err = h.run_in(|| panic!("boom")).map(|()| ()).unwrap_err();
+        let err = h.run_in::<(), _>(|| panic!("boom")).unwrap_err();
         assert_eq!(err.category(), "NetnsThread");
     }
 
@@ -398,5 +425,39 @@ mod tests {
     fn resource_usage_reports_something() {
         let ru = resource_usage(Who::SelfProcess).unwrap();
         assert!(ru.max_rss_kib > 0);
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    fn cap_eff() -> u64 {
+        let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap();
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn net_admin_is_dropped_only_while_the_socket_is_created() {
+        std::thread::spawn(|| {
+            let before = cap_eff();
+            let saved = ThreadCaps::get().unwrap();
+            let mut reduced = saved;
+            reduced.data[0].effective &= !(1 << CAP_NET_ADMIN);
+            if before & (1 << CAP_NET_ADMIN) == 0 {
+                // Unprivileged run: nothing to drop; the socket opens anyway.
+                DiagSocket::open_without_net_admin().unwrap();
+                return;
+            }
+            reduced.set().unwrap();
+            assert_eq!(cap_eff(), before & !(1 << CAP_NET_ADMIN), "only CAP_NET_ADMIN dropped");
+            saved.set().unwrap();
+            assert_eq!(cap_eff(), before);
+            DiagSocket::open_without_net_admin().unwrap();
+            assert_eq!(cap_eff(), before, "restored after opening");
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -17,15 +17,15 @@
 //! share their leader's fd table. Processes and fds that vanish mid-walk are
 //! normal and counted in [`SkippedCounts`], never fatal.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 
-use crate::discovery::{
-    BootClock, ProcReadError, ProcessInfo, SkippedCounts, read_cgroup, read_process,
-};
+use crate::discovery::{BootClock, ProcReadError, ProcessInfo, SkippedCounts, read_cgroup, read_process};
 
 /// How to walk.
 #[derive(Debug, Clone)]
@@ -38,10 +38,7 @@ pub struct OwnersOptions {
 
 impl Default for OwnersOptions {
     fn default() -> Self {
-        Self {
-            proc_root: PathBuf::from("/proc"),
-            stop_when_all_found: true,
-        }
+        Self { proc_root: PathBuf::from("/proc"), stop_when_all_found: true }
     }
 }
 
@@ -127,10 +124,7 @@ pub fn find_owners(opts: &OwnersOptions, inodes: &[u64], pids: &[u32]) -> Owners
     // inode → pid of the last process seen holding it (0: none yet; pid 0 is
     // never a process in /proc).
     let mut wanted: HashMap<u64, u32> = inodes.iter().map(|&ino| (ino, 0)).collect();
-    let mut result = Owners {
-        inodes_wanted: wanted.len() as u64,
-        ..Owners::default()
-    };
+    let mut result = Owners { inodes_wanted: wanted.len() as u64, ..Owners::default() };
     if wanted.is_empty() {
         return result;
     }
@@ -156,12 +150,8 @@ pub fn find_owners(opts: &OwnersOptions, inodes: &[u64], pids: &[u32]) -> Owners
                 continue;
             }
         };
-        let cgroup = read_cgroup(proc_root, pid)
-            .inspect_err(|error| result.skipped.record(error))
-            .unwrap_or_default();
-        let limits = read_nofile_limits(proc_root, pid)
-            .inspect_err(|error| result.skipped.record(error))
-            .ok();
+        let cgroup = read_cgroup(proc_root, pid).inspect_err(|error| result.skipped.record(error)).unwrap_or_default();
+        let limits = read_nofile_limits(proc_root, pid).inspect_err(|error| result.skipped.record(error)).ok();
         result.owners.push(SocketOwner {
             process,
             pod_uid: cgroup.pod_uid,
@@ -172,11 +162,7 @@ pub fn find_owners(opts: &OwnersOptions, inodes: &[u64], pids: &[u32]) -> Owners
             nofile_hard: limits.map(|(_, hard)| hard),
         });
     }
-    result.owners.sort_by(|a, b| {
-        b.held
-            .cmp(&a.held)
-            .then_with(|| a.process.pid.cmp(&b.process.pid))
-    });
+    result.owners.sort_by(|a, b| b.held.cmp(&a.held).then_with(|| a.process.pid.cmp(&b.process.pid)));
     result
 }
 
@@ -187,12 +173,7 @@ struct FdWalk {
 
 /// Reads `<proc_root>/<pid>/fd`, marking wanted inodes as held by `pid`.
 /// `None` if the fd table could not be listed.
-fn walk_fds(
-    proc_root: &Path,
-    pid: u32,
-    wanted: &mut HashMap<u64, u32>,
-    result: &mut Owners,
-) -> Option<FdWalk> {
+fn walk_fds(proc_root: &Path, pid: u32, wanted: &mut HashMap<u64, u32>, result: &mut Owners) -> Option<FdWalk> {
     let fd_dir = proc_root.join(pid.to_string()).join("fd");
     let entries = match std::fs::read_dir(&fd_dir) {
         Ok(entries) => entries,
@@ -202,10 +183,7 @@ fn walk_fds(
         }
     };
     result.pids_walked += 1;
-    let mut walk = FdWalk {
-        open_fds: 0,
-        held: 0,
-    };
+    let mut walk = FdWalk { open_fds: 0, held: 0 };
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
@@ -222,9 +200,7 @@ fn walk_fds(
             // The fd was closed between listing and reading: normal.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                result
-                    .skipped
-                    .record(&ProcReadError::from_io(&entry.path(), e));
+                result.skipped.record(&ProcReadError::from_io(&entry.path(), e));
                 continue;
             }
         };
@@ -252,16 +228,11 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 
 /// Reads the soft and hard `RLIMIT_NOFILE` of a process from
 /// `<proc_root>/<pid>/limits`.
-pub fn read_nofile_limits(
-    proc_root: &Path,
-    pid: u32,
-) -> Result<(RlimitValue, RlimitValue), ProcReadError> {
+pub fn read_nofile_limits(proc_root: &Path, pid: u32) -> Result<(RlimitValue, RlimitValue), ProcReadError> {
     let path = proc_root.join(pid.to_string()).join("limits");
     let bytes = std::fs::read(&path).map_err(|e| ProcReadError::from_io(&path, e))?;
-    parse_nofile_limits(&String::from_utf8_lossy(&bytes)).ok_or(ProcReadError::Malformed {
-        path,
-        reason: "no parsable \"Max open files\" line",
-    })
+    parse_nofile_limits(&String::from_utf8_lossy(&bytes))
+        .ok_or(ProcReadError::Malformed { path, reason: "no parsable \"Max open files\" line" })
 }
 
 /// `(soft, hard)` from the `Max open files` line of `/proc/<pid>/limits`:
@@ -271,9 +242,7 @@ pub fn read_nofile_limits(
 /// Max open files            1024                 524288               files
 /// ```
 pub fn parse_nofile_limits(text: &str) -> Option<(RlimitValue, RlimitValue)> {
-    let rest = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Max open files"))?;
+    let rest = text.lines().find_map(|line| line.strip_prefix("Max open files"))?;
     let mut values = rest.split_whitespace().map(|v| match v {
         "unlimited" => Some(RlimitValue::Unlimited),
         n => n.parse().ok().map(RlimitValue::Limited),
@@ -284,9 +253,7 @@ pub fn parse_nofile_limits(text: &str) -> Option<(RlimitValue, RlimitValue)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::test_support::{
-        Child, NamedNetns, TempDir, can_run_privileged_test, wait_for_comm,
-    };
+    use crate::discovery::test_support::{Child, NamedNetns, TempDir, can_run_privileged_test, wait_for_comm};
     use crate::discovery::{DiscoveryOptions, discover};
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::fs::symlink;
@@ -309,16 +276,9 @@ Max locked memory         8388608              8388608              bytes
         for (fd, target) in fds.iter().enumerate() {
             symlink(target, dir.join("fd").join(fd.to_string())).unwrap();
         }
-        std::fs::write(
-            dir.join("stat"),
-            format!("{pid} ({comm}) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 4200 1 1\n"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("cgroup"),
-            format!("0::/kubepods/burstable/pod{UID}/{CID}\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.join("stat"), format!("{pid} ({comm}) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 4200 1 1\n"))
+            .unwrap();
+        std::fs::write(dir.join("cgroup"), format!("0::/kubepods/burstable/pod{UID}/{CID}\n")).unwrap();
         std::fs::write(dir.join("limits"), limits).unwrap();
     }
 
@@ -357,20 +317,13 @@ Max locked memory         8388608              8388608              bytes
     }
 
     fn opts(root: &Path, stop: bool) -> OwnersOptions {
-        OwnersOptions {
-            proc_root: root.to_owned(),
-            stop_when_all_found: stop,
-        }
+        OwnersOptions { proc_root: root.to_owned(), stop_when_all_found: stop }
     }
 
     #[test]
     fn fixture_exhaustive() {
         let dir = fixture();
-        let got = find_owners(
-            &opts(dir.path(), false),
-            &[111, 222, 333, 444, 999, 111],
-            &[10, 20, 30, 40, 50],
-        );
+        let got = find_owners(&opts(dir.path(), false), &[111, 222, 333, 444, 999, 111], &[10, 20, 30, 40, 50]);
         assert_eq!(got.inodes_wanted, 5);
         assert_eq!(got.inodes_found, 4);
         assert_eq!(got.pids_walked, 4);
@@ -379,11 +332,7 @@ Max locked memory         8388608              8388608              bytes
         assert_eq!(got.skipped.vanished, 1, "pid 40");
         assert_eq!(got.skipped.malformed, 1, "limits of pid 50");
 
-        let summary: Vec<(u32, u64, u64)> = got
-            .owners
-            .iter()
-            .map(|o| (o.process.pid, o.held, o.open_fds))
-            .collect();
+        let summary: Vec<(u32, u64, u64)> = got.owners.iter().map(|o| (o.process.pid, o.held, o.open_fds)).collect();
         assert_eq!(summary, [(10, 2, 6), (20, 2, 2), (50, 1, 1)]);
 
         let java = &got.owners[0];
@@ -440,14 +389,8 @@ Max locked memory         8388608              8388608              bytes
     #[test]
     fn limits_parsing() {
         use RlimitValue::*;
-        assert_eq!(
-            parse_nofile_limits(LIMITS),
-            Some((Limited(1024), Limited(524288)))
-        );
-        assert_eq!(
-            parse_nofile_limits("Max open files  unlimited  unlimited  files\n"),
-            Some((Unlimited, Unlimited))
-        );
+        assert_eq!(parse_nofile_limits(LIMITS), Some((Limited(1024), Limited(524288))));
+        assert_eq!(parse_nofile_limits("Max open files  unlimited  unlimited  files\n"), Some((Unlimited, Unlimited)));
         assert_eq!(parse_nofile_limits("Max open files  1024\n"), None);
         assert_eq!(parse_nofile_limits("Max open files  x y files\n"), None);
         assert_eq!(parse_nofile_limits(""), None);
@@ -462,10 +405,7 @@ Max locked memory         8388608              8388608              bytes
     /// `sh -c 'ulimit -Sn'` in a child: the soft limit it inherited from us,
     /// read by getrlimit in another program.
     fn shell_soft_nofile() -> RlimitValue {
-        let out = std::process::Command::new("sh")
-            .args(["-c", "ulimit -Sn"])
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("sh").args(["-c", "ulimit -Sn"]).output().unwrap();
         match String::from_utf8(out.stdout).unwrap().trim() {
             "unlimited" => RlimitValue::Unlimited,
             n => RlimitValue::Limited(n.parse().unwrap()),
@@ -486,17 +426,10 @@ Max locked memory         8388608              8388608              bytes
         let owner = &got.owners[0];
         assert_eq!(owner.process.pid, me);
         assert_eq!(owner.held, 1);
-        assert_eq!(
-            owner.process.comm,
-            std::fs::read_to_string("/proc/self/comm").unwrap().trim_end()
-        );
+        assert_eq!(owner.process.comm, std::fs::read_to_string("/proc/self/comm").unwrap().trim_end());
         // Other tests open and close fds concurrently: plausible, not exact.
         assert!(owner.open_fds >= 4, "{}", owner.open_fds);
-        assert!(
-            owner.open_fds.abs_diff(fds_now) <= 64,
-            "{} vs {fds_now}",
-            owner.open_fds
-        );
+        assert!(owner.open_fds.abs_diff(fds_now) <= 64, "{} vs {fds_now}", owner.open_fds);
         assert_eq!(owner.nofile_soft, Some(shell_soft_nofile()));
         let started = owner.process.started_at.expect("btime readable");
         assert!(started <= std::time::SystemTime::now());

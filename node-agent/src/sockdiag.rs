@@ -303,12 +303,7 @@ impl<'a> DiagMsg<'a> {
             let b: [u8; 16] = self.0[at..at + 16].try_into().expect("16 bytes");
             IpAddr::V6(Ipv6Addr::from(b))
         } else {
-            IpAddr::V4(Ipv4Addr::new(
-                self.0[at],
-                self.0[at + 1],
-                self.0[at + 2],
-                self.0[at + 3],
-            ))
+            IpAddr::V4(Ipv4Addr::new(self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]))
         }
     }
 
@@ -391,9 +386,7 @@ fn ne_u16(b: &[u8], at: usize) -> u16 {
 }
 
 fn kernel_error(neg_errno: i32) -> ScanError {
-    ScanError::DiagKernel {
-        source: io::Error::from_raw_os_error(-neg_errno),
-    }
+    ScanError::DiagKernel { source: io::Error::from_raw_os_error(-neg_errno) }
 }
 
 /// Parses one received datagram: every netlink message in it whose sequence
@@ -412,9 +405,7 @@ pub fn parse_datagram(
         let ty = ne_u16(buf, at + 4); // nlmsg_type
         let msg_seq = ne_u32(buf, at + 8); // nlmsg_seq
         if len < NLMSG_HDR_LEN || len > buf.len() - at {
-            return Err(ScanError::DiagMalformed {
-                what: "netlink message length out of bounds",
-            });
+            return Err(ScanError::DiagMalformed { what: "netlink message length out of bounds" });
         }
         let payload = &buf[at + NLMSG_HDR_LEN..at + len];
         // Next message starts at the 4-byte aligned end of this one.
@@ -425,9 +416,8 @@ pub fn parse_datagram(
         }
         match ty {
             t if t == msg_type => {
-                let msg = DiagMsg::new(payload).ok_or(ScanError::DiagMalformed {
-                    what: "inet_diag_msg shorter than 72 bytes",
-                })?;
+                let msg = DiagMsg::new(payload)
+                    .ok_or(ScanError::DiagMalformed { what: "inet_diag_msg shorter than 72 bytes" })?;
                 sockets += 1;
                 on_socket(msg);
             }
@@ -444,9 +434,7 @@ pub fn parse_datagram(
             NLMSG_ERROR => {
                 // struct nlmsgerr { int error; struct nlmsghdr msg; ... }
                 if payload.len() < 4 {
-                    return Err(ScanError::DiagMalformed {
-                        what: "NLMSG_ERROR without an error code",
-                    });
+                    return Err(ScanError::DiagMalformed { what: "NLMSG_ERROR without an error code" });
                 }
                 let code = ne_u32(payload, 0) as i32;
                 if code < 0 {
@@ -455,9 +443,7 @@ pub fn parse_datagram(
                 // error 0 is an acknowledgement; nothing to do.
             }
             NLMSG_OVERRUN => {
-                return Err(ScanError::DiagMalformed {
-                    what: "NLMSG_OVERRUN: data lost",
-                });
+                return Err(ScanError::DiagMalformed { what: "NLMSG_OVERRUN: data lost" });
             }
             NLMSG_NOOP => {}
             _ => {}
@@ -486,11 +472,7 @@ impl Default for Dumper {
 impl Dumper {
     /// A dumper sending the requests of `mode`.
     pub fn new(mode: DumpMode) -> Self {
-        Self {
-            buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(),
-            seq: 0,
-            mode,
-        }
+        Self { buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(), seq: 0, mode }
     }
 
     /// The request mode in force (after an [`DumpMode::Auto`] fallback,
@@ -549,17 +531,12 @@ impl Dumper {
             Request::Legacy => (encode_legacy_request(states, seq), TCPDIAG_GETSOCK),
             Request::Family(f) => (encode_family_request(f, states, seq), SOCK_DIAG_BY_FAMILY),
         };
-        sock.send(&bytes)
-            .map_err(|source| ScanError::DiagIo { source })?;
+        sock.send(&bytes).map_err(|source| ScanError::DiagIo { source })?;
         stats.requests += 1;
         loop {
-            let n = sock
-                .recv(&mut self.buf)
-                .map_err(|source| ScanError::DiagIo { source })?;
+            let n = sock.recv(&mut self.buf).map_err(|source| ScanError::DiagIo { source })?;
             if n == 0 {
-                return Err(ScanError::DiagMalformed {
-                    what: "empty datagram before NLMSG_DONE",
-                });
+                return Err(ScanError::DiagMalformed { what: "empty datagram before NLMSG_DONE" });
             }
             stats.datagrams += 1;
             stats.bytes += n as u64;
