@@ -17,16 +17,22 @@
 //!   process each belongs to.
 //! - [`owners`]: which processes hold given socket inodes.
 //! - [`report`]: scan result → ConnectionHealth status, and when to write it.
+//! - [`reporter`]: writes reports (server-side apply) and keeps what it wrote.
+//! - [`cluster`]: `connhealth-agent run`, the DaemonSet's loop.
+//! - [`metrics`]: the agent's Prometheus metrics.
 
 pub mod aggregate;
 pub mod cgroup;
 pub mod cli;
+pub mod cluster;
 pub mod discovery;
 pub mod error;
 pub mod gate;
+pub mod metrics;
 pub mod netns;
 pub mod owners;
 pub mod report;
+pub mod reporter;
 pub mod scan;
 pub mod sockdiag;
 pub mod sysctls;

@@ -12,17 +12,14 @@ fn main() -> ExitCode {
     let result = match &args.command {
         Command::Scan(scan) => {
             cli::init_logging("error");
-            cli::scan(scan, &mut std::io::stdout().lock(), &mut std::io::stderr())
+            cli::scan(scan, &mut std::io::stdout().lock(), &mut std::io::stderr()).map_err(|e| error_chain(&e))
         }
-        Command::Run(run) => {
-            cli::init_logging("info");
-            cli::run(run)
-        }
+        Command::Run(run) => connhealth_agent::cluster::run_command(run).map_err(|e| format!("{e:#}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("connhealth-agent: {}", error_chain(&e));
+        Err(message) => {
+            eprintln!("connhealth-agent: {message}");
             ExitCode::FAILURE
         }
     }

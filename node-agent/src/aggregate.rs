@@ -1,0 +1,865 @@
+//! Aggregation: from a stream of parsed sockets to one namespace's figures.
+//!
+//! Pure code (no I/O, time passed in): this module owns the per-state
+//! counts, the CLOSE_WAIT detail (count, Recv-Q bytes, ages tracked by
+//! socket cookie across sweeps, stuck count, oldest age, top peers and local
+//! ports), TIME_WAIT and ephemeral-port pressure per destination, and the
+//! memory bounds that keep all of it small.
+//!
+//! Usage per namespace: keep one [`NamespaceTracker`] for the namespace's
+//! life. For a sweep that dumps, start a [`DumpAggregator`] with
+//! [`NamespaceTracker::begin`], feed it every socket, then
+//! [`DumpAggregator::finish`]. For a sweep that reuses the last dump (see
+//! [`crate::gate`]), [`NamespaceTracker::reuse`] gives the same figures with
+//! ages advanced to the new time.
+//!
+//! ## Ages
+//!
+//! The inet_diag cookie is unique and stable for a socket's life. A
+//! CLOSE_WAIT socket is aged from the first dump that saw it in CLOSE_WAIT
+//! (so ages are lower bounds: a socket already in CLOSE_WAIT when the agent
+//! started is aged from the agent's first sweep). It is forgotten when a
+//! dump no longer sees it in CLOSE_WAIT.
+//!
+//! ## Memory bounds
+//!
+//! - at most [`Limits::max_tracked_close_wait`] cookies per namespace (the
+//!   ones seen first are kept: the oldest sockets matter most). Sockets
+//!   beyond it are counted but not aged; the output says
+//!   `closeWaitTracking` in `truncated`;
+//! - at most [`Limits::max_distinct_keys`] distinct peers, local ports and
+//!   destinations counted per dump (`closeWaitPeers`,
+//!   `closeWaitLocalPorts`, `portPressureDestinations` in `truncated`);
+//! - top lists hold [`Limits::top_n`] entries; the number of distinct keys
+//!   is reported beside each list.
+//!
+//! ## Peers and destinations
+//!
+//! IPv4-mapped IPv6 addresses are reported as IPv4. A CLOSE_WAIT peer is
+//! `address:port` (IPv6 in brackets) when the namespace opened the
+//! connection (its local port lies in its `ip_local_port_range`, so the
+//! remote port is a service port), and `address` alone when it accepted it
+//! (the remote port is the client's ephemeral port and would split one
+//! client into many entries). Port pressure counts TIME_WAIT, SYN_SENT and
+//! ESTABLISHED sockets whose local port lies in the ephemeral range, per
+//! remote `address:port`, against the size of that range.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::gate::ListenPrint;
+use crate::sockdiag::{DiagMsg, TcpState};
+use crate::sysctls::PortRange;
+
+/// The fields of one socket that aggregation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Socket {
+    /// TCP state.
+    pub state: TcpState,
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Remote address and port.
+    pub remote: SocketAddr,
+    /// Recv-Q, as `ss` shows it (for CLOSE_WAIT the kernel counts the FIN
+    /// as one byte).
+    pub rqueue: u32,
+    /// Socket inode (0 for sockets without a file: orphans, TIME_WAIT).
+    pub inode: u32,
+    /// inet_diag cookie.
+    pub cookie: u64,
+}
+
+impl Socket {
+    /// Copies the fields out of a reply message; `None` for an unknown
+    /// state.
+    pub fn from_diag(msg: &DiagMsg<'_>) -> Option<Self> {
+        Some(Self {
+            state: msg.state()?,
+            local: msg.local(),
+            remote: msg.remote(),
+            rqueue: msg.rqueue(),
+            inode: msg.inode(),
+            cookie: msg.cookie(),
+        })
+    }
+}
+
+/// What aggregation reads of a socket. Implemented by [`Socket`] and,
+/// zero-copy, by the reply view [`DiagMsg`]: aggregation reads only the
+/// fields a socket's state calls for (most sockets: the state alone).
+pub trait SocketView {
+    /// TCP state (`None`: unknown, ignored).
+    fn state(&self) -> Option<TcpState>;
+    /// Local port.
+    fn local_port(&self) -> u16;
+    /// Local address and port.
+    fn local(&self) -> SocketAddr;
+    /// Remote address and port.
+    fn remote(&self) -> SocketAddr;
+    /// Recv-Q.
+    fn rqueue(&self) -> u32;
+    /// Socket inode (0 if none).
+    fn inode(&self) -> u32;
+    /// inet_diag cookie.
+    fn cookie(&self) -> u64;
+}
+
+impl SocketView for Socket {
+    fn state(&self) -> Option<TcpState> {
+        Some(self.state)
+    }
+    fn local_port(&self) -> u16 {
+        self.local.port()
+    }
+    fn local(&self) -> SocketAddr {
+        self.local
+    }
+    fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+    fn rqueue(&self) -> u32 {
+        self.rqueue
+    }
+    fn inode(&self) -> u32 {
+        self.inode
+    }
+    fn cookie(&self) -> u64 {
+        self.cookie
+    }
+}
+
+impl SocketView for DiagMsg<'_> {
+    fn state(&self) -> Option<TcpState> {
+        DiagMsg::state(self)
+    }
+    fn local_port(&self) -> u16 {
+        DiagMsg::local_port(self)
+    }
+    fn local(&self) -> SocketAddr {
+        DiagMsg::local(self)
+    }
+    fn remote(&self) -> SocketAddr {
+        DiagMsg::remote(self)
+    }
+    fn rqueue(&self) -> u32 {
+        DiagMsg::rqueue(self)
+    }
+    fn inode(&self) -> u32 {
+        DiagMsg::inode(self)
+    }
+    fn cookie(&self) -> u64 {
+        DiagMsg::cookie(self)
+    }
+}
+
+/// A fast, unkeyed hash (the Fx hash of rustc) for keys the kernel hands
+/// out or that the namespace's own connections determine: socket cookies,
+/// local ports, the destinations it connects to. Remote peers of accepted
+/// connections, which anyone can choose, keep the std's keyed hash.
+#[derive(Debug, Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+type FxMap<K, V> = HashMap<K, V, FxBuild>;
+
+/// Socket count per TCP state; every state always present (zeros
+/// included). JSON keys are the camelCase state names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateCounts {
+    /// ESTABLISHED.
+    pub established: u64,
+    /// SYN_SENT.
+    pub syn_sent: u64,
+    /// SYN_RECV (request sockets included).
+    pub syn_recv: u64,
+    /// FIN_WAIT1.
+    pub fin_wait1: u64,
+    /// FIN_WAIT2 (orphans in their time-wait form included).
+    pub fin_wait2: u64,
+    /// TIME_WAIT.
+    pub time_wait: u64,
+    /// CLOSE.
+    pub close: u64,
+    /// CLOSE_WAIT.
+    pub close_wait: u64,
+    /// LAST_ACK.
+    pub last_ack: u64,
+    /// LISTEN.
+    pub listen: u64,
+    /// CLOSING.
+    pub closing: u64,
+}
+
+impl StateCounts {
+    fn slot(&mut self, state: TcpState) -> &mut u64 {
+        match state {
+            TcpState::Established => &mut self.established,
+            TcpState::SynSent => &mut self.syn_sent,
+            TcpState::SynRecv => &mut self.syn_recv,
+            TcpState::FinWait1 => &mut self.fin_wait1,
+            TcpState::FinWait2 => &mut self.fin_wait2,
+            TcpState::TimeWait => &mut self.time_wait,
+            TcpState::Close => &mut self.close,
+            TcpState::CloseWait => &mut self.close_wait,
+            TcpState::LastAck => &mut self.last_ack,
+            TcpState::Listen => &mut self.listen,
+            TcpState::Closing => &mut self.closing,
+        }
+    }
+
+    /// Counts one socket in `state`.
+    pub fn add(&mut self, state: TcpState) {
+        *self.slot(state) += 1;
+    }
+
+    /// The count for `state`.
+    pub fn get(&self, state: TcpState) -> u64 {
+        match state {
+            TcpState::Established => self.established,
+            TcpState::SynSent => self.syn_sent,
+            TcpState::SynRecv => self.syn_recv,
+            TcpState::FinWait1 => self.fin_wait1,
+            TcpState::FinWait2 => self.fin_wait2,
+            TcpState::TimeWait => self.time_wait,
+            TcpState::Close => self.close,
+            TcpState::CloseWait => self.close_wait,
+            TcpState::LastAck => self.last_ack,
+            TcpState::Listen => self.listen,
+            TcpState::Closing => self.closing,
+        }
+    }
+
+    /// All sockets.
+    pub fn total(&self) -> u64 {
+        TcpState::ALL.iter().map(|s| self.get(*s)).sum()
+    }
+}
+
+/// Memory bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// CLOSE_WAIT cookies tracked per namespace for ages.
+    pub max_tracked_close_wait: usize,
+    /// Distinct peers / local ports / destinations counted per dump.
+    pub max_distinct_keys: usize,
+    /// Entries in each top list.
+    pub top_n: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_tracked_close_wait: 8192, max_distinct_keys: 4096, top_n: 5 }
+    }
+}
+
+/// What aggregation needs to know besides the sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateConfig {
+    /// A CLOSE_WAIT socket at least this old counts as stuck.
+    pub min_age: Duration,
+    /// Memory bounds.
+    pub limits: Limits,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self { min_age: Duration::from_secs(60), limits: Limits::default() }
+    }
+}
+
+/// The namespace settings aggregation depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceParams {
+    /// Its `ip_local_port_range`.
+    pub port_range: PortRange,
+    /// Its `tcp_max_tw_buckets`, if known.
+    pub max_tw_buckets: Option<i64>,
+}
+
+impl Default for NamespaceParams {
+    fn default() -> Self {
+        Self { port_range: PortRange::LINUX_DEFAULT, max_tw_buckets: None }
+    }
+}
+
+/// A remote endpoint of CLOSE_WAIT sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerCount {
+    /// `address:port` (connections this namespace opened) or `address`
+    /// (connections it accepted); IPv6 in brackets when a port follows.
+    pub endpoint: String,
+    /// CLOSE_WAIT sockets.
+    pub count: u64,
+    /// Their Recv-Q bytes.
+    pub recv_queue_bytes: u64,
+}
+
+/// A local port of CLOSE_WAIT sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortCount {
+    /// Local port.
+    pub port: u16,
+    /// CLOSE_WAIT sockets.
+    pub count: u64,
+}
+
+/// CLOSE_WAIT detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseWaitSummary {
+    /// Sockets in CLOSE_WAIT.
+    pub count: u64,
+    /// Recv-Q bytes summed over them.
+    pub recv_queue_bytes: u64,
+    /// Those in CLOSE_WAIT for at least `stuckAfterSeconds`.
+    pub stuck: u64,
+    /// The minimum age for stuck, in seconds.
+    pub stuck_after_seconds: u64,
+    /// Age of the oldest, in whole seconds; `null` when there is none.
+    pub oldest_age_seconds: Option<u64>,
+    /// How many are aged (tracked by cookie); less than `count` only when
+    /// the tracking cap was hit.
+    pub tracked: u64,
+    /// Remote endpoints with the most CLOSE_WAIT sockets, most first.
+    pub top_peers: Vec<PeerCount>,
+    /// Distinct remote endpoints counted.
+    pub distinct_peers: u64,
+    /// Local ports with the most CLOSE_WAIT sockets, most first.
+    pub top_local_ports: Vec<PortCount>,
+    /// Distinct local ports counted.
+    pub distinct_local_ports: u64,
+}
+
+/// TIME_WAIT against the namespace's bucket limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeWaitSummary {
+    /// Sockets in TIME_WAIT.
+    pub count: u64,
+    /// `tcp_max_tw_buckets`: beyond it, TIME_WAIT sockets are destroyed
+    /// early.
+    pub max_buckets: Option<i64>,
+    /// `count` in percent of `maxBuckets`.
+    pub buckets_percent: Option<u64>,
+}
+
+/// Ephemeral ports held towards one destination.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationPressure {
+    /// Remote `address:port`, IPv6 in brackets.
+    pub endpoint: String,
+    /// TIME_WAIT sockets towards it.
+    pub time_wait: u64,
+    /// SYN_SENT sockets towards it.
+    pub syn_sent: u64,
+    /// ESTABLISHED sockets towards it.
+    pub established: u64,
+    /// Their sum.
+    pub total: u64,
+    /// `total` / size of the ephemeral range.
+    pub ratio: f64,
+    /// The same, in whole percent (rounded down).
+    pub percent: u64,
+}
+
+/// Ephemeral port pressure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortPressure {
+    /// Size of the namespace's `ip_local_port_range`.
+    pub ephemeral_ports: u32,
+    /// The highest ratio over all destinations (0 when none).
+    pub ratio: f64,
+    /// The same, in whole percent.
+    pub percent: u64,
+    /// Destinations holding the most ephemeral ports, most first.
+    pub top_destinations: Vec<DestinationPressure>,
+    /// Distinct destinations counted.
+    pub distinct_destinations: u64,
+}
+
+/// One namespace's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSummary {
+    /// Sockets per state, IPv4 and IPv6 together.
+    pub states: StateCounts,
+    /// All sockets.
+    pub total: u64,
+    /// CLOSE_WAIT detail.
+    pub close_wait: CloseWaitSummary,
+    /// TIME_WAIT detail.
+    pub time_wait: TimeWaitSummary,
+    /// Ephemeral port pressure.
+    pub port_pressure: PortPressure,
+    /// Caps that were hit, so the figures they concern are lower bounds
+    /// (`closeWaitTracking`, `closeWaitPeers`, `closeWaitLocalPorts`,
+    /// `portPressureDestinations`).
+    pub truncated: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CwEntry {
+    first_seen: Instant,
+    generation: u32,
+    inode: u32,
+}
+
+/// What a namespace's tracking remembers between sweeps: CLOSE_WAIT cookies
+/// with their first sighting, and the last dump's figures.
+#[derive(Debug, Default)]
+pub struct NamespaceTracker {
+    cookies: FxMap<u64, CwEntry>,
+    generation: u32,
+    last: Option<LastDump>,
+    /// First sightings carried over from before a restart, for the next
+    /// dump (see [`NamespaceTracker::seed_first_seen`]).
+    seeds: Vec<(Instant, u64)>,
+}
+
+#[derive(Debug, Clone)]
+struct LastDump {
+    summary: NamespaceSummary,
+    untracked: u64,
+}
+
+impl NamespaceTracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts aggregating a dump taken at `now`.
+    pub fn begin<'a>(
+        &'a mut self,
+        cfg: &'a AggregateConfig,
+        params: NamespaceParams,
+        now: Instant,
+    ) -> DumpAggregator<'a> {
+        self.generation = self.generation.wrapping_add(1);
+        DumpAggregator {
+            generation: self.generation,
+            tracker: self,
+            cfg,
+            params,
+            now,
+            states: StateCounts::default(),
+            cw_rqueue: 0,
+            cw_pending: Vec::new(),
+            cw_untracked: 0,
+            peers: Bounded::new(cfg.limits.max_distinct_keys),
+            local_ports: Bounded::new(cfg.limits.max_distinct_keys),
+            destinations: Bounded::new(cfg.limits.max_distinct_keys),
+            listen: ListenPrint::default(),
+        }
+    }
+
+    /// The last dump's figures with ages advanced to `now`; `None` before
+    /// the first dump.
+    pub fn reuse(&self, cfg: &AggregateConfig, now: Instant) -> Option<NamespaceSummary> {
+        let last = self.last.as_ref()?;
+        let mut summary = last.summary.clone();
+        self.fill_ages(&mut summary.close_wait, cfg, now);
+        Some(summary)
+    }
+
+    /// Inodes of the CLOSE_WAIT sockets tracked (non-zero only), for the
+    /// owner lookup.
+    pub fn close_wait_inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.cookies.values().filter(|e| e.inode != 0).map(|e| u64::from(e.inode))
+    }
+
+    /// Carries ages over a restart of the tracking (e.g. of the agent, from
+    /// its last report): "`n` CLOSE_WAIT sockets have been seen since `t`".
+    /// The next dump gives these first sightings, oldest first, to the
+    /// CLOSE_WAIT sockets it sees for the first time, at most `n` per group
+    /// and never later than the dump itself. Cookies do not survive the
+    /// restart, so which socket gets which age is arbitrary; the number of
+    /// sockets per age is right as long as the sockets reported then are
+    /// still open.
+    pub fn seed_first_seen(&mut self, mut groups: Vec<(Instant, u64)>) {
+        groups.sort();
+        self.seeds = groups;
+    }
+
+    /// First sightings of the tracked CLOSE_WAIT sockets: `(when, how many)`,
+    /// oldest first (sockets first seen by the same dump share one entry).
+    pub fn first_seen_groups(&self) -> Vec<(Instant, u64)> {
+        let mut by_time: HashMap<Instant, u64> = HashMap::new();
+        for e in self.cookies.values() {
+            *by_time.entry(e.first_seen).or_default() += 1;
+        }
+        let mut v: Vec<_> = by_time.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    /// CLOSE_WAIT sockets tracked.
+    pub fn tracked(&self) -> usize {
+        self.cookies.len()
+    }
+
+    fn fill_ages(&self, cw: &mut CloseWaitSummary, cfg: &AggregateConfig, now: Instant) {
+        let mut stuck = 0;
+        let mut oldest: Option<Duration> = None;
+        for e in self.cookies.values() {
+            let age = now.saturating_duration_since(e.first_seen);
+            if age >= cfg.min_age {
+                stuck += 1;
+            }
+            oldest = Some(oldest.map_or(age, |o| o.max(age)));
+        }
+        cw.stuck = stuck;
+        cw.stuck_after_seconds = cfg.min_age.as_secs();
+        cw.oldest_age_seconds = oldest.map(|d| d.as_secs());
+        cw.tracked = self.cookies.len() as u64;
+    }
+}
+
+/// A counting map with a bound on distinct keys; keys beyond it are
+/// dropped and the overflow noted.
+#[derive(Debug)]
+struct Bounded<K, V, S = std::hash::RandomState> {
+    map: HashMap<K, V, S>,
+    max: usize,
+    capped: bool,
+}
+
+impl<K: std::hash::Hash + Eq, V: Default, S: std::hash::BuildHasher + Default> Bounded<K, V, S> {
+    fn new(max: usize) -> Self {
+        Self { map: HashMap::default(), max, capped: false }
+    }
+
+    fn slot(&mut self, key: K) -> Option<&mut V> {
+        let len = self.map.len();
+        match self.map.entry(key) {
+            Entry::Occupied(e) => Some(e.into_mut()),
+            Entry::Vacant(e) if len < self.max => Some(e.insert(V::default())),
+            Entry::Vacant(_) => {
+                self.capped = true;
+                None
+            }
+        }
+    }
+}
+
+/// A CLOSE_WAIT peer: a service endpoint the namespace connected to, or a
+/// client that connected to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Peer {
+    Service(SocketAddr),
+    Client(IpAddr),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Service(a) => write!(f, "{a}"),
+            Peer::Client(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PeerAcc {
+    count: u64,
+    rqueue: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct DestAcc {
+    time_wait: u64,
+    syn_sent: u64,
+    established: u64,
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// Aggregates one dump. Created by [`NamespaceTracker::begin`].
+#[derive(Debug)]
+pub struct DumpAggregator<'a> {
+    tracker: &'a mut NamespaceTracker,
+    cfg: &'a AggregateConfig,
+    params: NamespaceParams,
+    now: Instant,
+    generation: u32,
+    states: StateCounts,
+    cw_rqueue: u64,
+    /// New CLOSE_WAIT cookies that did not fit while last dump's entries
+    /// were still in the table; admitted after the sweep of stale entries.
+    cw_pending: Vec<(u64, u32)>,
+    cw_untracked: u64,
+    peers: Bounded<Peer, PeerAcc>,
+    local_ports: Bounded<u16, u64, FxBuild>,
+    destinations: Bounded<SocketAddr, DestAcc, FxBuild>,
+    listen: ListenPrint,
+}
+
+impl DumpAggregator<'_> {
+    /// Counts one socket. Reads only what its state calls for.
+    pub fn observe<S: SocketView + ?Sized>(&mut self, s: &S) {
+        let Some(state) = s.state() else {
+            return;
+        };
+        self.states.add(state);
+        match state {
+            TcpState::CloseWait => self.observe_close_wait(s),
+            TcpState::Listen => self.listen.add(s.cookie()),
+            TcpState::TimeWait | TcpState::SynSent | TcpState::Established => {
+                if self.params.port_range.contains(s.local_port())
+                    && let Some(d) = self.destinations.slot(canonical(s.remote()))
+                {
+                    match state {
+                        TcpState::TimeWait => d.time_wait += 1,
+                        TcpState::SynSent => d.syn_sent += 1,
+                        _ => d.established += 1,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn observe_close_wait<S: SocketView + ?Sized>(&mut self, s: &S) {
+        let (rqueue, inode, cookie) = (s.rqueue(), s.inode(), s.cookie());
+        self.cw_rqueue += u64::from(rqueue);
+        let generation = self.generation;
+        let cap = self.cfg.limits.max_tracked_close_wait;
+        let table = &mut self.tracker.cookies;
+        let len = table.len();
+        match table.entry(cookie) {
+            Entry::Occupied(mut e) => {
+                let e = e.get_mut();
+                e.generation = generation;
+                if inode != 0 {
+                    e.inode = inode;
+                }
+            }
+            Entry::Vacant(e) if len < cap => {
+                e.insert(CwEntry { first_seen: self.now, generation, inode });
+            }
+            Entry::Vacant(_) => {
+                if self.cw_pending.len() < cap {
+                    self.cw_pending.push((cookie, inode));
+                } else {
+                    self.cw_untracked += 1;
+                }
+            }
+        }
+        let local = canonical(s.local());
+        let remote = canonical(s.remote());
+        let peer = if self.params.port_range.contains(local.port()) {
+            Peer::Service(remote)
+        } else {
+            Peer::Client(remote.ip())
+        };
+        if let Some(p) = self.peers.slot(peer) {
+            p.count += 1;
+            p.rqueue += u64::from(rqueue);
+        }
+        if let Some(c) = self.local_ports.slot(local.port()) {
+            *c += 1;
+        }
+    }
+
+    /// Whether this dump has seen a SYN_RECV socket so far.
+    pub fn saw_syn_recv(&self) -> bool {
+        self.states.syn_recv > 0
+    }
+
+    /// The listeners this dump has seen so far.
+    pub fn listen_print(&self) -> ListenPrint {
+        self.listen
+    }
+
+    /// Ends the dump: forgets CLOSE_WAIT sockets it did not see, ages the
+    /// rest, and returns the namespace's figures (also kept for
+    /// [`NamespaceTracker::reuse`]).
+    pub fn finish(self) -> NamespaceSummary {
+        let Self {
+            tracker,
+            cfg,
+            params,
+            now,
+            generation,
+            states,
+            cw_rqueue,
+            cw_pending,
+            mut cw_untracked,
+            peers,
+            local_ports,
+            destinations,
+            listen: _,
+        } = self;
+        let limits = cfg.limits;
+
+        tracker.cookies.retain(|_, e| e.generation == generation);
+        for (cookie, inode) in cw_pending {
+            if tracker.cookies.len() < limits.max_tracked_close_wait {
+                tracker.cookies.insert(cookie, CwEntry { first_seen: now, generation, inode });
+            } else {
+                cw_untracked += 1;
+            }
+        }
+        if !tracker.seeds.is_empty() {
+            let seeds = std::mem::take(&mut tracker.seeds);
+            let mut fresh: Vec<&mut CwEntry> = tracker.cookies.values_mut().filter(|e| e.first_seen == now).collect();
+            let mut fresh = fresh.iter_mut();
+            'groups: for (when, n) in seeds {
+                for _ in 0..n {
+                    let Some(e) = fresh.next() else { break 'groups };
+                    e.first_seen = when.min(now);
+                }
+            }
+        }
+        if tracker.cookies.len() > limits.max_tracked_close_wait {
+            // Only when the cap was lowered between sweeps: keep the oldest.
+            let mut entries: Vec<_> = tracker.cookies.drain().collect();
+            entries.sort_by_key(|(c, e)| (e.first_seen, *c));
+            cw_untracked += (entries.len() - limits.max_tracked_close_wait) as u64;
+            entries.truncate(limits.max_tracked_close_wait);
+            tracker.cookies.extend(entries);
+        }
+
+        let mut truncated = Vec::new();
+        if cw_untracked > 0 {
+            truncated.push("closeWaitTracking");
+        }
+        if peers.capped {
+            truncated.push("closeWaitPeers");
+        }
+        if local_ports.capped {
+            truncated.push("closeWaitLocalPorts");
+        }
+        if destinations.capped {
+            truncated.push("portPressureDestinations");
+        }
+
+        let distinct_peers = peers.map.len() as u64;
+        let top_peers = top_n(peers.map, limits.top_n, |p| p.count)
+            .into_iter()
+            .map(|(peer, acc)| PeerCount { endpoint: peer.to_string(), count: acc.count, recv_queue_bytes: acc.rqueue })
+            .collect();
+        let distinct_local_ports = local_ports.map.len() as u64;
+        let top_local_ports = top_n(local_ports.map, limits.top_n, |c| *c)
+            .into_iter()
+            .map(|(port, count)| PortCount { port, count })
+            .collect();
+
+        let range_len = params.port_range.len();
+        let distinct_destinations = destinations.map.len() as u64;
+        let top_destinations: Vec<DestinationPressure> =
+            top_n(destinations.map, limits.top_n, |d| d.time_wait + d.syn_sent + d.established)
+                .into_iter()
+                .map(|(dest, d)| {
+                    let total = d.time_wait + d.syn_sent + d.established;
+                    DestinationPressure {
+                        endpoint: dest.to_string(),
+                        time_wait: d.time_wait,
+                        syn_sent: d.syn_sent,
+                        established: d.established,
+                        total,
+                        ratio: total as f64 / f64::from(range_len),
+                        percent: total * 100 / u64::from(range_len),
+                    }
+                })
+                .collect();
+        let (ratio, percent) = top_destinations.first().map_or((0.0, 0), |d| (d.ratio, d.percent));
+
+        let mut summary = NamespaceSummary {
+            states,
+            total: states.total(),
+            close_wait: CloseWaitSummary {
+                count: states.close_wait,
+                recv_queue_bytes: cw_rqueue,
+                stuck: 0,
+                stuck_after_seconds: 0,
+                oldest_age_seconds: None,
+                tracked: 0,
+                top_peers,
+                distinct_peers,
+                top_local_ports,
+                distinct_local_ports,
+            },
+            time_wait: TimeWaitSummary {
+                count: states.time_wait,
+                max_buckets: params.max_tw_buckets,
+                buckets_percent: params.max_tw_buckets.filter(|m| *m > 0).map(|m| states.time_wait * 100 / m as u64),
+            },
+            port_pressure: PortPressure {
+                ephemeral_ports: range_len,
+                ratio,
+                percent,
+                top_destinations,
+                distinct_destinations,
+            },
+            truncated,
+        };
+        tracker.fill_ages(&mut summary.close_wait, cfg, now);
+        tracker.last = Some(LastDump { summary: summary.clone(), untracked: cw_untracked });
+        summary
+    }
+}
+
+impl NamespaceTracker {
+    /// CLOSE_WAIT sockets of the last dump that could not be tracked.
+    pub fn untracked(&self) -> u64 {
+        self.last.as_ref().map_or(0, |l| l.untracked)
+    }
+}
+
+/// The `n` entries with the highest `weight`, highest first; ties broken by
+/// key so that output is stable.
+fn top_n<K: Ord, V, S>(map: HashMap<K, V, S>, n: usize, weight: impl Fn(&V) -> u64) -> Vec<(K, V)> {
+    let mut v: Vec<(K, V)> = map.into_iter().collect();
+    let cmp = |a: &(K, V), b: &(K, V)| weight(&b.1).cmp(&weight(&a.1)).then_with(|| a.0.cmp(&b.0));
+    if v.len() > n && n > 0 {
+        v.select_nth_unstable_by(n - 1, cmp);
+        v.truncate(n);
+    }
+    v.truncate(n);
+    v.sort_by(cmp);
+    v
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+//! Aggregation tests: counts, ages across dumps, caps, top lists, port
+//! pressure and the JSON shape, on hand-made sockets with injected time.
+
+use super::*;
+
+fn sock(state: TcpState, local: &str, remote: &str, cookie: u64) -> Socket {
+    Socket {
+        state,
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        rqueue: 0,
+        inode: cookie as u32 + 1000,
+        cookie,
+    }
+}
+
+fn cw(local: &str, remote: &str, cookie: u64) -> Socket {
+    Socket { rqueue: 1, ..sock(TcpState::CloseWait, local, remote, cookie) }
+}
+
+fn params() -> NamespaceParams {
+    NamespaceParams { port_range: PortRange { low: 40000, high: 40999 }, max_tw_buckets: Some(200) }
+}
+
+fn dump(tracker: &mut NamespaceTracker, cfg: &AggregateConfig, now: Instant, socks: &[Socket]) -> NamespaceSummary {
+    let mut agg = tracker.begin(cfg, params(), now);
+    for s in socks {
+        agg.observe(s);
+    }
+    agg.finish()
+}
+
+#[test]
+fn counts_every_state_zeros_included() {
+    let cfg = AggregateConfig::default();
+    let mut t = NamespaceTracker::new();
+    let socks: Vec<Socket> = TcpState::ALL
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| (0..=i).map(move |j| sock(*s, "10.0.0.1:80", "10.0.0.2:40000", (i * 100 + j) as u64)))
+        .collect();
+    let s = dump(&mut t, &cfg, Instant::now(), &socks);
+    for (i, st) in TcpState::ALL.iter().enumerate() {
+        assert_eq!(s.states.get(*st), i as u64 + 1, "{st:?}");
+    }
+    assert_eq!(s.total, 66);
+
+    let empty = dump(&mut NamespaceTracker::new(), &cfg, Instant::now(), &[]);
+    let json = serde_json::to_value(empty.states).unwrap();
+    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut want = [
+        "established",
+        "synSent",
+        "synRecv",
+        "finWait1",
+        "finWait2",
+        "timeWait",
+        "close",
+        "closeWait",
+        "lastAck",
+        "listen",
+        "closing",
+    ];
+    want.sort();
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(keys, want);
+    assert!(json.as_object().unwrap().values().all(|v| v == 0));
+}
+
+#[test]
+fn close_wait_ages_follow_cookies_across_dumps() {
+    let cfg = AggregateConfig { min_age: Duration::from_secs(20), ..AggregateConfig::default() };
+    let mut t = NamespaceTracker::new();
+    let t0 = Instant::now();
+    let a = cw("10.0.0.1:8080", "10.0.0.9:50000", 1);
+    let b = cw("10.0.0.1:8080", "10.0.0.9:50001", 2);
+
+    let s = dump(&mut t, &cfg, t0, &[a]);
+    assert_eq!((s.close_wait.count, s.close_wait.stuck), (1, 0));
+    assert_eq!(s.close_wait.oldest_age_seconds, Some(0));
+    assert_eq!(s.close_wait.stuck_after_seconds, 20);
+
+    let s = dump(&mut t, &cfg, t0 + Duration::from_secs(30), &[a, b]);
+    assert_eq!((s.close_wait.count, s.close_wait.stuck), (2, 1));
+    assert_eq!(s.close_wait.oldest_age_seconds, Some(30));
+    assert_eq!(s.close_wait.recv_queue_bytes, 2);
+    assert_eq!(t.tracked(), 2);
+
+    // Reuse (no dump): ages advance from the table.
+    let s = t.reuse(&cfg, t0 + Duration::from_secs(55)).unwrap();
+    assert_eq!((s.close_wait.count, s.close_wait.stuck), (2, 2));
+    assert_eq!(s.close_wait.oldest_age_seconds, Some(55));
+
+    // `a` was closed: it is forgotten, `b` keeps its first sighting.
+    let s = dump(&mut t, &cfg, t0 + Duration::from_secs(60), &[b]);
+    assert_eq!((s.close_wait.count, s.close_wait.stuck), (1, 1));
+    assert_eq!(s.close_wait.oldest_age_seconds, Some(30));
+    let inodes: Vec<u64> = t.close_wait_inodes().collect();
+    assert_eq!(inodes, [1002]);
+
+    // `b` left CLOSE_WAIT (now LAST_ACK): forgotten too; a socket that
+    // comes back to CLOSE_WAIT later would start from zero.
+    let s = dump(&mut t, &cfg, t0 + Duration::from_secs(61), &[Socket { state: TcpState::LastAck, ..b }]);
+    assert_eq!((s.close_wait.count, s.close_wait.tracked), (0, 0));
+    assert_eq!(s.close_wait.oldest_age_seconds, None);
+
+    assert!(NamespaceTracker::new().reuse(&cfg, t0).is_none());
+}
+
+#[test]
+fn tracking_cap_keeps_the_first_seen_and_says_so() {
+    let cfg = AggregateConfig {
+        min_age: Duration::from_secs(10),
+        limits: Limits { max_tracked_close_wait: 2, ..Limits::default() },
+    };
+    let mut t = NamespaceTracker::new();
+    let t0 = Instant::now();
+    let s1 = cw("10.0.0.1:8080", "10.0.0.9:1", 1);
+    let s2 = cw("10.0.0.1:8080", "10.0.0.9:2", 2);
+    let s3 = cw("10.0.0.1:8080", "10.0.0.9:3", 3);
+
+    let s = dump(&mut t, &cfg, t0, &[s1, s2]);
+    assert!(s.truncated.is_empty());
+    let s = dump(&mut t, &cfg, t0 + Duration::from_secs(20), &[s1, s2, s3]);
+    assert_eq!((s.close_wait.count, s.close_wait.tracked), (3, 2));
+    assert_eq!(s.close_wait.stuck, 2, "the two oldest are kept");
+    assert_eq!(s.truncated, ["closeWaitTracking"]);
+    assert_eq!(t.untracked(), 1);
+
+    // s1 vanishes while s3 is new: s3 gets the freed slot in the same dump.
+    let s4 = cw("10.0.0.1:8080", "10.0.0.9:4", 4);
+    let s = dump(&mut t, &cfg, t0 + Duration::from_secs(25), &[s2, s3, s4]);
+    assert_eq!((s.close_wait.count, s.close_wait.tracked), (3, 2));
+    assert_eq!(s.close_wait.oldest_age_seconds, Some(25), "s2 kept its age");
+    let s = dump(&mut t, &cfg, t0 + Duration::from_secs(26), &[s2, s3]);
+    assert!(s.truncated.is_empty());
+    assert_eq!(s.close_wait.tracked, 2);
+}
+
+#[test]
+fn top_peers_and_local_ports() {
+    let cfg = AggregateConfig { limits: Limits { top_n: 2, ..Limits::default() }, ..AggregateConfig::default() };
+    let mut socks = Vec::new();
+    let mut cookie = 0;
+    let mut add = |local: &str, remote: &str, n: usize| {
+        for _ in 0..n {
+            cookie += 1;
+            socks.push(cw(local, remote, cookie));
+        }
+    };
+    // Accepted connections (local port 8080 not ephemeral): peer = address.
+    add("10.0.0.1:8080", "10.0.0.9:50000", 3);
+    add("10.0.0.1:8080", "10.0.0.9:50001", 2);
+    // Opened connections (local port in 40000-40999): peer = address:port.
+    add("10.0.0.1:40001", "10.0.0.5:5432", 4);
+    add("[fd00::1]:40002", "[fd00::5]:443", 1);
+    // IPv4-mapped IPv6 counts as IPv4.
+    add("[::ffff:10.0.0.1]:8080", "[::ffff:10.0.0.9]:50002", 1);
+
+    let s = dump(&mut NamespaceTracker::new(), &cfg, Instant::now(), &socks);
+    let cw = &s.close_wait;
+    assert_eq!(cw.count, 11);
+    assert_eq!(cw.distinct_peers, 3);
+    let peers: Vec<(&str, u64)> = cw.top_peers.iter().map(|p| (p.endpoint.as_str(), p.count)).collect();
+    assert_eq!(peers, [("10.0.0.9", 6), ("10.0.0.5:5432", 4)]);
+    assert_eq!(cw.top_peers[0].recv_queue_bytes, 6);
+    assert_eq!(cw.distinct_local_ports, 3);
+    let ports: Vec<(u16, u64)> = cw.top_local_ports.iter().map(|p| (p.port, p.count)).collect();
+    assert_eq!(ports, [(8080, 6), (40001, 4)]);
+    assert!(s.truncated.is_empty());
+}
+
+#[test]
+fn distinct_key_cap_is_reported() {
+    let cfg =
+        AggregateConfig { limits: Limits { max_distinct_keys: 3, ..Limits::default() }, ..AggregateConfig::default() };
+    let socks: Vec<Socket> =
+        (0..10)
+            .map(|i| cw("10.0.0.1:8080", &format!("10.0.1.{i}:50000"), i))
+            .chain((0..10).map(|i| {
+                sock(TcpState::TimeWait, &format!("10.0.0.1:{}", 40000 + i), &format!("10.0.2.{i}:80"), 100 + i)
+            }))
+            .collect();
+    let s = dump(&mut NamespaceTracker::new(), &cfg, Instant::now(), &socks);
+    assert_eq!(s.close_wait.count, 10, "counts are never capped");
+    assert_eq!(s.close_wait.distinct_peers, 3);
+    assert_eq!(s.truncated, ["closeWaitPeers", "portPressureDestinations"]);
+}
+
+#[test]
+fn port_pressure_per_destination() {
+    let cfg = AggregateConfig::default();
+    let mut socks = Vec::new();
+    let mut port = 40000;
+    let mut add = |state: TcpState, remote: &str, n: usize| {
+        for _ in 0..n {
+            port += 1;
+            socks.push(sock(state, &format!("10.0.0.1:{port}"), remote, port as u64));
+        }
+    };
+    add(TcpState::TimeWait, "10.0.0.5:80", 100);
+    add(TcpState::SynSent, "10.0.0.5:80", 20);
+    add(TcpState::Established, "10.0.0.5:80", 30);
+    add(TcpState::TimeWait, "[::ffff:10.0.0.5]:80", 10);
+    add(TcpState::TimeWait, "[fd00::5]:443", 5);
+    add(TcpState::FinWait2, "10.0.0.5:80", 50); // not counted
+    // Local ports outside the ephemeral range are not counted (accepted).
+    socks.push(sock(TcpState::Established, "10.0.0.1:80", "10.0.0.5:80", 9999));
+
+    let s = dump(&mut NamespaceTracker::new(), &cfg, Instant::now(), &socks);
+    let p = &s.port_pressure;
+    assert_eq!(p.ephemeral_ports, 1000);
+    assert_eq!(p.distinct_destinations, 2);
+    let top = &p.top_destinations[0];
+    assert_eq!(top.endpoint, "10.0.0.5:80");
+    assert_eq!((top.time_wait, top.syn_sent, top.established, top.total), (110, 20, 30, 160));
+    assert!((top.ratio - 0.16).abs() < 1e-9);
+    assert_eq!(top.percent, 16);
+    assert_eq!((p.percent, p.ratio), (16, top.ratio));
+    assert_eq!(p.top_destinations[1].endpoint, "[fd00::5]:443");
+
+    assert_eq!(s.time_wait.count, 115);
+    assert_eq!(s.time_wait.max_buckets, Some(200));
+    assert_eq!(s.time_wait.buckets_percent, Some(57));
+}
+
+#[test]
+fn no_destinations_means_zero_pressure() {
+    let s = dump(&mut NamespaceTracker::new(), &AggregateConfig::default(), Instant::now(), &[]);
+    assert_eq!((s.port_pressure.percent, s.port_pressure.ratio), (0, 0.0));
+    assert!(s.port_pressure.top_destinations.is_empty());
+}
+
+#[test]
+fn listeners_and_syn_recv_are_noted_for_the_gate() {
+    let cfg = AggregateConfig::default();
+    let mut t = NamespaceTracker::new();
+    let mut agg = t.begin(&cfg, params(), Instant::now());
+    agg.observe(&sock(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 7));
+    agg.observe(&sock(TcpState::Listen, "[::]:80", "[::]:0", 9));
+    assert!(!agg.saw_syn_recv());
+    agg.observe(&sock(TcpState::SynRecv, "10.0.0.1:80", "10.0.0.2:4000", 11));
+    assert!(agg.saw_syn_recv());
+    assert_eq!(agg.listen_print(), ListenPrint { count: 2, cookie_sum: 16 });
+}
+
+#[test]
+fn top_n_is_stable_and_bounded() {
+    let m: HashMap<u16, u64> = [(1, 5), (2, 5), (3, 9), (4, 1)].into_iter().collect();
+    let fx: FxMap<u16, u64> = m.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(top_n(fx, 2, |v| *v), [(3, 9), (1, 5)]);
+    assert_eq!(top_n(m.clone(), 3, |v| *v), [(3, 9), (1, 5), (2, 5)]);
+    assert_eq!(top_n(m.clone(), 10, |v| *v).len(), 4);
+    assert!(top_n(m, 0, |v| *v).is_empty());
+}
+
+#[test]
+fn summary_json_shape() {
+    let cfg = AggregateConfig::default();
+    let s = dump(&mut NamespaceTracker::new(), &cfg, Instant::now(), &[cw("10.0.0.1:8080", "10.0.0.9:5", 1)]);
+    let v = serde_json::to_value(&s).unwrap();
+    for key in ["states", "total", "closeWait", "timeWait", "portPressure", "truncated"] {
+        assert!(v.get(key).is_some(), "{key}");
+    }
+    for key in [
+        "count",
+        "recvQueueBytes",
+        "stuck",
+        "stuckAfterSeconds",
+        "oldestAgeSeconds",
+        "tracked",
+        "topPeers",
+        "distinctPeers",
+        "topLocalPorts",
+        "distinctLocalPorts",
+    ] {
+        assert!(v["closeWait"].get(key).is_some(), "closeWait.{key}");
+    }
+    assert_eq!(v["closeWait"]["topPeers"][0]["endpoint"], "10.0.0.9");
+}
+
+#[test]
+fn seeded_first_sightings_carry_ages_over_a_restart() {
+    let cfg = AggregateConfig { min_age: Duration::from_secs(60), ..AggregateConfig::default() };
+    // Instants in the future avoid underflow on a freshly booted machine.
+    let t0 = Instant::now() + Duration::from_secs(1000);
+    let mut t = NamespaceTracker::new();
+    t.seed_first_seen(vec![(t0 - Duration::from_secs(50), 1), (t0 - Duration::from_secs(100), 2)]);
+    let socks: Vec<Socket> = (1..=4).map(|i| cw("10.0.0.1:8080", "10.0.0.9:1", i)).collect();
+    let s = dump(&mut t, &cfg, t0, &socks);
+    assert_eq!(s.close_wait.oldest_age_seconds, Some(100));
+    assert_eq!(s.close_wait.stuck, 2);
+    assert_eq!(t.first_seen_groups(), [(t0 - Duration::from_secs(100), 2), (t0 - Duration::from_secs(50), 1), (t0, 1)]);
+    // Seeds are used once: a socket new in the next dump starts from zero.
+    let more: Vec<Socket> = (1..=5).map(|i| cw("10.0.0.1:8080", "10.0.0.9:1", i)).collect();
+    dump(&mut t, &cfg, t0 + Duration::from_secs(1), &more);
+    assert_eq!(t.first_seen_groups().last(), Some(&(t0 + Duration::from_secs(1), 1)));
+    // More seeds than sockets: only as many sockets as there are get them.
+    let mut t = NamespaceTracker::new();
+    t.seed_first_seen(vec![(t0 - Duration::from_secs(100), 10)]);
+    let s = dump(&mut t, &cfg, t0, &socks[..1]);
+    assert_eq!((s.close_wait.count, s.close_wait.stuck), (1, 1));
+}

@@ -1,0 +1,143 @@
+//! The agent's Prometheus metrics. Per-pod gauges carry `namespace`, `pod`
+//! (and `state` for socket counts) — bounded by the pods on this node — and
+//! are removed when the pod leaves the node. Nothing is labelled with a
+//! connection's identity.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::sockdiag::TcpState;
+
+/// A pod.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+}
+
+/// A pod and a TCP state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodStateLabels {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// `ss` state name, e.g. `CLOSE-WAIT`.
+    pub state: String,
+}
+
+/// A fixed-set label value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The kind (dumped/reused/failed; an error category; ...).
+    pub kind: String,
+}
+
+/// Report writes by outcome and reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `ok` or `error`.
+    pub outcome: String,
+    /// Why the report was written (`new`, `states`, `stuck`, ..., `heartbeat`).
+    pub reason: String,
+}
+
+/// Every metric the agent exports.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    /// Sockets per pod and state.
+    pub sockets: Family<PodStateLabels, Gauge>,
+    /// Stuck CLOSE_WAIT sockets per pod.
+    pub close_wait_stuck: Family<PodLabels, Gauge>,
+    /// Age of the oldest CLOSE_WAIT socket per pod, seconds.
+    pub close_wait_oldest_age: Family<PodLabels, Gauge>,
+    /// Port pressure per pod, percent.
+    pub port_pressure: Family<PodLabels, Gauge>,
+    /// Sweep wall time.
+    pub sweep_duration: Histogram,
+    /// Namespaces per sweep by how they were handled.
+    pub namespaces: Family<KindLabels, Counter>,
+    /// Scan errors by category.
+    pub scan_errors: Family<KindLabels, Counter>,
+    /// Report writes.
+    pub report_writes: Family<WriteLabels, Counter>,
+    /// Running pods on this node whose network namespace was not found.
+    pub pods_without_namespace: Gauge,
+}
+
+impl AgentMetrics {
+    /// Creates the metrics and registers them under `connhealth_agent`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            sockets: Family::default(),
+            close_wait_stuck: Family::default(),
+            close_wait_oldest_age: Family::default(),
+            port_pressure: Family::default(),
+            sweep_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            namespaces: Family::default(),
+            scan_errors: Family::default(),
+            report_writes: Family::default(),
+            pods_without_namespace: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("connhealth_agent");
+        r.register("sockets", "TCP sockets of a pod by state (IPv4 and IPv6), as of the last sweep", m.sockets.clone());
+        r.register(
+            "close_wait_stuck",
+            "CLOSE_WAIT sockets of a pod older than the agent's --close-wait-min-age",
+            m.close_wait_stuck.clone(),
+        );
+        r.register(
+            "close_wait_oldest_age_seconds",
+            "Age of a pod's oldest CLOSE_WAIT socket, from the agent's first sighting (0 when none)",
+            m.close_wait_oldest_age.clone(),
+        );
+        r.register(
+            "port_pressure_percent",
+            "Highest share of a pod's ephemeral port range held towards one destination",
+            m.port_pressure.clone(),
+        );
+        r.register(
+            "sweep_duration_seconds",
+            "Wall time of one sweep over the node's namespaces",
+            m.sweep_duration.clone(),
+        );
+        r.register(
+            "namespaces",
+            "Namespaces handled by sweeps: dumped, reused (gated: counters unchanged) or failed",
+            m.namespaces.clone(),
+        );
+        r.register("scan_errors", "Namespaces that could not be scanned, by error category", m.scan_errors.clone());
+        r.register(
+            "report_writes",
+            "ConnectionHealth writes by outcome (ok, error) and reason (new, states, stuck, heartbeat, ...)",
+            m.report_writes.clone(),
+        );
+        r.register(
+            "pods_without_namespace",
+            "Running pods on this node whose network namespace was not found in the last sweep",
+            m.pods_without_namespace.clone(),
+        );
+        m
+    }
+
+    /// Removes every series of a pod that left the node.
+    pub fn forget_pod(&self, namespace: &str, pod: &str) {
+        let labels = PodLabels { namespace: namespace.to_owned(), pod: pod.to_owned() };
+        self.close_wait_stuck.remove(&labels);
+        self.close_wait_oldest_age.remove(&labels);
+        self.port_pressure.remove(&labels);
+        for state in TcpState::ALL {
+            self.sockets.remove(&PodStateLabels {
+                namespace: namespace.to_owned(),
+                pod: pod.to_owned(),
+                state: state.ss_name().to_owned(),
+            });
+        }
+    }
+}

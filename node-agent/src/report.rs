@@ -1,0 +1,418 @@
+//! From one namespace's scan result to the pod's `ConnectionHealth` status,
+//! and the rule that decides whether a new status is worth writing. Pure
+//! code: no API calls, time passed in.
+//!
+//! ## When a report is written
+//!
+//! The API server is shared, so a report is rewritten only when a figure a
+//! person would care about changed, or as a slow heartbeat:
+//!
+//! - it is new (no report yet, or its pod UID differs);
+//! - a state count moved by more than `max(abs_margin, rel_margin × old)`,
+//!   or CLOSE_WAIT went from zero to non-zero or back;
+//! - the stuck CLOSE_WAIT count changed (stuck sockets are the leak signal,
+//!   so any change counts; transient CLOSE_WAIT never becomes stuck);
+//! - the top CLOSE_WAIT peer or the top owner (pid and command) changed;
+//! - port pressure moved into another band of `pressure_band` percent;
+//! - the pod became or stopped being `hostNetwork`;
+//! - nothing of the above for `heartbeat` since the last write.
+//!
+//! Ages need no writes: the report carries *when* each group of CLOSE_WAIT
+//! sockets was first seen (`closeWait.firstSeen`, `oldestSince`), and
+//! readers compute ages from those times.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use connhealth_crds::ConnectionHealthStatus;
+use connhealth_crds::health::{
+    CloseWaitDetail, DestinationPressure, EndpointCount, FirstSeenGroup, NetnsSysctls as ReportSysctls, PortCount,
+    PortPressureDetail, SocketOwner as ReportOwner, TcpStateCounts,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::aggregate::StateCounts;
+use crate::owners::RlimitValue;
+use crate::scan::NamespaceReport;
+
+/// Most first-seen groups in a report (the CRD's `maxItems`).
+pub const MAX_FIRST_SEEN_GROUPS: usize = 32;
+/// Entries of each top list copied into a report.
+pub const TOP_N: usize = 5;
+
+/// Converts a wall-clock time to the API's `Time`.
+pub fn to_time(t: SystemTime) -> Time {
+    let ts = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    // The API keeps whole seconds; round down so equality survives a round trip.
+    Time(jiff::Timestamp::from_second(ts.as_second()).unwrap_or(ts))
+}
+
+/// Groups first-sighting times into at most `max` groups, oldest first.
+/// Times are whole seconds; when there are more distinct seconds than
+/// `max`, times are rounded *up* to coarser and coarser steps (2 s, 4 s,
+/// ...) until they fit, so an age is never overstated.
+pub fn group_first_seen(times: &[(SystemTime, u64)], max: usize) -> Vec<(SystemTime, u64)> {
+    let secs: Vec<(u64, u64)> = times
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(t, n)| (t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()), *n))
+        .collect();
+    let mut step = 1u64;
+    loop {
+        let mut groups: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+        for (s, n) in &secs {
+            *groups.entry(s.div_ceil(step) * step).or_default() += n;
+        }
+        if groups.len() <= max.max(1) || step > u64::MAX / 4 {
+            return groups.into_iter().map(|(s, n)| (SystemTime::UNIX_EPOCH + Duration::from_secs(s), n)).collect();
+        }
+        step *= 2;
+    }
+}
+
+/// Everything besides the scan that goes into a report.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportContext<'a> {
+    /// When the figures were observed (the sweep's start).
+    pub observed_at: SystemTime,
+    /// CLOSE_WAIT first sightings, grouped (see [`group_first_seen`]).
+    pub first_seen: &'a [(SystemTime, u64)],
+    /// Container ID → container name, from the pod's status.
+    pub container_names: &'a HashMap<String, String>,
+}
+
+fn states(s: &StateCounts) -> TcpStateCounts {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    TcpStateCounts {
+        established: n(s.established),
+        syn_sent: n(s.syn_sent),
+        syn_recv: n(s.syn_recv),
+        fin_wait1: n(s.fin_wait1),
+        fin_wait2: n(s.fin_wait2),
+        time_wait: n(s.time_wait),
+        close: n(s.close),
+        close_wait: n(s.close_wait),
+        last_ack: n(s.last_ack),
+        listen: n(s.listen),
+        closing: n(s.closing),
+    }
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The status the agent writes for a pod whose namespace was scanned.
+pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> ConnectionHealthStatus {
+    let cw = &ns.summary.close_wait;
+    let first_seen: Vec<FirstSeenGroup> =
+        ctx.first_seen.iter().map(|(t, n)| FirstSeenGroup { since: to_time(*t), count: int(*n) }).collect();
+    let owners = ns
+        .owners
+        .as_ref()
+        .map(|o| {
+            o.owners
+                .iter()
+                .take(TOP_N)
+                .map(|owner| ReportOwner {
+                    container: owner.container_id.as_ref().and_then(|id| ctx.container_names.get(id).cloned()),
+                    container_id: owner.container_id.clone(),
+                    pid: i64::from(owner.process.pid),
+                    command: owner.process.comm.clone(),
+                    started_at: owner.process.started_at.map(to_time),
+                    sockets: int(owner.held),
+                    open_fds: int(owner.open_fds),
+                    fd_limit: match owner.nofile_soft {
+                        Some(RlimitValue::Limited(n)) => Some(int(n)),
+                        _ => None,
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pressure = &ns.summary.port_pressure;
+    ConnectionHealthStatus {
+        observed_at: Some(to_time(ctx.observed_at)),
+        host_network: None,
+        states: Some(states(&ns.summary.states)),
+        close_wait: Some(CloseWaitDetail {
+            count: int(cw.count),
+            stuck: int(cw.stuck),
+            stuck_after_seconds: int(cw.stuck_after_seconds),
+            oldest_since: first_seen.first().map(|g| g.since.clone()),
+            recv_queue_bytes: int(cw.recv_queue_bytes),
+            first_seen,
+            top_peers: cw
+                .top_peers
+                .iter()
+                .take(TOP_N)
+                .map(|p| EndpointCount { endpoint: p.endpoint.clone(), count: int(p.count) })
+                .collect(),
+            top_local_ports: cw
+                .top_local_ports
+                .iter()
+                .take(TOP_N)
+                .map(|p| PortCount { port: i32::from(p.port), count: int(p.count) })
+                .collect(),
+            owners,
+        }),
+        port_pressure: Some(PortPressureDetail {
+            percent: i32::try_from(pressure.percent.min(100)).unwrap_or(100),
+            ephemeral_ports: i64::from(pressure.ephemeral_ports),
+            top_destinations: pressure
+                .top_destinations
+                .iter()
+                .take(TOP_N)
+                .map(|d| DestinationPressure {
+                    endpoint: d.endpoint.clone(),
+                    time_wait: int(d.time_wait),
+                    syn_sent: int(d.syn_sent),
+                    established: int(d.established),
+                    percent: i32::try_from(d.percent.min(100)).unwrap_or(100),
+                })
+                .collect(),
+        }),
+        sysctls: Some(ReportSysctls {
+            ip_local_port_range: format!(
+                "{}-{}",
+                ns.sysctls.ip_local_port_range.low, ns.sysctls.ip_local_port_range.high
+            ),
+            tcp_tw_reuse: i32::try_from(ns.sysctls.tcp_tw_reuse).unwrap_or(-1),
+            tcp_timestamps: i32::try_from(ns.sysctls.tcp_timestamps).unwrap_or(-1),
+            tcp_max_tw_buckets: ns.sysctls.tcp_max_tw_buckets,
+            tcp_fin_timeout: i32::try_from(ns.sysctls.tcp_fin_timeout).unwrap_or(-1),
+            // Unknown (kernel < 6.1) means shared: older kernels have one table.
+            shared_hash_table: ns.sysctls.shared_hash_table.unwrap_or(true),
+        }),
+        truncated: ns.summary.truncated.iter().map(|s| (*s).to_owned()).collect(),
+        verdict: None,
+    }
+}
+
+/// The status of a `hostNetwork` pod: it shares the node's namespace, so it
+/// has no sockets of its own to report.
+pub fn host_network_status(observed_at: SystemTime) -> ConnectionHealthStatus {
+    ConnectionHealthStatus { observed_at: Some(to_time(observed_at)), host_network: Some(true), ..Default::default() }
+}
+
+/// How much change is worth a write.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChangeRule {
+    /// A state count change below this many sockets is not worth a write.
+    pub abs_margin: u64,
+    /// ... nor one below this fraction of the previous count.
+    pub rel_margin: f64,
+    /// Port pressure is compared in bands of this many percent.
+    pub pressure_band: i32,
+    /// A report unchanged for this long is rewritten anyway.
+    pub heartbeat: Duration,
+}
+
+impl Default for ChangeRule {
+    fn default() -> Self {
+        Self { abs_margin: 5, rel_margin: 0.1, pressure_band: 10, heartbeat: Duration::from_secs(600) }
+    }
+}
+
+/// Why a report is written; the `reason` label of the write metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteReason {
+    /// No report yet (or one for an earlier pod of the same name).
+    New,
+    /// A state count moved beyond the margins.
+    States,
+    /// The stuck CLOSE_WAIT count changed.
+    Stuck,
+    /// The top CLOSE_WAIT peer changed.
+    Peer,
+    /// The top CLOSE_WAIT owner changed.
+    Owner,
+    /// Port pressure moved to another band.
+    PortPressure,
+    /// The pod's hostNetwork status changed.
+    HostNetwork,
+    /// Nothing changed for a heartbeat interval.
+    Heartbeat,
+}
+
+impl WriteReason {
+    /// Stable label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteReason::New => "new",
+            WriteReason::States => "states",
+            WriteReason::Stuck => "stuck",
+            WriteReason::Peer => "peer",
+            WriteReason::Owner => "owner",
+            WriteReason::PortPressure => "portPressure",
+            WriteReason::HostNetwork => "hostNetwork",
+            WriteReason::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+fn moved(old: i64, new: i64, rule: &ChangeRule) -> bool {
+    let delta = old.abs_diff(new);
+    let rel = (old.unsigned_abs() as f64 * rule.rel_margin).ceil() as u64;
+    delta > 0 && delta >= rule.abs_margin.max(rel)
+}
+
+fn state_list(s: &TcpStateCounts) -> [i64; 11] {
+    [
+        s.established,
+        s.syn_sent,
+        s.syn_recv,
+        s.fin_wait1,
+        s.fin_wait2,
+        s.time_wait,
+        s.close,
+        s.close_wait,
+        s.last_ack,
+        s.listen,
+        s.closing,
+    ]
+}
+
+/// Whether `new` should replace the last written status `last`, and why.
+pub fn write_reason(
+    last: Option<&ConnectionHealthStatus>,
+    new: &ConnectionHealthStatus,
+    rule: &ChangeRule,
+    now: SystemTime,
+) -> Option<WriteReason> {
+    let Some(last) = last else { return Some(WriteReason::New) };
+    if last.host_network != new.host_network {
+        return Some(WriteReason::HostNetwork);
+    }
+    let zero = TcpStateCounts::default();
+    let (old_states, new_states) = (last.states.as_ref().unwrap_or(&zero), new.states.as_ref().unwrap_or(&zero));
+    let old_cw = old_states.close_wait;
+    let new_cw = new_states.close_wait;
+    if (old_cw == 0) != (new_cw == 0)
+        || state_list(old_states).iter().zip(state_list(new_states)).any(|(o, n)| moved(*o, n, rule))
+    {
+        return Some(WriteReason::States);
+    }
+    let empty = CloseWaitDetail::default();
+    let (old, new_cw_detail) = (last.close_wait.as_ref().unwrap_or(&empty), new.close_wait.as_ref().unwrap_or(&empty));
+    if old.stuck != new_cw_detail.stuck {
+        return Some(WriteReason::Stuck);
+    }
+    if old.top_peers.first().map(|p| &p.endpoint) != new_cw_detail.top_peers.first().map(|p| &p.endpoint) {
+        return Some(WriteReason::Peer);
+    }
+    let owner = |d: &CloseWaitDetail| d.owners.first().map(|o| (o.pid, o.command.clone()));
+    if owner(old) != owner(new_cw_detail) {
+        return Some(WriteReason::Owner);
+    }
+    let band =
+        |s: &ConnectionHealthStatus| s.port_pressure.as_ref().map_or(0, |p| p.percent / rule.pressure_band.max(1));
+    if band(last) != band(new) {
+        return Some(WriteReason::PortPressure);
+    }
+    let last_at = last.observed_at.as_ref().map(|t| SystemTime::from(t.0)).unwrap_or(SystemTime::UNIX_EPOCH);
+    if now.duration_since(last_at).unwrap_or_default() >= rule.heartbeat {
+        return Some(WriteReason::Heartbeat);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn status(close_wait: i64, stuck: i64, established: i64, observed: u64) -> ConnectionHealthStatus {
+        ConnectionHealthStatus {
+            observed_at: Some(to_time(at(observed))),
+            states: Some(TcpStateCounts { close_wait, established, ..Default::default() }),
+            close_wait: Some(CloseWaitDetail { count: close_wait, stuck, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn first_seen_groups_are_bounded_and_never_older_than_the_truth() {
+        let times: Vec<(SystemTime, u64)> = (0..100).map(|i| (at(i * 7), 1)).collect();
+        let groups = group_first_seen(&times, 32);
+        assert!(groups.len() <= 32, "{}", groups.len());
+        assert_eq!(groups.iter().map(|g| g.1).sum::<u64>(), 100);
+        // Every socket's reported time is at or after its true time: walk
+        // both in order.
+        let mut truth = times.iter().map(|t| t.0);
+        for (t, n) in &groups {
+            for _ in 0..*n {
+                assert!(*t >= truth.next().unwrap());
+            }
+        }
+        // Few distinct times stay exact.
+        let few = [(at(5), 2), (at(5), 1), (at(9), 4)];
+        assert_eq!(group_first_seen(&few, 32), vec![(at(5), 3), (at(9), 4)]);
+        assert!(group_first_seen(&[], 32).is_empty());
+    }
+
+    #[test]
+    fn write_rule_table() {
+        let rule = ChangeRule::default(); // abs 5, rel 10 %, band 10 %, heartbeat 10 min
+        let base = status(20, 3, 100, 0);
+        let cases: Vec<(&str, ConnectionHealthStatus, Option<WriteReason>)> = vec![
+            ("unchanged", status(20, 3, 100, 60), None),
+            ("small established wobble", status(20, 3, 109, 60), None),
+            ("established beyond 10 %", status(20, 3, 110, 60), Some(WriteReason::States)),
+            ("close-wait +4 is below the margin", status(24, 3, 100, 60), None),
+            ("close-wait +5", status(25, 3, 100, 60), Some(WriteReason::States)),
+            ("stuck +1", status(20, 4, 100, 60), Some(WriteReason::Stuck)),
+            ("heartbeat", status(20, 3, 100, 600), Some(WriteReason::Heartbeat)),
+            (
+                "host network",
+                ConnectionHealthStatus { host_network: Some(true), ..status(20, 3, 100, 60) },
+                Some(WriteReason::HostNetwork),
+            ),
+        ];
+        for (name, new, expected) in cases {
+            assert_eq!(write_reason(Some(&base), &new, &rule, at(new_obs(&new))), expected, "{name}");
+        }
+        assert_eq!(write_reason(None, &base, &rule, at(0)), Some(WriteReason::New));
+        // CLOSE_WAIT appearing or vanishing is always written.
+        assert_eq!(
+            write_reason(Some(&status(0, 0, 100, 0)), &status(1, 0, 100, 5), &rule, at(5)),
+            Some(WriteReason::States)
+        );
+        assert_eq!(
+            write_reason(Some(&status(2, 0, 100, 0)), &status(0, 0, 100, 5), &rule, at(5)),
+            Some(WriteReason::States)
+        );
+    }
+
+    fn new_obs(s: &ConnectionHealthStatus) -> u64 {
+        let t = SystemTime::from(s.observed_at.as_ref().unwrap().0);
+        t.duration_since(at(0)).unwrap().as_secs()
+    }
+
+    #[test]
+    fn peer_owner_and_pressure_band_changes() {
+        let rule = ChangeRule::default();
+        let mut a = status(20, 3, 100, 0);
+        let mut b = a.clone();
+        b.observed_at = Some(to_time(at(30)));
+        let peer = |e: &str| EndpointCount { endpoint: e.into(), count: 3 };
+        a.close_wait.as_mut().unwrap().top_peers = vec![peer("10.0.0.1:80")];
+        b.close_wait.as_mut().unwrap().top_peers = vec![peer("10.0.0.2:80")];
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::Peer));
+        b.close_wait.as_mut().unwrap().top_peers = vec![peer("10.0.0.1:80")];
+        b.close_wait.as_mut().unwrap().owners =
+            vec![ReportOwner { pid: 7, command: "java".into(), ..Default::default() }];
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::Owner));
+        a.close_wait.as_mut().unwrap().owners = b.close_wait.as_ref().unwrap().owners.clone();
+        let pressure =
+            |p: i32| Some(PortPressureDetail { percent: p, ephemeral_ports: 28232, top_destinations: vec![] });
+        a.port_pressure = pressure(41);
+        b.port_pressure = pressure(49);
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), None, "same band");
+        b.port_pressure = pressure(50);
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::PortPressure));
+    }
+}

@@ -1,0 +1,607 @@
+//! A sweep: every target namespace scanned once, with the per-namespace
+//! state that makes the next sweep cheap.
+//!
+//! This module owns the [`Scanner`]: the cache of one entry per live
+//! namespace (its handle, its `NETLINK_SOCK_DIAG` socket, its counter files,
+//! its sysctls, its CLOSE_WAIT tracker and gate memory), the order of work in
+//! a sweep, and the [`SweepReport`] it returns — the JSON contract of
+//! `connhealth-agent scan --output json` (see `node-agent/README.md`).
+//!
+//! One sweep ([`Scanner::sweep`]):
+//!
+//! 1. each target not yet cached is opened (its path must still name the
+//!    namespace discovery saw), entered once on a dedicated thread to create
+//!    its diag socket, open its counter files and read its sysctls;
+//! 2. the gate ([`crate::gate`]) decides from the counters whether to dump
+//!    it or reuse its last dump;
+//! 3. a dump streams every socket of every state into the namespace's
+//!    [`DumpAggregator`](crate::aggregate::DumpAggregator);
+//! 4. namespaces with at least [`ScanConfig::owners_threshold`] CLOSE_WAIT
+//!    sockets get their owners looked up ([`crate::owners`]), among the
+//!    namespace's own processes, after each dump;
+//! 5. cached namespaces that are no longer targets are reported once in
+//!    [`SweepReport::gone`] and dropped, which closes their socket and files
+//!    (an open socket would keep a deleted namespace alive, reporting zeros
+//!    forever).
+//!
+//! A namespace that fails is reported in [`SweepReport::errors`] with a
+//! stable category and never stops the sweep. All work is synchronous; call
+//! it from a blocking thread in async code.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+use crate::aggregate::{AggregateConfig, NamespaceParams, NamespaceSummary, NamespaceTracker};
+use crate::discovery::{NamespaceInfo, ProcessInfo};
+use crate::error::ScanError;
+use crate::gate::{self, CounterFiles, DumpReason, GateConfig, GateMemory, ListenPrint, Verdict};
+use crate::netns::{DiagSocket, NetnsHandle, NetnsId};
+use crate::owners::{self, Owners, OwnersOptions};
+use crate::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
+use crate::sysctls::{self, NetnsSysctls};
+
+/// How a [`Scanner`] works.
+#[derive(Debug, Clone)]
+pub struct ScanConfig {
+    /// Ages, stuck threshold and memory bounds.
+    pub aggregate: AggregateConfig,
+    /// When a namespace may reuse its last dump.
+    pub gate: GateConfig,
+    /// Look up owners of CLOSE_WAIT sockets in namespaces with at least this
+    /// many; `None`: never.
+    pub owners_threshold: Option<u64>,
+    /// Which sock_diag requests to send.
+    pub dump_mode: DumpMode,
+    /// Where `/proc` is, for owner lookups.
+    pub proc_root: PathBuf,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        Self {
+            aggregate: AggregateConfig::default(),
+            gate: GateConfig::default(),
+            owners_threshold: Some(10),
+            dump_mode: DumpMode::Auto,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+/// What is known about a namespace besides its sockets (from discovery).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceLabel {
+    /// Its `/run/netns` name, if any.
+    pub name: Option<String>,
+    /// The pod it belongs to, if its processes' cgroups say so.
+    pub pod_uid: Option<String>,
+    /// It is the host's namespace.
+    pub host: bool,
+    /// A representative process (the oldest: a pod's pause process).
+    pub process: Option<ProcessInfo>,
+    /// Container IDs of its processes.
+    pub container_ids: Vec<String>,
+    /// Its processes (where owners are looked for); not serialised.
+    #[serde(skip)]
+    pub pids: Vec<u32>,
+}
+
+/// One namespace to scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The namespace discovery saw.
+    pub id: NetnsId,
+    /// Paths to open it, best first; the first whose namespace is still
+    /// `id` is used (pids get reused).
+    pub paths: Vec<PathBuf>,
+    /// What is known about it.
+    pub label: NamespaceLabel,
+}
+
+impl Target {
+    /// A target from a discovered namespace.
+    pub fn from_discovery(ns: &NamespaceInfo) -> Self {
+        let mut paths = vec![ns.open_path.clone()];
+        paths.extend(ns.fallback_paths.iter().cloned());
+        Self {
+            id: ns.id,
+            paths,
+            label: NamespaceLabel {
+                name: ns.name.clone(),
+                pod_uid: ns.pod_uid.clone(),
+                host: ns.is_host,
+                process: ns.representative.clone(),
+                container_ids: ns.container_ids.clone(),
+                pids: ns.pids.clone(),
+            },
+        }
+    }
+
+    /// A target from a bare path (no discovery). Its name is the file name
+    /// when the path lies in `/run/netns`.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ScanError> {
+        let path = path.as_ref();
+        let id = NetnsId::of_path(path).map_err(|source| ScanError::OpenNetns { path: path.to_owned(), source })?;
+        let name = (path.parent() == Some(Path::new("/run/netns")))
+            .then(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .flatten();
+        Ok(Self { id, paths: vec![path.to_owned()], label: NamespaceLabel { name, ..NamespaceLabel::default() } })
+    }
+}
+
+/// How a namespace's figures were obtained this sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "reason")]
+pub enum Source {
+    /// Its sockets were dumped, for this reason.
+    Dump(DumpReason),
+    /// Its counters and listeners had not moved: the last dump was reused
+    /// with ages advanced.
+    Reused,
+}
+
+/// One namespace's result in a sweep.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceReport {
+    /// Its inode (what `ls -iL /proc/<pid>/ns/net` prints).
+    pub inode: u64,
+    /// The nsfs device.
+    pub dev: u64,
+    /// The path it was opened from.
+    #[serde(serialize_with = "lossy_path")]
+    pub path: PathBuf,
+    /// Discovery's labels (`name`, `podUid`, `host`, `process`,
+    /// `containerIds`).
+    #[serde(flatten)]
+    pub label: NamespaceLabel,
+    /// Dumped (and why) or reused.
+    pub source: Source,
+    /// Seconds since its last dump.
+    pub dump_age_seconds: u64,
+    /// Its figures.
+    #[serde(flatten)]
+    pub summary: NamespaceSummary,
+    /// Its TCP sysctls.
+    pub sysctls: NetnsSysctls,
+    /// Owners of its CLOSE_WAIT sockets, when over the threshold.
+    pub owners: Option<Owners>,
+}
+
+/// A namespace that could not be scanned this sweep.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceError {
+    /// Its inode.
+    pub inode: u64,
+    /// The first path tried.
+    #[serde(serialize_with = "lossy_path")]
+    pub path: PathBuf,
+    /// Discovery's labels.
+    #[serde(flatten)]
+    pub label: NamespaceLabel,
+    /// [`ScanError::category`].
+    pub category: &'static str,
+    /// The error and its causes, one line.
+    pub message: String,
+    /// The capability whose absence explains it, if any.
+    pub missing_capability: Option<&'static str>,
+}
+
+/// A namespace scanned before that is no longer there. Reported once.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoneNamespace {
+    /// Its inode.
+    pub inode: u64,
+    /// Its labels when last seen.
+    #[serde(flatten)]
+    pub label: NamespaceLabel,
+}
+
+/// What a sweep cost and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepStats {
+    /// Targets.
+    pub namespaces: u64,
+    /// Of those, dumped.
+    pub dumped: u64,
+    /// Of those, reused by the gate.
+    pub reused: u64,
+    /// Of those, failed.
+    pub failed: u64,
+    /// Namespaces entered (new ones, and ones whose socket was reset).
+    pub entered: u64,
+    /// Full dumps' sockets parsed.
+    pub sockets_parsed: u64,
+    /// LISTEN-only dumps (gate step 5).
+    pub listen_checks: u64,
+    /// Wall-clock time of the sweep, microseconds.
+    pub wall_micros: u64,
+}
+
+/// The result of one sweep.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    /// Sweep number of this scanner, from 1.
+    pub sweep: u64,
+    /// When the sweep started, milliseconds since the Unix epoch.
+    #[serde(serialize_with = "unix_ms")]
+    pub observed_at_unix_ms: SystemTime,
+    /// The host's `net.ipv4.tcp_child_ehash_entries` (0: new namespaces
+    /// share the host's TCP hash table), read in pid 1's namespace; `null`
+    /// before kernel 6.1.
+    pub host_child_ehash_entries: Option<i64>,
+    /// The sock_diag request in use: `legacy` (one walk for both families)
+    /// or `perFamily`.
+    pub dump_mode: &'static str,
+    /// Every target scanned, in target order.
+    pub namespaces: Vec<NamespaceReport>,
+    /// Targets that failed.
+    pub errors: Vec<NamespaceError>,
+    /// Namespaces that went away since the last sweep (reported once).
+    pub gone: Vec<GoneNamespace>,
+    /// What the sweep cost.
+    pub stats: SweepStats,
+}
+
+fn unix_ms<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    s.serialize_u64(ms)
+}
+
+fn lossy_path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// One line: the error and its causes.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+struct Cached {
+    handle: NetnsHandle,
+    socket: Option<DiagSocket>,
+    counters: Option<CounterFiles>,
+    sysctls: NetnsSysctls,
+    tracker: NamespaceTracker,
+    gate: Option<GateMemory>,
+    label: NamespaceLabel,
+    owners: Option<Owners>,
+}
+
+/// What entering a namespace brings back.
+struct Entered {
+    socket: DiagSocket,
+    counters: Option<CounterFiles>,
+    sysctls: NetnsSysctls,
+}
+
+fn enter(handle: &NetnsHandle) -> Result<Entered, ScanError> {
+    handle.run_in(|| {
+        // Without CAP_NET_ADMIN on the socket: least privilege (it can never
+        // destroy sockets), and the kernel fills less per socket.
+        let socket = DiagSocket::open_without_net_admin().map_err(|source| ScanError::DiagSocket { source })?;
+        let sysctls = NetnsSysctls::read_current()?;
+        let counters = match CounterFiles::open_current_thread() {
+            Ok(c) => Some(c),
+            Err(error) => {
+                tracing::debug!(%error, "no counter files; this namespace is dumped every sweep");
+                None
+            }
+        };
+        Ok(Entered { socket, counters, sysctls })
+    })?
+}
+
+fn open_target(target: &Target) -> Result<NetnsHandle, ScanError> {
+    let mut last = None;
+    for path in &target.paths {
+        match NetnsHandle::open(path) {
+            Ok(h) if h.id() == target.id => return Ok(h),
+            Ok(_) => {
+                last = Some(ScanError::OpenNetns {
+                    path: path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "the path now names another namespace"),
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(ScanError::OpenNetns {
+        path: PathBuf::new(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no path to open"),
+    }))
+}
+
+/// Scans namespaces, sweep after sweep, keeping one cached diag socket per
+/// live namespace.
+pub struct Scanner {
+    cfg: ScanConfig,
+    dumper: Dumper,
+    cache: HashMap<NetnsId, Cached>,
+    scratch: Vec<u8>,
+    host_child_ehash_entries: Option<i64>,
+    sweeps: u64,
+    /// First sightings to seed namespaces with when they are first cached.
+    seeds: HashMap<NetnsId, Vec<(Instant, u64)>>,
+}
+
+/// The host's `tcp_child_ehash_entries`, read inside the host's namespace
+/// (that of pid 1, with `hostPID`), or in the scanner's own when that cannot
+/// be entered.
+fn host_child_ehash_entries() -> Option<i64> {
+    NetnsHandle::open("/proc/1/ns/net")
+        .and_then(|h| h.run_in(sysctls::read_child_ehash_entries))
+        .ok()
+        .flatten()
+        .or_else(sysctls::read_child_ehash_entries)
+}
+
+/// `t` as an `Instant`, given that `now_sys` is now; `None` if it lies
+/// before the monotonic clock's origin.
+fn to_instant(t: SystemTime, now_sys: SystemTime, now: Instant) -> Option<Instant> {
+    match now_sys.duration_since(t) {
+        Ok(age) => now.checked_sub(age),
+        Err(ahead) => now.checked_add(ahead.duration()),
+    }
+}
+
+impl Scanner {
+    /// A scanner with nothing cached.
+    pub fn new(cfg: ScanConfig) -> Self {
+        Self {
+            dumper: Dumper::new(cfg.dump_mode),
+            cfg,
+            cache: HashMap::new(),
+            scratch: Vec::with_capacity(4096),
+            host_child_ehash_entries: host_child_ehash_entries(),
+            sweeps: 0,
+            seeds: HashMap::new(),
+        }
+    }
+
+    /// Carries CLOSE_WAIT ages over a restart: `groups` of `(first seen,
+    /// count)` (e.g. from the namespace's last report) are given to the
+    /// CLOSE_WAIT sockets the namespace's next dump finds for the first time;
+    /// see [`NamespaceTracker::seed_first_seen`]. Seeds for a namespace not
+    /// scanned in the next sweep are dropped.
+    pub fn seed_close_wait_first_seen(&mut self, id: NetnsId, groups: &[(SystemTime, u64)]) {
+        let (now_sys, now) = (SystemTime::now(), Instant::now());
+        let seeds: Vec<(Instant, u64)> =
+            groups.iter().filter_map(|(t, n)| Some((to_instant(*t, now_sys, now)?, *n))).collect();
+        match self.cache.get_mut(&id) {
+            Some(c) => c.tracker.seed_first_seen(seeds),
+            None => {
+                self.seeds.insert(id, seeds);
+            }
+        }
+    }
+
+    /// When the tracked CLOSE_WAIT sockets of a namespace were first seen,
+    /// as wall-clock times given that `now` is now: `(time, count)`, oldest
+    /// first. Empty for a namespace not cached.
+    pub fn close_wait_first_seen(&self, id: NetnsId, now: SystemTime) -> Vec<(SystemTime, u64)> {
+        let Some(c) = self.cache.get(&id) else {
+            return Vec::new();
+        };
+        let mono = Instant::now();
+        c.tracker.first_seen_groups().into_iter().map(|(t, n)| (now - mono.saturating_duration_since(t), n)).collect()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ScanConfig {
+        &self.cfg
+    }
+
+    /// Namespaces currently cached (each holds a socket and pins its
+    /// namespace).
+    pub fn cached(&self) -> Vec<NetnsId> {
+        let mut v: Vec<_> = self.cache.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Runs one sweep over `targets` (deduplicated by identity).
+    pub fn sweep(&mut self, targets: &[Target]) -> SweepReport {
+        let started = Instant::now();
+        let observed_at = SystemTime::now();
+        self.sweeps += 1;
+        let mut stats = SweepStats::default();
+        let mut namespaces = Vec::with_capacity(targets.len());
+        let mut errors = Vec::new();
+        let mut seen = HashSet::with_capacity(targets.len());
+
+        for target in targets {
+            if !seen.insert(target.id) {
+                continue;
+            }
+            stats.namespaces += 1;
+            let now = Instant::now();
+            match self.scan_one(target, now, &mut stats) {
+                Ok(report) => {
+                    match report.source {
+                        Source::Dump(_) => stats.dumped += 1,
+                        Source::Reused => stats.reused += 1,
+                    }
+                    namespaces.push(report);
+                }
+                Err(err) => {
+                    stats.failed += 1;
+                    if err.is_gone() {
+                        // Vanished between discovery and now: the next
+                        // sweep will not list it, and reports it gone.
+                        tracing::debug!(netns = %target.id, error = %error_chain(&err), "namespace vanished");
+                    }
+                    errors.push(NamespaceError {
+                        inode: target.id.ino,
+                        path: target.paths.first().cloned().unwrap_or_default(),
+                        label: target.label.clone(),
+                        category: err.category(),
+                        message: error_chain(&err),
+                        missing_capability: err.missing_capability(),
+                    });
+                }
+            }
+        }
+
+        // Namespaces no longer listed: report once, then drop (closing the
+        // socket and counter files lets the kernel free the namespace).
+        let gone_ids: Vec<NetnsId> = self.cache.keys().filter(|id| !seen.contains(id)).copied().collect();
+        let mut gone = Vec::with_capacity(gone_ids.len());
+        for id in gone_ids {
+            if let Some(c) = self.cache.remove(&id) {
+                gone.push(GoneNamespace { inode: id.ino, label: c.label });
+            }
+        }
+        gone.sort_by_key(|g| g.inode);
+        self.seeds.clear();
+
+        stats.wall_micros = started.elapsed().as_micros() as u64;
+        SweepReport {
+            sweep: self.sweeps,
+            observed_at_unix_ms: observed_at,
+            host_child_ehash_entries: self.host_child_ehash_entries,
+            dump_mode: match self.dumper.mode() {
+                DumpMode::PerFamily => "perFamily",
+                _ => "legacy",
+            },
+            namespaces,
+            errors,
+            gone,
+            stats,
+        }
+    }
+
+    fn scan_one(
+        &mut self,
+        target: &Target,
+        now: Instant,
+        stats: &mut SweepStats,
+    ) -> Result<NamespaceReport, ScanError> {
+        let Self { cfg, dumper, cache, scratch, seeds, .. } = self;
+
+        let c = match cache.entry(target.id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let handle = open_target(target)?;
+                let entered = enter(&handle)?;
+                stats.entered += 1;
+                let mut tracker = NamespaceTracker::new();
+                if let Some(seeds) = seeds.remove(&target.id) {
+                    tracker.seed_first_seen(seeds);
+                }
+                v.insert(Cached {
+                    handle,
+                    socket: Some(entered.socket),
+                    counters: entered.counters,
+                    sysctls: entered.sysctls,
+                    tracker,
+                    gate: None,
+                    label: target.label.clone(),
+                    owners: None,
+                })
+            }
+        };
+        c.label = target.label.clone();
+        if c.socket.is_none() {
+            // Reset after a failed dump: enter again through the handle.
+            let entered = enter(&c.handle)?;
+            stats.entered += 1;
+            c.socket = Some(entered.socket);
+            c.counters = entered.counters;
+            c.sysctls = entered.sysctls;
+        }
+
+        // Gate, steps 1-4: counters read *before* any dump.
+        let counters = c.counters.as_ref().and_then(|f| match f.read(scratch) {
+            Ok(v) => Some(v),
+            Err(error) => {
+                tracing::debug!(netns = %target.id, error = %error_chain(&error), "counters unreadable");
+                None
+            }
+        });
+        let mut verdict = gate::decide(&cfg.gate, c.gate.as_ref(), counters.as_ref(), now);
+        let socket = c.socket.as_ref().expect("set above");
+        if let (Verdict::Reuse, Some(memory)) = (verdict, c.gate.as_ref()) {
+            // Step 5: the listener set, from the small listener table.
+            let mut listen = ListenPrint::default();
+            let res = dumper.dump(socket, StateSet::of(&[TcpState::Listen]), |m| listen.add(m.cookie()));
+            stats.listen_checks += 1;
+            if let Err(e) = res {
+                c.socket = None;
+                return Err(e);
+            }
+            verdict = gate::confirm_listeners(memory, &listen);
+        }
+
+        let (summary, source) = match verdict {
+            Verdict::Reuse => match c.tracker.reuse(&cfg.aggregate, now) {
+                Some(s) => (s, Source::Reused),
+                None => unreachable!("the gate reuses only after a dump"),
+            },
+            Verdict::Dump(reason) => {
+                let params = NamespaceParams {
+                    port_range: c.sysctls.ip_local_port_range,
+                    max_tw_buckets: Some(c.sysctls.tcp_max_tw_buckets),
+                };
+                let mut agg = c.tracker.begin(&cfg.aggregate, params, now);
+                let res = dumper.dump(socket, StateSet::ALL, |m| agg.observe(&m));
+                let dumped = match res {
+                    Ok(d) => d,
+                    Err(e) => {
+                        drop(agg);
+                        c.socket = None;
+                        c.gate = None;
+                        return Err(e);
+                    }
+                };
+                stats.sockets_parsed += dumped.sockets;
+                let listen = agg.listen_print();
+                let saw_syn_recv = agg.saw_syn_recv();
+                let summary = agg.finish();
+                c.gate =
+                    Some(GateMemory { counters: counters.unwrap_or_default(), listen, dumped_at: now, saw_syn_recv });
+                // The CLOSE_WAIT set may have changed: owners are stale.
+                c.owners = None;
+                (summary, Source::Dump(reason))
+            }
+        };
+
+        let over = cfg.owners_threshold.is_some_and(|t| summary.close_wait.count >= t.max(1));
+        if !over {
+            c.owners = None;
+        } else if c.owners.is_none() {
+            let inodes: Vec<u64> = c.tracker.close_wait_inodes().collect();
+            let opts = OwnersOptions { proc_root: cfg.proc_root.clone(), ..OwnersOptions::default() };
+            c.owners = Some(owners::find_owners(&opts, &inodes, &c.label.pids));
+        }
+
+        let dumped_at = c.gate.as_ref().map_or(now, |g| g.dumped_at);
+        Ok(NamespaceReport {
+            inode: target.id.ino,
+            dev: target.id.dev,
+            path: c.handle.path().to_owned(),
+            label: c.label.clone(),
+            source,
+            dump_age_seconds: now.saturating_duration_since(dumped_at).as_secs(),
+            summary,
+            sysctls: c.sysctls.clone(),
+            owners: c.owners.clone(),
+        })
+    }
+}

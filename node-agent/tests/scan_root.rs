@@ -1,0 +1,506 @@
+//! Root tests of the scanner on real network namespaces with real sockets
+//! in real states. Each test makes its own uniquely named namespaces
+//! (`chtest-...`), uses only addresses inside them, and deletes them when
+//! done. Not root: skipped with a message; with `CI` set: they fail.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use connhealth_agent::aggregate::StateCounts;
+use connhealth_agent::gate::{CounterFiles, DumpReason};
+use connhealth_agent::netns::DiagSocket;
+use connhealth_agent::scan::{ScanConfig, Scanner, Source, SweepReport, Target};
+use connhealth_agent::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+fn scanner() -> Scanner {
+    Scanner::new(ScanConfig::default())
+}
+
+fn states_of(report: &SweepReport, ns: &TestNetns) -> StateCounts {
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    report.namespaces.iter().find(|r| r.inode == ns.id().ino).expect("namespace in report").summary.states
+}
+
+/// Our counts equal `ss` run in the namespace at the same moment: `ss`
+/// before and after our sweep must agree with each other and with us
+/// (retried a few times if something moved in between).
+fn assert_counts_equal_ss(scanner: &mut Scanner, nss: &[&TestNetns]) -> Vec<StateCounts> {
+    let targets: Vec<Target> = nss.iter().map(|n| n.target()).collect();
+    for attempt in 0.. {
+        let before: Vec<StateCounts> = nss.iter().map(|n| n.ss_counts()).collect();
+        let report = scanner.sweep(&targets);
+        let after: Vec<StateCounts> = nss.iter().map(|n| n.ss_counts()).collect();
+        let ours: Vec<StateCounts> = nss.iter().map(|n| states_of(&report, n)).collect();
+        if before == after {
+            assert_eq!(ours, before, "connhealth vs ss");
+            return ours;
+        }
+        assert!(attempt < 5, "sockets keep changing: {before:?} vs {after:?}");
+    }
+    unreachable!()
+}
+
+/// A non-blocking connect that stays in SYN_SENT while its SYNs vanish.
+fn connect_nonblocking(addr: &str) -> Socket {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).unwrap();
+    s.set_nonblocking(true).unwrap();
+    match s.connect(&SockAddr::from(addr)) {
+        Err(e) if e.raw_os_error() == Some(libc_einprogress()) => {}
+        other => panic!("connect {addr}: {other:?}"),
+    }
+    s
+}
+
+fn libc_einprogress() -> i32 {
+    115 // EINPROGRESS on Linux
+}
+
+#[test]
+fn every_state_ipv4_and_ipv6_equals_ss() {
+    if !can_run_privileged_test("every_state_ipv4_and_ipv6_equals_ss") {
+        return;
+    }
+    // `main` holds every state it can on loopback, and a listener on a veth
+    // towards `peer` whose SYN-ACKs are routed into a dummy device (so its
+    // half-open connections stay in SYN_RECV and `peer`'s in SYN_SENT).
+    let main = TestNetns::new("states");
+    let peer = TestNetns::new("peer");
+    main.link_to(&peer);
+    main.add_sink();
+    main.ip(&["route", "add", "192.0.2.2/32", "dev", "d0"]);
+    main.ip(&["-6", "route", "add", "2001:db8:1::2/128", "dev", "d0"]);
+    // SYN_SENT inside `main` too: towards addresses routed into d0.
+    main.ip(&["route", "add", "198.51.100.0/24", "dev", "d0"]);
+    main.ip(&["-6", "route", "add", "2001:db8:2::/64", "dev", "d0"]);
+
+    let held = main.run(|| {
+        let mut held = Vec::new();
+        let mut streams = Vec::new();
+        for (lo, port) in [("127.0.0.1", 7000), ("[::1]", 7001)] {
+            let l = listen(&format!("{lo}:{port}"));
+            for _ in 0..3 {
+                let (c, s) = established(&l);
+                streams.extend([c, s]);
+            }
+            for _ in 0..2 {
+                let (cw, fw2) = close_wait(&l);
+                streams.extend([cw, fw2]);
+            }
+            time_wait(&l);
+            held.push(l);
+        }
+        let wan4 = listen("192.0.2.1:7100");
+        let wan6 = listen("[2001:db8:1::1]:7100");
+        let syn_sent = [connect_nonblocking("198.51.100.7:80"), connect_nonblocking("[2001:db8:2::7]:80")];
+        (held, streams, wan4, wan6, syn_sent)
+    });
+    let syn_sent_peer =
+        peer.run(|| [connect_nonblocking("192.0.2.1:7100"), connect_nonblocking("[2001:db8:1::1]:7100")]);
+    // Wait for both SYN_RECV request sockets.
+    assert!(wait_until(Duration::from_secs(5), || main.ss_counts().syn_recv == 2), "SYN_RECV: {:?}", main.ss_counts());
+
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let c = main.ss_counts();
+            (c.close_wait, c.fin_wait2, c.time_wait) == (4, 4, 2)
+        }),
+        "{:?}",
+        main.ss_counts()
+    );
+    let mut s = scanner();
+    let counts = assert_counts_equal_ss(&mut s, &[&main, &peer]);
+    let m = counts[0];
+    assert_eq!(m.listen, 4);
+    assert_eq!(m.established, 12, "3 pairs per family");
+    assert_eq!(m.close_wait, 4);
+    assert_eq!(m.fin_wait2, 4);
+    assert_eq!(m.time_wait, 2);
+    assert_eq!(m.syn_sent, 2);
+    assert_eq!(m.syn_recv, 2);
+    assert_eq!(counts[1].syn_sent, 2);
+
+    // Legacy one-walk and per-family dumps see the same sockets.
+    let sock = main.run(|| DiagSocket::open().unwrap());
+    let mut seen = Vec::new();
+    for mode in [DumpMode::Legacy, DumpMode::PerFamily] {
+        let mut v = Vec::new();
+        let stats = Dumper::new(mode)
+            .dump(&sock, StateSet::ALL, |m| v.push((m.raw_state(), m.local(), m.remote(), m.cookie())))
+            .unwrap();
+        assert_eq!(stats.requests, if mode == DumpMode::Legacy { 1 } else { 2 });
+        v.sort();
+        seen.push(v);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert!(seen[0].iter().any(|(_, l, _, _)| l.is_ipv6()), "IPv6 in the legacy dump");
+
+    // A state filter is honoured by the kernel.
+    let mut only = Vec::new();
+    Dumper::default()
+        .dump(&sock, StateSet::of(&[TcpState::CloseWait, TcpState::Listen]), |m| only.push(m.state().unwrap()))
+        .unwrap();
+    only.sort();
+    assert_eq!(only.iter().filter(|s| **s == TcpState::CloseWait).count(), 4);
+    assert_eq!(only.iter().filter(|s| **s == TcpState::Listen).count(), 4);
+    assert_eq!(only.len(), 8);
+
+    drop((held, syn_sent_peer));
+}
+
+#[test]
+fn close_wait_ages_grow_across_sweeps_and_vanish_on_close() {
+    if !can_run_privileged_test("close_wait_ages_grow_across_sweeps_and_vanish_on_close") {
+        return;
+    }
+    let ns = TestNetns::new("ages");
+    let (l, cw, fw2) = ns.run(|| {
+        let l = listen("127.0.0.1:7200");
+        let (cw, fw2) = close_wait(&l);
+        (l, cw, fw2)
+    });
+    let mut s = Scanner::new(ScanConfig {
+        aggregate: connhealth_agent::aggregate::AggregateConfig {
+            min_age: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..ScanConfig::default()
+    });
+    // The FIN is acknowledged (delayed ACK) once the peer is in FIN_WAIT2.
+    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().fin_wait2 == 1));
+    let t = [ns.target()];
+    let r1 = s.sweep(&t);
+    let c1 = &r1.namespaces[0].summary.close_wait;
+    assert_eq!((c1.count, c1.stuck, c1.oldest_age_seconds), (1, 0, Some(0)));
+    assert_eq!(r1.namespaces[0].source, Source::Dump(DumpReason::FirstSweep));
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let r2 = s.sweep(&t);
+    let c2 = &r2.namespaces[0].summary.close_wait;
+    assert_eq!((c2.count, c2.stuck), (1, 1));
+    assert!(c2.oldest_age_seconds >= Some(1));
+    // Nothing moved: the gate reused the dump and only advanced the age.
+    assert_eq!(r2.namespaces[0].source, Source::Reused);
+
+    std::thread::sleep(Duration::from_millis(1000));
+    let r3 = s.sweep(&t);
+    assert!(r3.namespaces[0].summary.close_wait.oldest_age_seconds >= Some(2));
+
+    // The application finally closes it: gone on the next sweep.
+    drop(cw);
+    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().close_wait == 0));
+    let r4 = s.sweep(&t);
+    let c4 = &r4.namespaces[0].summary.close_wait;
+    assert_eq!((c4.count, c4.stuck, c4.tracked, c4.oldest_age_seconds), (0, 0, 0, None));
+    assert!(matches!(r4.namespaces[0].source, Source::Dump(_)));
+    drop((l, fw2));
+}
+
+#[test]
+fn close_wait_ages_survive_a_restart_when_seeded() {
+    if !can_run_privileged_test("close_wait_ages_survive_a_restart_when_seeded") {
+        return;
+    }
+    let ns = TestNetns::new("seed");
+    let held = ns.run(|| {
+        let l = listen("127.0.0.1:7250");
+        let a = close_wait(&l);
+        let b = close_wait(&l);
+        (l, a, b)
+    });
+    let t = [ns.target()];
+    // A fresh scanner (a restarted agent), told what the last report said.
+    let mut s = scanner();
+    let then = std::time::SystemTime::now() - Duration::from_secs(120);
+    s.seed_close_wait_first_seen(ns.id(), &[(then, 2)]);
+    let r = s.sweep(&t);
+    let cw = &r.namespaces[0].summary.close_wait;
+    assert_eq!((cw.count, cw.stuck), (2, 2));
+    assert!(cw.oldest_age_seconds >= Some(119));
+    let groups = s.close_wait_first_seen(ns.id(), std::time::SystemTime::now());
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].1, 2);
+    let off = groups[0].0.duration_since(then).unwrap_or_else(|e| e.duration());
+    assert!(off < Duration::from_secs(2), "{off:?}");
+    drop(held);
+}
+
+#[test]
+fn gated_namespace_that_starts_leaking_is_caught_on_the_next_sweep() {
+    if !can_run_privileged_test("gated_namespace_that_starts_leaking_is_caught_on_the_next_sweep") {
+        return;
+    }
+    // The leaking server in `ns`, its clients in `peer` (as a pod and the
+    // pods that call it).
+    let ns = TestNetns::new("gate");
+    let peer = TestNetns::new("gatepeer");
+    ns.link_to(&peer);
+    let (l, counters) = ns.run(|| {
+        let l = vec![listen("192.0.2.1:7300"), listen("[2001:db8:1::1]:7300")];
+        (l, CounterFiles::open_current_thread().unwrap())
+    });
+    let clients: Vec<TcpStream> = peer.run(|| {
+        (0..5)
+            .map(|i| TcpStream::connect(if i % 2 == 0 { "192.0.2.1:7300" } else { "[2001:db8:1::1]:7300" }).unwrap())
+            .collect()
+    });
+    let servers: Vec<TcpStream> = (0..5).map(|i| l[i % 2].accept().unwrap().0).collect();
+    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().established == 5));
+    let mut s = scanner();
+    let t = [ns.target()];
+    let r = s.sweep(&t);
+    assert_eq!(r.namespaces[0].summary.states.established, 5);
+    // Idle: the next sweep reuses the dump.
+    let r = s.sweep(&t);
+    assert_eq!(r.namespaces[0].source, Source::Reused);
+    assert_eq!(r.stats.dumped, 0);
+
+    // The leak: the clients close, the server never does. In the server's
+    // namespace ESTABLISHED -> CLOSE_WAIT leaves CurrEstab (which counts
+    // both) and inuse as they were; only InSegs moves.
+    let mut scratch = Vec::new();
+    let before = counters.read(&mut scratch).unwrap();
+    for client in clients.iter().take(2) {
+        client.shutdown(Shutdown::Write).unwrap();
+    }
+    // CLOSE_WAIT on our side, and our (delayed) ACK of the FINs sent: the
+    // clients are in FIN_WAIT2.
+    assert!(wait_until(Duration::from_secs(2), || {
+        ns.ss_counts().close_wait == 2 && peer.ss_counts().fin_wait2 == 2
+    }));
+    let after = counters.read(&mut scratch).unwrap();
+    assert_eq!(after.tcp.curr_estab, before.tcp.curr_estab, "CurrEstab counts CLOSE_WAIT too");
+    assert_eq!(
+        (after.tcp_inuse, after.tcp6_inuse, after.time_wait),
+        (before.tcp_inuse, before.tcp6_inuse, before.time_wait)
+    );
+    assert!(after.tcp.in_segs > before.tcp.in_segs);
+
+    let r = s.sweep(&t);
+    assert_eq!(r.namespaces[0].source, Source::Dump(DumpReason::CountersChanged));
+    let states = r.namespaces[0].summary.states;
+    assert_eq!((states.close_wait, states.established), (2, 3));
+    assert_eq!(states, ns.ss_counts());
+
+    // A new listener sends nothing; `inuse` (and the listener check behind
+    // it) sees it.
+    let r = s.sweep(&t);
+    assert_eq!(r.namespaces[0].source, Source::Reused);
+    let extra = ns.run(|| listen("127.0.0.1:7301"));
+    let r = s.sweep(&t);
+    assert!(matches!(r.namespaces[0].source, Source::Dump(_)));
+    assert_eq!(r.namespaces[0].summary.states.listen, 3);
+    drop((l, clients, servers, extra));
+}
+
+/// A holder process inside the namespace: `connhealth-bench hold`.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn start(ns: &TestNetns, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_connhealth-bench"), "hold"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn owner_process_is_found() {
+    if !can_run_privileged_test("owner_process_is_found") {
+        return;
+    }
+    let ns = TestNetns::new("owner");
+    let holder = Holder::start(&ns, &["--close-wait", "3"]);
+    let pid = holder.0.id();
+    let d = connhealth_agent::discovery::discover(&Default::default()).unwrap();
+    let info = d.by_name(&ns.name).expect("discovered");
+    assert!(info.pids.contains(&pid));
+    let mut s = Scanner::new(ScanConfig { owners_threshold: Some(3), ..ScanConfig::default() });
+    let r = s.sweep(&[Target::from_discovery(info)]);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let ns_report = &r.namespaces[0];
+    assert_eq!(ns_report.summary.close_wait.count, 3);
+    let owners = ns_report.owners.as_ref().expect("owners looked up");
+    assert_eq!(owners.inodes_wanted, 3);
+    assert_eq!(owners.inodes_found, 3);
+    let o = &owners.owners[0];
+    assert_eq!(o.process.pid, pid);
+    assert_eq!(o.process.comm, "connhealth-benc");
+    assert_eq!(o.held, 3);
+    assert!(o.open_fds >= 6);
+    assert!(o.nofile_soft.is_some());
+
+    // Under the threshold: no lookup.
+    let mut s = Scanner::new(ScanConfig { owners_threshold: Some(4), ..ScanConfig::default() });
+    assert!(s.sweep(&[Target::from_discovery(info)]).namespaces[0].owners.is_none());
+    drop(holder);
+}
+
+#[test]
+fn leak_added_by_a_holder_is_counted_sweep_after_sweep() {
+    if !can_run_privileged_test("leak_added_by_a_holder_is_counted_sweep_after_sweep") {
+        return;
+    }
+    let ns = TestNetns::new("holder");
+    let mut holder = Holder::start(&ns, &["--sockets", "1000"]);
+    let mut s = scanner();
+    let t = [ns.target()];
+    let states = assert_counts_equal_ss(&mut s, &[&ns])[0];
+    assert_eq!(
+        (states.established, states.close_wait, states.fin_wait2, states.time_wait, states.listen),
+        (492, 200, 200, 100, 8)
+    );
+    let mut stdin = holder.0.stdin.take().unwrap();
+    let mut out = BufReader::new(holder.0.stdout.take().unwrap());
+    for k in 1..=3u64 {
+        writeln!(stdin, "leak").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok");
+        let r = s.sweep(&t);
+        assert_eq!(r.namespaces[0].summary.close_wait.count, 200 + k);
+        assert!(matches!(r.namespaces[0].source, Source::Dump(_)));
+    }
+    drop(stdin);
+}
+
+#[test]
+fn cli_json_contract_and_watch_ages() {
+    if !can_run_privileged_test("cli_json_contract_and_watch_ages") {
+        return;
+    }
+    let ns = TestNetns::new("cli");
+    let (l, cw, fw2) = ns.run(|| {
+        let l = listen("127.0.0.1:7400");
+        let (cw, fw2) = close_wait(&l);
+        (l, cw, fw2)
+    });
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_connhealth-agent"))
+        .args(["scan", "--netns"])
+        .arg(&ns.path)
+        .args(["--output", "json", "--watch", "1s", "--count", "3", "--min-age", "1s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "one JSON document per sweep");
+    let mut ages = Vec::new();
+    for doc in &lines {
+        let nss = doc["namespaces"].as_array().unwrap();
+        assert_eq!(nss.len(), 1);
+        let n = &nss[0];
+        assert_eq!(n["inode"].as_u64(), Some(ns.id().ino));
+        assert!(n["podUid"].is_null());
+        assert_eq!(n["name"], ns.name.as_str());
+        let states = n["states"].as_object().unwrap();
+        for key in [
+            "established",
+            "synSent",
+            "synRecv",
+            "finWait1",
+            "finWait2",
+            "timeWait",
+            "close",
+            "closeWait",
+            "lastAck",
+            "listen",
+            "closing",
+        ] {
+            assert!(states[key].is_u64(), "states.{key}");
+        }
+        assert_eq!(states.len(), 11);
+        assert_eq!(n["states"]["closeWait"], 1);
+        assert_eq!(n["closeWait"]["count"], 1);
+        assert_eq!(n["closeWait"]["topPeers"][0]["endpoint"], "127.0.0.1");
+        assert_eq!(n["closeWait"]["topLocalPorts"][0]["port"], 7400);
+        assert!(n["timeWait"]["count"].is_u64());
+        assert!(n["portPressure"]["ephemeralPorts"].is_u64());
+        assert!(n["sysctls"]["ipLocalPortRange"].is_string());
+        ages.push(n["closeWait"]["oldestAgeSeconds"].as_u64().unwrap());
+        assert!(doc["errors"].as_array().unwrap().is_empty());
+    }
+    // Sweeps start one second apart (less the time each took to start).
+    assert_eq!(ages[0], 0);
+    assert!(ages[0] <= ages[1] && ages[1] <= ages[2] && ages[2] >= 1, "ages grow: {ages:?}");
+    assert_eq!(lines[2]["namespaces"][0]["closeWait"]["stuck"], 1);
+
+    // The table names the namespace and its CLOSE_WAIT figures.
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_connhealth-agent")).args(["scan", "--netns"]).arg(&ns.path).output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let header = table.lines().next().unwrap();
+    for col in ["POD/PROCESS", "ESTAB", "CLOSE-WAIT", "STUCK", "OLDEST", "TIME-WAIT", "PORT-PRESSURE", "OWNER"] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(table.contains(&format!("netns/{}", ns.name)), "{table}");
+    drop((l, cw, fw2));
+}
+
+#[test]
+fn unprivileged_scan_names_the_missing_capability_in_one_line() {
+    if !can_run_privileged_test("unprivileged_scan_names_the_missing_capability_in_one_line") {
+        return;
+    }
+    let ns = TestNetns::new("unpriv");
+    // As nobody, without capabilities.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_connhealth-agent"))
+        .args(["scan", "--netns"])
+        .arg(&ns.path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("missing capabilities CAP_SYS_ADMIN"), "{stderr}");
+    assert!(first.contains("CAP_SYS_PTRACE"), "{stderr}");
+    assert!(!out.status.success(), "the namespace could not be scanned");
+    // The report names the capability for the failed namespace too.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_connhealth-agent"))
+        .args(["scan", "--output", "json", "--netns"])
+        .arg(&ns.path)
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["errors"][0]["missingCapability"], "CAP_SYS_ADMIN");
+    assert_eq!(doc["errors"][0]["category"], "NetnsEnter");
+
+    // Without arguments it still scans its own namespace.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_connhealth-agent"))
+        .args(["scan", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["namespaces"].as_array().unwrap().len(), 1);
+}
