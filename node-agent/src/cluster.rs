@@ -42,17 +42,17 @@ pub struct RunArgs {
     pub node_name: String,
 
     /// Time between sweeps, e.g. `15s`.
-    #[arg(long, env = "CONNHEALTH_SCAN_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "CONNHEALTH_SCAN_INTERVAL", default_value = "15s", value_parser = connhealth_runtime::parse_duration)]
     pub scan_interval: Duration,
 
     /// Age at which a CLOSE_WAIT socket counts as stuck in reports and
     /// metrics, e.g. `2m`. (Policies apply their own `minAge` to the
     /// first-sighting times the report carries.)
-    #[arg(long, env = "CONNHEALTH_CLOSE_WAIT_MIN_AGE", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "CONNHEALTH_CLOSE_WAIT_MIN_AGE", default_value = "2m", value_parser = connhealth_runtime::parse_duration)]
     pub close_wait_min_age: Duration,
 
     /// An unchanged report is rewritten after this long, e.g. `10m`.
-    #[arg(long, env = "CONNHEALTH_HEARTBEAT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "CONNHEALTH_HEARTBEAT", default_value = "10m", value_parser = connhealth_runtime::parse_duration)]
     pub heartbeat: Duration,
 
     /// A state count must move by at least this many sockets to be written...
@@ -75,15 +75,6 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "CONNHEALTH_LOG_FORMAT", value_enum, default_value_t = connhealth_runtime::logging::LogFormat::Text)]
     pub log_format: connhealth_runtime::logging::LogFormat,
-}
-
-/// Parses a Go-style duration (`30s`, `5m`, `1h30m`).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: kube::core::Duration = s.parse().map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
-    if d.is_negative() {
-        return Err(format!("{s:?} is negative"));
-    }
-    Ok(d.into())
 }
 
 impl RunArgs {

@@ -700,26 +700,7 @@ pub(crate) mod test_support {
         (u64::from(std::process::id()) << 32) | u64::from(nanos)
     }
 
-    /// Whether a root-only test may run: `false` (with a message) when not
-    /// root; panics when not root and `CI` is set, so CI never skips silently.
-    pub(crate) fn can_run_privileged_test(test: &str) -> bool {
-        let euid = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            })
-            .and_then(|uid| uid.parse::<u32>().ok());
-        if euid == Some(0) {
-            return true;
-        }
-        if std::env::var_os("CI").is_some() {
-            panic!("{test}: must run as root when CI is set (euid {euid:?})");
-        }
-        eprintln!("SKIPPED {test}: needs root (euid {euid:?})");
-        false
-    }
+    pub(crate) use connhealth_runtime::can_run_privileged_test;
 
     /// `ip netns add NAME` on creation, `ip netns del NAME` on drop.
     pub(crate) struct NamedNetns(pub(crate) String);

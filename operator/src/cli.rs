@@ -59,25 +59,16 @@ pub struct RunArgs {
     pub identity: Option<String>,
 
     /// How long a Lease is valid without renewal, e.g. `15s`.
-    #[arg(long, env = "CONNHEALTH_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "CONNHEALTH_LEASE_DURATION", default_value = "15s", value_parser = connhealth_runtime::parse_duration)]
     pub lease_duration: Duration,
 
     /// How long the leader keeps trying to renew before giving up, e.g. `10s`.
-    #[arg(long, env = "CONNHEALTH_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CONNHEALTH_RENEW_DEADLINE", default_value = "10s", value_parser = connhealth_runtime::parse_duration)]
     pub renew_deadline: Duration,
 
     /// How often to try to acquire or renew the Lease, e.g. `2s`.
-    #[arg(long, env = "CONNHEALTH_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "CONNHEALTH_RETRY_PERIOD", default_value = "2s", value_parser = connhealth_runtime::parse_duration)]
     pub retry_period: Duration,
-}
-
-/// Parses a Go-style duration (`30s`, `5m`, `1h30m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: kube::core::Duration = s.parse().map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
-    if d.is_negative() {
-        return Err(format!("{s:?} is negative"));
-    }
-    Ok(d.into())
 }
 
 impl RunArgs {

@@ -14,25 +14,7 @@ use connhealth_agent::aggregate::StateCounts;
 use connhealth_agent::netns::{NetnsHandle, NetnsId};
 use connhealth_agent::scan::Target;
 
-/// True when the test may run: as root. Not root: prints why it skips and
-/// returns false — unless `CI` is set, where it panics, so that CI can never
-/// skip silently.
-pub fn can_run_privileged_test(test: &str) -> bool {
-    let euid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|u| u.parse::<u32>().ok());
-    if euid == Some(0) {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root (network namespaces), and CI is set: refusing to skip");
-    }
-    eprintln!("skipping {test}: needs root (network namespaces, setns)");
-    false
-}
+pub use connhealth_runtime::can_run_privileged_test;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

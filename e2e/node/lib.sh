@@ -1,0 +1,86 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034,SC2154 # sourced: $dir and $node_bin come from the caller
+# Shared by e2e/node/up and down (sourced, not run). Needs $dir (the cluster
+# state dir) and the cluster's lib.sh (pid_alive).
+
+node_components=(kube-scheduler kubelet containerd) # stop order: dependents first
+node_dir="$dir/node"
+node_bridge=${CONNHEALTH_NODE_BRIDGE:-chbr0}
+pod_cidr=${CONNHEALTH_POD_CIDR:-10.88.0.0/16}
+# The kubelet changes these unless protectKernelDefaults is set (then it
+# refuses to start when they differ); up saves them, down restores them.
+kernel_tunables=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+
+node_running() {
+  local name
+  for name in "${node_components[@]}"; do pid_alive "$dir" "$name" || return 1; done
+}
+
+# ctr against our containerd, in the kubelet's namespace.
+node_ctr() { "$node_bin/ctr" --address "$node_dir/containerd/containerd.sock" -n k8s.io "$@"; }
+
+# Mount points at or below $1, deepest first.
+mounts_below() {
+  awk -v p="$1" '{ m = $5; gsub(/\\040/, " ", m); if (m == p || index(m, p "/") == 1) print m }' /proc/self/mountinfo |
+    awk '{ print length($0) "\t" $0 }' | sort -rn | cut -f2- | uniq
+}
+
+# stop_node: stop the kubelet and scheduler, kill every container containerd
+# runs for k8s.io, stop containerd, unmount what the kubelet and containerd
+# mounted under $node_dir, remove the bridge, the pod cgroups and the
+# saved kernel tunables. Leaves $node_dir's files.
+stop_node() {
+  local name pid i id m
+  for name in kube-scheduler kubelet; do
+    pid_alive "$dir" "$name" && kill -TERM "$(<"$dir/pids/$name.pid")" 2>/dev/null
+  done
+  for ((i = 0; i < 100; i++)); do
+    pid_alive "$dir" kubelet || pid_alive "$dir" kube-scheduler || break
+    sleep 0.2
+  done
+  for name in kube-scheduler kubelet; do
+    pid_alive "$dir" "$name" && kill -KILL "$(<"$dir/pids/$name.pid")" 2>/dev/null
+  done
+  if pid_alive "$dir" containerd && [[ -x $node_bin/ctr ]]; then
+    # Containers outlive containerd (their shims are separate processes): kill
+    # the tasks, delete them (the shims exit), then the containers.
+    for id in $(node_ctr tasks ls -q 2>/dev/null); do node_ctr tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
+    for ((i = 0; i < 50; i++)); do
+      [[ -z $(node_ctr tasks ls 2>/dev/null | awk 'NR > 1 && $3 != "STOPPED"') ]] && break
+      sleep 0.2
+    done
+    for id in $(node_ctr tasks ls -q 2>/dev/null); do node_ctr tasks delete -f "$id" >/dev/null 2>&1 || true; done
+    for id in $(node_ctr containers ls -q 2>/dev/null); do node_ctr containers rm "$id" >/dev/null 2>&1 || true; done
+  fi
+  if pid_alive "$dir" containerd; then
+    pid=$(<"$dir/pids/containerd.pid")
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do pid_alive "$dir" containerd || break; sleep 0.1; done
+    pid_alive "$dir" containerd && kill -KILL "$pid" 2>/dev/null
+  fi
+  # Shims left over (containerd killed before their tasks were deleted).
+  for pid in $(pgrep -f -- "containerd-shim-runc-v2 -namespace k8s.io .*-address $node_dir/" 2>/dev/null); do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  # Mounts: container rootfs (overlay), sandbox shm, netns bind mounts,
+  # kubelet volumes and the kubelet's rshared bind mount of its root dir.
+  if [[ -d $node_dir ]]; then
+    for ((i = 0; i < 3; i++)); do
+      while IFS= read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done < <(mounts_below "$node_dir")
+      [[ -z $(mounts_below "$node_dir") ]] && break
+    done
+  fi
+  ip link del "$node_bridge" 2>/dev/null || true
+  # Pod cgroups (cgroupfs driver: /kubepods in every v1 hierarchy), deepest
+  # first; a cgroup that still has processes stays.
+  local h
+  for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/kubepods.slice; do
+    [[ -d $h ]] || continue
+    find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
+  if [[ -f $node_dir/sysctl.saved ]]; then
+    sysctl -q -p "$node_dir/sysctl.saved" >/dev/null 2>&1 || true
+    rm -f "$node_dir/sysctl.saved"
+  fi
+}
