@@ -8,7 +8,9 @@
 //!   connection after that long (a healthy server).
 //! - `connect`: opens connections to a server and closes them (sending the
 //!   FIN that puts the server's socket in CLOSE_WAIT), `--count` of them,
-//!   one every `--interval`, then idles (or exits with `--exit`).
+//!   one every `--interval`, then idles (or exits with `--exit`). With
+//!   `--hold` it keeps them open instead (ESTABLISHED on both sides: a busy,
+//!   healthy pod).
 
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -49,14 +51,17 @@ enum Command {
         /// Exit when done instead of idling.
         #[arg(long)]
         exit: bool,
+        /// Keep the connections open instead of closing them.
+        #[arg(long, conflicts_with = "exit")]
+        hold: bool,
     },
 }
 
 fn main() -> std::io::Result<()> {
     match Cli::parse().command {
         Command::Serve { listen, close_after_ms } => serve(listen, close_after_ms.map(Duration::from_millis)),
-        Command::Connect { to, count, interval_ms, exit } => {
-            connect(to, count, Duration::from_millis(interval_ms))?;
+        Command::Connect { to, count, interval_ms, exit, hold } => {
+            let _held = connect(to, count, Duration::from_millis(interval_ms), hold)?;
             if !exit {
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
@@ -95,15 +100,19 @@ fn serve(listen: SocketAddr, close_after: Option<Duration>) -> std::io::Result<(
     Ok(())
 }
 
-fn connect(to: SocketAddr, count: u32, interval: Duration) -> std::io::Result<()> {
+/// Opens `count` connections; returns them when `hold`, else closes each.
+fn connect(to: SocketAddr, count: u32, interval: Duration, hold: bool) -> std::io::Result<Vec<TcpStream>> {
+    let mut held = Vec::new();
     for i in 0..count {
         match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+            Ok(stream) if hold => held.push(stream),
             // Dropping the stream closes it: the server gets our FIN.
             Ok(stream) => drop(stream),
             Err(e) => eprintln!("connhealth-demo: connection {i} to {to} failed: {e}"),
         }
         std::thread::sleep(interval);
     }
-    eprintln!("connhealth-demo: opened and closed {count} connections to {to}");
-    Ok(())
+    let done = if hold { "holds" } else { "opened and closed" };
+    eprintln!("connhealth-demo: {done} {count} connections to {to}");
+    Ok(held)
 }

@@ -118,6 +118,22 @@ fn apply_policy(cluster: &Cluster, ns: &str, name: &str, spec: &str) {
     assert!(ok, "apply policy: {stderr}");
 }
 
+/// The metrics endpoint's address, from the operator's log line.
+fn metrics_addr(process: &ChildProcess) -> String {
+    let logs = process.logs();
+    let line = logs.lines().find(|l| l.contains("serving /metrics")).expect("metrics log line");
+    line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).expect("addr=").to_owned()
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
+}
+
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     eventually(what, WAIT, || {
         let ok = check();
@@ -131,7 +147,7 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
     let cluster = Cluster::get();
     let ns = TestNamespace::new("op-leak");
     let client = cluster.client().await;
-    let _op = operator(&ns, "op-a");
+    let op = operator(&ns, "op-a");
     let uid = create_pod(&client, &ns.name, "api-1").await;
     write_report(&client, &ns.name, "api-1", &uid, 12).await;
     apply_policy(cluster, &ns.name, "default", "  podSelector: {matchLabels: {app: api}}\n");
@@ -171,6 +187,16 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
     // The printer column shows the verdict.
     let ch = cluster.kubectl_ok(&["get", "ch", "-n", &ns.name, "--no-headers"]).unwrap();
     assert!(ch.contains("Leaking"), "{ch}");
+    // Metrics: leader, violating pods per policy, Events by reason.
+    let metrics = scrape(&metrics_addr(&op));
+    for series in [
+        "connhealth_operator_leader 1".to_owned(),
+        format!("connhealth_operator_violating_pods{{namespace=\"{}\",policy=\"default\"}} 1", ns.name),
+        "connhealth_operator_events_published_total{reason=\"CloseWaitLeak\"}".to_owned(),
+        "connhealth_operator_reconciles_total{result=\"ok\"}".to_owned(),
+    ] {
+        assert!(metrics.contains(&series), "{series} not in:\n{metrics}");
+    }
 
     // Recovery: the workload closes its sockets.
     write_report(&client, &ns.name, "api-1", &uid, 0).await;

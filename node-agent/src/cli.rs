@@ -500,6 +500,25 @@ mod tests {
         assert_eq!(a.output, Output::Json);
         assert_eq!(a.scan_config().aggregate.min_age, Duration::from_secs(300));
         assert!(Cli::try_parse_from(["connhealth-agent", "scan", "--count", "3"]).is_err());
-        assert!(matches!(Cli::try_parse_from(["connhealth-agent", "run"]).unwrap().command, Command::Run(_)));
+        let Command::Run(run) =
+            Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--scan-interval", "5s"])
+                .unwrap()
+                .command
+        else {
+            panic!("run")
+        };
+        let config = run.config().unwrap();
+        assert_eq!((config.node_name.as_str(), config.scan_interval), ("n1", Duration::from_secs(5)));
+        assert_eq!(config.change.heartbeat, Duration::from_secs(600));
+        // One-line errors for settings clap cannot check.
+        let Command::Run(run) =
+            Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--heartbeat", "1s"]).unwrap().command
+        else {
+            panic!("run")
+        };
+        assert_eq!(run.config().unwrap_err(), "--heartbeat (1s) must not be shorter than --scan-interval (15s)");
+        assert!(
+            Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--scan-interval", "soon"]).is_err()
+        );
     }
 }

@@ -152,3 +152,29 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "connhealth-operator".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["connhealth-operator", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(run) => run,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_timings_are_explained() {
+        let run = parse(&[]);
+        assert_eq!(run.validate(), Ok(()));
+        assert_eq!((run.lease_duration, run.renew_deadline), (Duration::from_secs(15), Duration::from_secs(10)));
+        assert_eq!(
+            parse(&["--renew-deadline", "20s"]).validate().unwrap_err(),
+            "--renew-deadline (20s) must be shorter than --lease-duration (15s)"
+        );
+        assert!(parse(&["--retry-period", "10s"]).validate().unwrap_err().starts_with("--retry-period (10s)"));
+        assert!(Cli::try_parse_from(["connhealth-operator", "run", "--lease-duration", "long"]).is_err());
+    }
+}
