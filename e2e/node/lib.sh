@@ -3,7 +3,7 @@
 # Shared by e2e/node/up and down (sourced, not run). Needs $dir (the cluster
 # state dir) and the cluster's lib.sh (pid_alive).
 
-node_components=(kube-scheduler kubelet containerd) # stop order: dependents first
+node_components=(kube-scheduler kubelet apiserver-proxy containerd) # stop order: dependents first
 node_dir="$dir/node"
 node_bridge=${CONNHEALTH_NODE_BRIDGE:-chbr0}
 pod_cidr=${CONNHEALTH_POD_CIDR:-10.88.0.0/16}
@@ -18,7 +18,7 @@ node_running() {
 }
 
 # ctr against our containerd, in the kubelet's namespace.
-node_ctr() { "$node_bin/ctr" --address "$node_dir/containerd/containerd.sock" -n k8s.io "$@"; }
+node_ctr() { "$node_bin/ctr" --address "$node_dir/containerd/containerd.sock" -n k8s.io "$@" 2> >(grep -v 'DEPRECATION: The support for cgroup v1' >&2); }
 
 # Mount points at or below $1, deepest first.
 mounts_below() {
@@ -32,23 +32,33 @@ mounts_below() {
 # saved kernel tunables. Leaves $node_dir's files.
 stop_node() {
   local name pid i id m
-  for name in kube-scheduler kubelet; do
-    pid_alive "$dir" "$name" && kill -TERM "$(<"$dir/pids/$name.pid")" 2>/dev/null
+  local others=(kube-scheduler kubelet apiserver-proxy)
+  for name in "${others[@]}"; do
+    if pid_alive "$dir" "$name"; then kill -TERM "$(<"$dir/pids/$name.pid")" 2>/dev/null || true; fi
   done
   for ((i = 0; i < 100; i++)); do
-    pid_alive "$dir" kubelet || pid_alive "$dir" kube-scheduler || break
+    local alive=0
+    for name in "${others[@]}"; do if pid_alive "$dir" "$name"; then alive=1; fi; done
+    ((alive)) || break
     sleep 0.2
   done
-  for name in kube-scheduler kubelet; do
-    pid_alive "$dir" "$name" && kill -KILL "$(<"$dir/pids/$name.pid")" 2>/dev/null
+  for name in "${others[@]}"; do
+    if pid_alive "$dir" "$name"; then kill -KILL "$(<"$dir/pids/$name.pid")" 2>/dev/null || true; fi
   done
+  local ids=()
   if pid_alive "$dir" containerd && [[ -x $node_bin/ctr ]]; then
+    mapfile -t ids < <(node_ctr containers ls -q 2>/dev/null)
     # Containers outlive containerd (their shims are separate processes): kill
     # the tasks, delete them (the shims exit), then the containers.
     for id in $(node_ctr tasks ls -q 2>/dev/null); do node_ctr tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
     for ((i = 0; i < 50; i++)); do
       [[ -z $(node_ctr tasks ls 2>/dev/null | awk 'NR > 1 && $3 != "STOPPED"') ]] && break
       sleep 0.2
+    done
+    # Sandboxes first through their controller, so that their shims shut
+    # down cleanly (and remove their sockets), then whatever is left.
+    for id in $(node_ctr sandboxes ls 2>/dev/null | awk 'NR > 1 {print $1}'); do
+      node_ctr sandboxes rm -f "$id" >/dev/null 2>&1 || true
     done
     for id in $(node_ctr tasks ls -q 2>/dev/null); do node_ctr tasks delete -f "$id" >/dev/null 2>&1 || true; done
     for id in $(node_ctr containers ls -q 2>/dev/null); do node_ctr containers rm "$id" >/dev/null 2>&1 || true; done
@@ -79,6 +89,20 @@ stop_node() {
     [[ -d $h ]] || continue
     find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
+  # Fixed host paths that no setting moves; only our entries, then the
+  # directories if that left them empty: containerd's shim sockets and ctr's
+  # fifos, libcni's result cache (keyed by container id), the kubelet's
+  # device-plugin socket and its /var/log/containers symlinks.
+  for id in "${ids[@]}"; do rm -f /var/lib/cni/results/*-"$id"-*; done
+  for m in /run/containerd/s/*; do # shim sockets nobody listens on any more
+    [[ -S $m ]] && ! grep -qF " $m" /proc/net/unix && rm -f "$m"
+  done
+  rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+  for m in /var/log/containers/*.log; do
+    [[ -L $m && $(readlink "$m") == "$node_dir/"* ]] && rm -f "$m"
+  done
+  rmdir /run/containerd/s /run/containerd/fifo /run/containerd /var/lib/cni/results /var/lib/cni \
+    /var/lib/kubelet/device-plugins /var/lib/kubelet /var/log/containers /etc/cni/net.d /etc/cni 2>/dev/null || true
   if [[ -f $node_dir/sysctl.saved ]]; then
     sysctl -q -p "$node_dir/sysctl.saved" >/dev/null 2>&1 || true
     rm -f "$node_dir/sysctl.saved"

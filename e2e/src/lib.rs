@@ -8,6 +8,19 @@
 //!   and it is deleted either way.
 //! - [`ChildProcess`]: a connhealth binary run as a child process with a
 //!   given kubeconfig, its logs captured to a file and printed on failure.
+//! - [`fakepod`]: the test plays the kubelet ([`FakePod`]: a Pod object, a
+//!   real network namespace and cgroup, real processes).
+//! - [`agent`]: the cross-process [`AgentLock`], the agent's test command
+//!   line and metrics, capability sets.
+//! - [`access`]: [`TokenKubeconfig`], a ServiceAccount's token kubeconfig.
+
+pub mod access;
+pub mod agent;
+pub mod fakepod;
+
+pub use access::TokenKubeconfig;
+pub use agent::AgentLock;
+pub use fakepod::{FakePod, require_root};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -132,6 +145,22 @@ impl Cluster {
     /// A kube client with the admin kubeconfig.
     pub async fn client(&self) -> Client {
         client_from(&self.kubeconfig).await
+    }
+
+    /// Runs `helm` (from the bin dir) with the admin kubeconfig; returns
+    /// (success, stdout, stderr).
+    pub fn helm_run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(self.bin_dir.join("helm"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run helm");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
@@ -285,10 +314,30 @@ impl ChildProcess {
     /// Starts the workspace binary `bin` (built by cargo for this test run)
     /// with `args`, `KUBECONFIG=kubeconfig` and extra `env`.
     pub fn spawn(bin: &str, args: &[&str], kubeconfig: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_wrapped::<&str>(&[], bin, args, kubeconfig, env)
+    }
+
+    /// Like [`ChildProcess::spawn`], through `wrapper` (a program and its
+    /// arguments that exec the binary in place, e.g. `setpriv ... --`), so
+    /// that [`ChildProcess::pid`] is the binary's pid once it has exec'd.
+    pub fn spawn_wrapped<S: AsRef<std::ffi::OsStr>>(
+        wrapper: &[S],
+        bin: &str,
+        args: &[&str],
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let path = workspace_binary(bin);
         let log = std::env::temp_dir().join(format!("{bin}-{}.log", random_suffix()));
         let file = std::fs::File::create(&log).expect("create log file");
-        let mut cmd = Command::new(&path);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(&path);
+                cmd
+            }
+            None => Command::new(&path),
+        };
         cmd.args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))

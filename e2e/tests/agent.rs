@@ -6,162 +6,26 @@
 //! test started are moved). The agent runs as a child process.
 //!
 //! The agent scans every namespace on the host, so agent tests run one at a
-//! time ([`AGENT_LOCK`]): two agents for one node would both report.
+//! time, across test binaries too ([`AgentLock`]): two agents for one node
+//! would both report. [`FakePod`] lives in the harness (`e2e/src/fakepod.rs`),
+//! shared with `scenario.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use connhealth_crds::ConnectionHealth;
-use connhealth_e2e::{ChildProcess, Cluster, TestNamespace, eventually, random_suffix, workspace_binary};
+use connhealth_e2e::agent::{agent_run_args, metrics_addr, scrape};
+use connhealth_e2e::{AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, eventually, require_root};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
-use serde_json::json;
-
-static AGENT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// Root tests skip with a message when not root, and fail under CI.
-fn require_root() -> bool {
-    // The real uid, from /proc/self/status.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        assert!(std::env::var_os("CI").is_none(), "agent cluster tests need root and CI is set: refusing to skip");
-        eprintln!("skipping: agent cluster tests need root (network namespaces, cgroups)");
-    }
-    root
-}
-
-/// The cgroup v1 named hierarchy the fake kubelet uses.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup/systemd";
-
-/// One pod as a kubelet would lay it out: a network namespace, a cgroup in
-/// the systemd driver's layout, and processes in both.
-struct FakePod {
-    uid: String,
-    container_id: String,
-    netns: String,
-    cgroup: PathBuf,
-    children: Vec<Child>,
-}
-
-impl FakePod {
-    async fn create(client: &Client, cluster: &Cluster, namespace: &str, name: &str, host_network: bool) -> FakePod {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": name, "labels": { "app": name } },
-            "spec": {
-                "nodeName": cluster.node_name(),
-                "hostNetwork": host_network,
-                "containers": [{ "name": "server", "image": "connhealth-demo:local" }]
-            }
-        }))
-        .unwrap();
-        let created = pods.create(&PostParams::default(), &pod).await.expect("create pod");
-        let uid = created.metadata.uid.clone().unwrap();
-        let container_id = format!("{:0>64}", format!("{}{}", random_suffix(), random_suffix()));
-        let status = json!({ "status": {
-            "phase": "Running",
-            "podIP": "192.0.2.10",
-            "containerStatuses": [{
-                "name": "server", "ready": true, "restartCount": 0, "started": true,
-                "image": "connhealth-demo:local", "imageID": "sha256:00",
-                "containerID": format!("containerd://{container_id}"),
-                "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } }
-            }]
-        }});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("pod status");
-
-        let netns = format!("ch-{}", random_suffix());
-        if !host_network {
-            run(&["ip", "netns", "add", &netns]);
-            run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
-        }
-        let slice = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
-        let cgroup = Path::new(CGROUP_ROOT)
-            .join("kubepods.slice/kubepods-besteffort.slice")
-            .join(slice)
-            .join(format!("cri-containerd-{container_id}.scope"));
-        std::fs::create_dir_all(&cgroup).expect("create the pod's cgroup");
-        FakePod { uid, container_id, netns, cgroup, children: Vec::new() }
-    }
-
-    /// Starts `connhealth-demo args` inside the pod (its netns and cgroup).
-    fn spawn(&mut self, args: &[&str]) -> u32 {
-        let demo = workspace_binary("connhealth-demo");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(&demo)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start demo in netns");
-        let pid = child.id();
-        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).expect("move into the pod cgroup");
-        self.children.push(child);
-        pid
-    }
-
-    /// What `ss` says about a state in the pod's namespace right now.
-    fn ss_count(&self, state: &str) -> i64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "ss", "-tanH", "state", state])
-            .output()
-            .expect("run ss");
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count() as i64
-    }
-
-    fn stop_processes(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
-    }
-}
-
-impl Drop for FakePod {
-    fn drop(&mut self) {
-        self.stop_processes();
-        // Remove the cgroup leaf and the pod slice (the shared parents stay).
-        let _ = std::fs::remove_dir(&self.cgroup);
-        if let Some(parent) = self.cgroup.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(Stdio::null()).status();
-    }
-}
-
-fn run(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status().expect("run command");
-    assert!(status.success(), "{args:?} failed");
-}
-
 fn agent(cluster: &Cluster, kubeconfig: &Path) -> ChildProcess {
-    ChildProcess::spawn(
-        "connhealth-agent",
-        &[
-            "run",
-            "--node-name",
-            &cluster.node_name(),
-            "--scan-interval",
-            "1s",
-            "--close-wait-min-age",
-            "3s",
-            "--heartbeat",
-            "1h",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ],
-        kubeconfig,
-        &[],
-    )
+    let args = agent_run_args(&cluster.node_name());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ChildProcess::spawn("connhealth-agent", &args, kubeconfig, &[])
 }
 
 async fn report(client: &Client, ns: &str, name: &str) -> Option<ConnectionHealth> {
@@ -169,30 +33,13 @@ async fn report(client: &Client, ns: &str, name: &str) -> Option<ConnectionHealt
     api.get_opt(name).await.ok().flatten()
 }
 
-/// The metrics endpoint's address, from the agent's log line.
-fn metrics_addr(agent: &ChildProcess) -> Option<String> {
-    let logs = agent.logs();
-    let line = logs.lines().find(|l| l.contains("serving /metrics"))?;
-    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-    Some(addr.to_owned())
-}
-
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[tokio::test]
 async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
     if !require_root() {
         return;
     }
-    let _serial = AGENT_LOCK.lock().await;
     let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
     let ns = TestNamespace::new("agent-leak");
     let client = cluster.client().await;
 
@@ -317,8 +164,8 @@ async fn a_restarted_agent_keeps_ages_and_does_not_rewrite() {
     if !require_root() {
         return;
     }
-    let _serial = AGENT_LOCK.lock().await;
     let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
     let ns = TestNamespace::new("agent-restart");
     let client = cluster.client().await;
     let mut leaky = FakePod::create(&client, cluster, &ns.name, "leaky", false).await;

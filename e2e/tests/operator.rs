@@ -4,13 +4,17 @@
 //! operator did with `kubectl`: verdicts, Events, annotations, policy status,
 //! recovery, cleanup on policy deletion, no duplicate Events after a
 //! restart, and one acting replica out of two.
+//!
+//! An operator acts on every namespace of the cluster, so tests that run one
+//! hold [`AgentLock`]: two operators with different leases would both act.
 
 use std::time::Duration;
 
 use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, SocketOwner, TcpStateCounts};
 use connhealth_crds::names::field_managers;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
-use connhealth_e2e::{ChildProcess, Cluster, TestNamespace, eventually};
+use connhealth_e2e::agent::{metrics_addr, scrape};
+use connhealth_e2e::{AgentLock, ChildProcess, Cluster, TestNamespace, eventually};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -118,22 +122,6 @@ fn apply_policy(cluster: &Cluster, ns: &str, name: &str, spec: &str) {
     assert!(ok, "apply policy: {stderr}");
 }
 
-/// The metrics endpoint's address, from the operator's log line.
-fn metrics_addr(process: &ChildProcess) -> String {
-    let logs = process.logs();
-    let line = logs.lines().find(|l| l.contains("serving /metrics")).expect("metrics log line");
-    line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()).expect("addr=").to_owned()
-}
-
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    out
-}
-
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     eventually(what, WAIT, || {
         let ok = check();
@@ -145,6 +133,7 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test]
 async fn leak_to_events_annotations_recovery_and_cleanup() {
     let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
     let ns = TestNamespace::new("op-leak");
     let client = cluster.client().await;
     let op = operator(&ns, "op-a");
@@ -188,7 +177,7 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
     let ch = cluster.kubectl_ok(&["get", "ch", "-n", &ns.name, "--no-headers"]).unwrap();
     assert!(ch.contains("Leaking"), "{ch}");
     // Metrics: leader, violating pods per policy, Events by reason.
-    let metrics = scrape(&metrics_addr(&op));
+    let metrics = scrape(&metrics_addr(&op).expect("metrics address in the log"));
     for series in [
         "connhealth_operator_leader 1".to_owned(),
         format!("connhealth_operator_violating_pods{{namespace=\"{}\",policy=\"default\"}} 1", ns.name),
@@ -227,6 +216,7 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
 #[tokio::test]
 async fn invalid_stored_policy_is_reported_not_crashed_on() {
     let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
     let ns = TestNamespace::new("op-invalid");
     let mut op = operator(&ns, "op-a");
     // A selector operator the schema lets through but no selector accepts.
@@ -252,6 +242,7 @@ async fn invalid_stored_policy_is_reported_not_crashed_on() {
 #[tokio::test]
 async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
     let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
     let ns = TestNamespace::new("op-ha");
     let client = cluster.client().await;
     let uid = create_pod(&client, &ns.name, "api-1").await;

@@ -1,20 +1,25 @@
-//! Captures the raw bytes of a legacy `TCPDIAG_GETSOCK` dump of a small,
-//! known namespace and prints them as hex. Run once to refresh the golden
-//! bytes in `src/sockdiag/tests.rs` (root only):
+//! A legacy `TCPDIAG_GETSOCK` dump of a small, known namespace, captured
+//! raw from the running kernel: the codec's parse of those bytes must give
+//! exactly the states `ss` sees (so the golden bytes in
+//! `src/sockdiag/tests.rs` still describe this kernel). To refresh the golden
+//! bytes, print the capture as hex (root only):
 //!
 //! ```text
-//! cargo test -p connhealth-agent --test golden_capture -- --ignored --nocapture
+//! CONNHEALTH_PRINT_GOLDEN=1 cargo test -p connhealth-agent --test golden_capture -- --nocapture
 //! ```
 
 mod common;
 
 use common::*;
-use connhealth_agent::sockdiag::{StateSet, encode_legacy_request};
+use connhealth_agent::aggregate::StateCounts;
+use connhealth_agent::sockdiag::{Flow, StateSet, encode_legacy_request, parse_datagram};
+
+/// `TCPDIAG_GETSOCK`: the legacy request, answered with messages of its type.
+const TCPDIAG_GETSOCK: u16 = 18;
 
 #[test]
-#[ignore = "prints golden bytes; run by hand"]
-fn capture_legacy_dump() {
-    if !can_run_privileged_test("capture_legacy_dump") {
+fn live_legacy_dump_parses_to_what_ss_sees() {
+    if !can_run_privileged_test("live_legacy_dump_parses_to_what_ss_sees") {
         return;
     }
     let ns = TestNetns::new("golden");
@@ -31,28 +36,29 @@ fn capture_legacy_dump() {
     sock.send(&req).unwrap();
     let mut buf = vec![0u8; 32768];
     let mut all = Vec::new();
+    let mut parsed = StateCounts::default();
     loop {
         let n = sock.recv(&mut buf).unwrap();
         all.extend_from_slice(&buf[..n]);
-        // The last datagram ends with NLMSG_DONE (type 3).
-        let mut at = 0;
-        let mut done = false;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
-            done |= ty == 3;
-            at += (len + 3) & !3;
-        }
-        if done {
+        let (flow, _) = parse_datagram(&buf[..n], 1, TCPDIAG_GETSOCK, &mut |msg| {
+            parsed.add(msg.state().expect("a known TCP state"));
+        })
+        .expect("the kernel's reply parses");
+        if matches!(flow, Flow::Done) {
             break;
         }
     }
-    println!("request: {}", hex(&req));
-    println!("reply ({} bytes):", all.len());
-    for chunk in all.chunks(32) {
-        println!("{}", hex(chunk));
+    let ss = ns.ss_counts();
+    assert_eq!(parsed, ss, "parsed from the raw reply vs ss");
+    assert_eq!((parsed.listen, parsed.close_wait, parsed.fin_wait2), (2, 1, 1), "{parsed:?}");
+    if std::env::var_os("CONNHEALTH_PRINT_GOLDEN").is_some() {
+        println!("request: {}", hex(&req));
+        println!("reply ({} bytes):", all.len());
+        for chunk in all.chunks(32) {
+            println!("{}", hex(chunk));
+        }
+        println!("ss:\n{}", run("ip", &["netns", "exec", &ns.name, "ss", "-tanieH"]));
     }
-    println!("ss:\n{}", run("ip", &["netns", "exec", &ns.name, "ss", "-tanieH"]));
     drop((l4, l6, est, cw));
 }
 

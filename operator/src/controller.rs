@@ -48,6 +48,11 @@ pub struct Context {
     pods: Store<PartialObjectMeta<Pod>>,
     /// CLOSE_WAIT history per pod UID for the growth rule.
     history: Mutex<HashMap<String, GrowthHistory>>,
+    /// The verdict this replica last wrote per pod UID. The report cache
+    /// lags behind our own writes; a reconcile that ran on the stale copy
+    /// would publish the same Event again. Only the leader writes verdicts,
+    /// so while it leads, its own last write is the truth.
+    written: Mutex<HashMap<String, Option<VerdictStatus>>>,
     metrics: OperatorMetrics,
 }
 
@@ -90,6 +95,7 @@ pub async fn run(
         reports: reports.clone(),
         pods: pods.clone(),
         history: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
         metrics,
     });
 
@@ -231,11 +237,14 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
         .into_iter()
         .filter(|r| r.namespace() == ns)
         .filter_map(|r| match &r.0 {
-            Ok(report) => Some(ReportInput {
-                name: report.name_any(),
-                pod_uid: report.spec.pod_uid.clone(),
-                status: report.status.clone().unwrap_or_default(),
-            }),
+            Ok(report) => {
+                let mut status = report.status.clone().unwrap_or_default();
+                let written = ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(ours) = written.get(&report.spec.pod_uid) {
+                    status.verdict = ours.clone();
+                }
+                Some(ReportInput { name: report.name_any(), pod_uid: report.spec.pod_uid.clone(), status })
+            }
             Err(bad) => {
                 tracing::warn!(report = %format!("{namespace}/{}", r.name_any()), error = %bad.error, "skipping a ConnectionHealth that cannot be read");
                 None
@@ -251,9 +260,10 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
                 history.entry(report.pod_uid.clone()).or_default().record(at.0, cw.count, keep);
             }
         }
-        // Forget pods that are gone (of any namespace: the map is global).
+        // Forget pods that are gone (of any namespace: the maps are global).
         let live: std::collections::HashSet<String> = ctx.pods.state().iter().filter_map(|p| p.uid()).collect();
         history.retain(|uid, _| live.contains(uid));
+        ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|uid, _| live.contains(uid));
         plan::plan(me, me_present, &policies, &pods, &reports, &history, Timestamp::now())
     };
 
@@ -263,25 +273,10 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
     Ok(plan)
 }
 
-/// Performs one pod's writes: report verdict, pod annotations, Event.
+/// Performs one pod's writes: Event, report verdict, pod annotations.
 pub async fn perform(ctx: &Context, namespace: &str, write: &PodWrite) -> Result<(), Error> {
-    let params = PatchParams::apply(field_managers::OPERATOR).force();
-    if let Some(verdict) = &write.verdict {
-        let reports: Api<ConnectionHealth> = Api::namespaced(ctx.client.clone(), namespace);
-        reports
-            .patch_status(&write.pod, &params, &Patch::Apply(verdict_patch(verdict.as_ref())))
-            .await
-            .map_err(kube_err(format!("writing the verdict of ConnectionHealth {namespace}/{}", write.pod)))?;
-    }
-    if let Some(annotations) = &write.annotations {
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-        match pods.patch(&write.pod, &params, &Patch::Apply(annotations_patch(&write.pod, annotations))).await {
-            Ok(_) => {}
-            // A pod deleted since the cache saw it has no annotations to fix.
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(e) => return Err(kube_err(format!("patching the annotations of pod {namespace}/{}", write.pod))(e)),
-        }
-    }
+    // The Event first: if a later write fails, the retry publishes it again
+    // (the Recorder folds the repeat into a series) rather than never.
     if let Some(intent) = &write.event {
         let reference = ObjectReference {
             api_version: Some("v1".into()),
@@ -308,6 +303,27 @@ pub async fn perform(ctx: &Context, namespace: &str, write: &PodWrite) -> Result
             source,
         })?;
         ctx.metrics.events.get_or_create(&EventLabels { reason: intent.reason.into() }).inc();
+    }
+    let params = PatchParams::apply(field_managers::OPERATOR).force();
+    if let Some(verdict) = &write.verdict {
+        let reports: Api<ConnectionHealth> = Api::namespaced(ctx.client.clone(), namespace);
+        reports
+            .patch_status(&write.pod, &params, &Patch::Apply(verdict_patch(verdict.as_ref())))
+            .await
+            .map_err(kube_err(format!("writing the verdict of ConnectionHealth {namespace}/{}", write.pod)))?;
+        ctx.written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(write.pod_uid.clone(), verdict.clone());
+    }
+    if let Some(annotations) = &write.annotations {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        match pods.patch(&write.pod, &params, &Patch::Apply(annotations_patch(&write.pod, annotations))).await {
+            Ok(_) => {}
+            // A pod deleted since the cache saw it has no annotations to fix.
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(kube_err(format!("patching the annotations of pod {namespace}/{}", write.pod))(e)),
+        }
     }
     Ok(())
 }
@@ -414,6 +430,7 @@ mod tests {
             reports: reflector::store().0,
             pods: reflector::store().0,
             history: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
             metrics: OperatorMetrics::register(&mut Registry::default()),
         };
         let verdict = VerdictStatus {
@@ -435,6 +452,18 @@ mod tests {
         };
 
         let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("event request");
+            assert_eq!(req.method(), Method::POST);
+            assert_eq!(req.uri().path(), "/apis/events.k8s.io/v1/namespaces/shop/events");
+            let event = body_json(req).await;
+            assert_eq!(event["reason"], "CloseWaitLeak");
+            assert_eq!(event["type"], "Warning");
+            assert_eq!(event["note"], "12 stuck");
+            assert_eq!(event["regarding"]["kind"], "Pod");
+            assert_eq!(event["regarding"]["uid"], "uid-1");
+            assert_eq!(event["reportingController"], "connhealth-operator");
+            respond_json(send, event);
+
             let (req, send) = handle.next_request().await.expect("verdict request");
             assert_eq!(req.method(), Method::PATCH);
             assert_eq!(req.uri().path(), "/apis/connhealth.io/v1alpha1/namespaces/shop/connectionhealths/api-1/status");
@@ -466,18 +495,6 @@ mod tests {
                 send,
                 json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-1", "namespace": "shop"}}),
             );
-
-            let (req, send) = handle.next_request().await.expect("event request");
-            assert_eq!(req.method(), Method::POST);
-            assert_eq!(req.uri().path(), "/apis/events.k8s.io/v1/namespaces/shop/events");
-            let event = body_json(req).await;
-            assert_eq!(event["reason"], "CloseWaitLeak");
-            assert_eq!(event["type"], "Warning");
-            assert_eq!(event["note"], "12 stuck");
-            assert_eq!(event["regarding"]["kind"], "Pod");
-            assert_eq!(event["regarding"]["uid"], "uid-1");
-            assert_eq!(event["reportingController"], "connhealth-operator");
-            respond_json(send, event);
         });
         perform(&ctx, "shop", &write).await.expect("perform");
         server.await.expect("the mock saw exactly these requests");

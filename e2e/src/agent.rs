@@ -1,0 +1,207 @@
+//! Running the node agent (and the operator) in tests: the cross-process
+//! lock that keeps two of them from acting on one cluster at once, the
+//! agent's test-speed command line, its metrics endpoint, and the Linux
+//! capability names and masks used to run it under the chart's capability
+//! set and to read a running process's sets back from `/proc`.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+
+use crate::{ChildProcess, Cluster};
+
+/// Held while a test runs connhealth components that act on the whole
+/// cluster: the agent (it scans every network namespace on this host and
+/// reports every pod of this node: two agents would both write reports) and,
+/// in the scenario tests, the operator beside it. An exclusive `flock(2)`
+/// on a file beside the cluster's state directory, so it serialises tests of
+/// every test binary and process using the same cluster (and only those),
+/// and the kernel releases it when the holder dies: a lock is never stale.
+pub struct AgentLock {
+    _file: File,
+}
+
+impl AgentLock {
+    /// Waits (as long as it takes: the holder's own waits are bounded) until
+    /// no other test holds the lock for `cluster`, then holds it until
+    /// dropped. Blocks the calling thread.
+    pub fn acquire(cluster: &Cluster) -> AgentLock {
+        let path = Self::path(cluster);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open the agent test lock {}: {e}", path.display()));
+        if file.try_lock().is_err() {
+            eprintln!("waiting for {} (another test runs an agent on this cluster)", path.display());
+            file.lock().unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+        }
+        AgentLock { _file: file }
+    }
+
+    /// `<state dir>.agent-tests.lock`: beside the state directory, which
+    /// `e2e/cluster/down` removes (a lock file inside it could be unlinked
+    /// while held, and the next test would lock a new file).
+    pub fn path(cluster: &Cluster) -> PathBuf {
+        let dir = cluster.state_dir();
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "cluster".into());
+        dir.with_file_name(format!("{name}.agent-tests.lock"))
+    }
+}
+
+/// `connhealth-agent run` for this node at test speed: a sweep a second,
+/// CLOSE_WAIT sockets stuck after 3 s, no heartbeat writes, metrics on a
+/// free loopback port.
+pub fn agent_run_args(node_name: &str) -> Vec<String> {
+    [
+        "run",
+        "--node-name",
+        node_name,
+        "--scan-interval",
+        "1s",
+        "--close-wait-min-age",
+        "3s",
+        "--heartbeat",
+        "1h",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The metrics endpoint's address, from the "serving /metrics" log line of
+/// the agent or the operator.
+pub fn metrics_addr(process: &ChildProcess) -> Option<String> {
+    let logs = process.logs();
+    let line = logs.lines().find(|l| l.contains("serving /metrics"))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some(addr.to_owned())
+}
+
+/// `GET /metrics` at `addr`: the whole HTTP response.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send request");
+    let mut out = String::new();
+    stream.read_to_string(&mut out).expect("read response");
+    out
+}
+
+/// Linux capability numbers (`linux/capability.h`) by their Kubernetes
+/// spelling (`SYS_ADMIN`, without `CAP_`).
+pub const CAPABILITIES: [(&str, u32); 41] = [
+    ("CHOWN", 0),
+    ("DAC_OVERRIDE", 1),
+    ("DAC_READ_SEARCH", 2),
+    ("FOWNER", 3),
+    ("FSETID", 4),
+    ("KILL", 5),
+    ("SETGID", 6),
+    ("SETUID", 7),
+    ("SETPCAP", 8),
+    ("LINUX_IMMUTABLE", 9),
+    ("NET_BIND_SERVICE", 10),
+    ("NET_BROADCAST", 11),
+    ("NET_ADMIN", 12),
+    ("NET_RAW", 13),
+    ("IPC_LOCK", 14),
+    ("IPC_OWNER", 15),
+    ("SYS_MODULE", 16),
+    ("SYS_RAWIO", 17),
+    ("SYS_CHROOT", 18),
+    ("SYS_PTRACE", 19),
+    ("SYS_PACCT", 20),
+    ("SYS_ADMIN", 21),
+    ("SYS_BOOT", 22),
+    ("SYS_NICE", 23),
+    ("SYS_RESOURCE", 24),
+    ("SYS_TIME", 25),
+    ("SYS_TTY_CONFIG", 26),
+    ("MKNOD", 27),
+    ("LEASE", 28),
+    ("AUDIT_WRITE", 29),
+    ("AUDIT_CONTROL", 30),
+    ("SETFCAP", 31),
+    ("MAC_OVERRIDE", 32),
+    ("MAC_ADMIN", 33),
+    ("SYSLOG", 34),
+    ("WAKE_ALARM", 35),
+    ("BLOCK_SUSPEND", 36),
+    ("AUDIT_READ", 37),
+    ("PERFMON", 38),
+    ("BPF", 39),
+    ("CHECKPOINT_RESTORE", 40),
+];
+
+/// The capability set mask of Kubernetes capability names (`SYS_ADMIN`),
+/// as `/proc/<pid>/status` prints it in hex. Panics on an unknown name.
+pub fn capability_mask(names: &[&str]) -> u64 {
+    names.iter().fold(0, |mask, name| {
+        let name = name.trim_start_matches("CAP_").to_ascii_uppercase();
+        let (_, bit) =
+            CAPABILITIES.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("unknown capability {name:?}"));
+        mask | (1 << bit)
+    })
+}
+
+/// The Kubernetes names of the capabilities in a mask.
+pub fn capability_names(mask: u64) -> Vec<&'static str> {
+    CAPABILITIES.iter().filter(|(_, bit)| mask & (1 << bit) != 0).map(|(n, _)| *n).collect()
+}
+
+/// A running process's capability sets from `/proc/<pid>/status`, by the
+/// field name there (`CapInh`, `CapPrm`, `CapEff`, `CapBnd`, `CapAmb`).
+pub fn process_capabilities(pid: u32) -> Vec<(String, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            if !key.starts_with("Cap") {
+                return None;
+            }
+            Some((key.to_owned(), u64::from_str_radix(value.trim(), 16).ok()?))
+        })
+        .collect()
+}
+
+/// The `setpriv` command line that runs a program as root with exactly the
+/// capabilities a container with `capabilities: {drop: [ALL], add: caps}`
+/// and `allowPrivilegeEscalation: false` gets: `caps` in the bounding set
+/// (so, for uid 0, in the permitted and effective sets after `exec`), none
+/// inheritable or ambient, `no_new_privs` set.
+pub fn setpriv_with_capabilities(caps: &[&str]) -> Vec<String> {
+    let bounding: Vec<String> = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase())))
+        .collect();
+    vec![
+        "setpriv".into(),
+        "--bounding-set".into(),
+        bounding.join(","),
+        "--inh-caps".into(),
+        "-all".into(),
+        "--ambient-caps".into(),
+        "-all".into(),
+        "--no-new-privs".into(),
+        "--".into(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_masks_match_proc_status_spelling() {
+        // CapBnd of a container with SYS_ADMIN, SYS_PTRACE, DAC_READ_SEARCH.
+        assert_eq!(capability_mask(&["SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]), 0x0000_0000_0028_0004);
+        assert_eq!(capability_names(0x0028_0004), ["DAC_READ_SEARCH", "SYS_PTRACE", "SYS_ADMIN"]);
+        assert_eq!(capability_mask(&["CAP_NET_ADMIN"]), 1 << 12);
+        assert_eq!(
+            setpriv_with_capabilities(&["SYS_ADMIN", "DAC_READ_SEARCH"])[..3],
+            ["setpriv", "--bounding-set", "-all,+sys_admin,+dac_read_search"]
+        );
+    }
+}

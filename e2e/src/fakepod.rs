@@ -1,0 +1,212 @@
+//! Playing the kubelet for tests that run the node agent: [`FakePod`] creates
+//! a Pod object bound to this node with the status a kubelet would write,
+//! a real network namespace (`ip netns`), a cgroup laid out as the kubelet's
+//! systemd driver lays it out (in the `name=systemd` v1 hierarchy; only
+//! processes the test started are moved), and runs `connhealth-demo`
+//! processes inside. Everything it made is removed when it is dropped, also
+//! after a failed assertion. Needs root ([`require_root`]).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::{Cluster, random_suffix, workspace_binary};
+
+/// Root tests skip with a message when not root, and fail under CI.
+pub fn require_root() -> bool {
+    // The real uid, from /proc/self/status.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "agent cluster tests need root and CI is set: refusing to skip");
+        eprintln!("skipping: agent cluster tests need root (network namespaces, cgroups)");
+    }
+    root
+}
+
+/// The cgroup v1 named hierarchy the fake kubelet uses.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/systemd";
+
+/// One pod as a kubelet would lay it out: a network namespace, a cgroup in
+/// the systemd driver's layout, and processes in both.
+pub struct FakePod {
+    /// The Pod's name.
+    pub name: String,
+    /// The Pod's namespace.
+    pub namespace: String,
+    /// The Pod's UID (in its cgroup path, as the kubelet writes it).
+    pub uid: String,
+    /// The container ID in the pod status and in the container's cgroup.
+    pub container_id: String,
+    /// The `ip netns` name of its network namespace (unused with hostNetwork).
+    pub netns: String,
+    host_network: bool,
+    cgroup: PathBuf,
+    children: Vec<Child>,
+    cluster: Cluster,
+}
+
+impl FakePod {
+    /// Creates the Pod object (bound to this node, container `server`, label
+    /// `app=<name>`), writes a running status, and makes its namespace and
+    /// cgroup.
+    pub async fn create(client: &Client, cluster: &Cluster, namespace: &str, name: &str, host_network: bool) -> Self {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "labels": { "app": name } },
+            "spec": {
+                "nodeName": cluster.node_name(),
+                "hostNetwork": host_network,
+                "containers": [{ "name": "server", "image": "connhealth-demo:local" }]
+            }
+        }))
+        .expect("a valid Pod");
+        let created = pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        let uid = created.metadata.uid.clone().expect("a created pod has a uid");
+        let container_id = format!("{:0>64}", format!("{}{}", random_suffix(), random_suffix()));
+        let status = json!({ "status": {
+            "phase": "Running",
+            "podIP": "192.0.2.10",
+            "containerStatuses": [{
+                "name": "server", "ready": true, "restartCount": 0, "started": true,
+                "image": "connhealth-demo:local", "imageID": "sha256:00",
+                "containerID": format!("containerd://{container_id}"),
+                "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } }
+            }]
+        }});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("pod status");
+
+        let netns = format!("ch-{}", random_suffix());
+        let slice = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+        let cgroup = Path::new(CGROUP_ROOT)
+            .join("kubepods.slice/kubepods-besteffort.slice")
+            .join(slice)
+            .join(format!("cri-containerd-{container_id}.scope"));
+        // From here on, Drop cleans up whatever was made.
+        let pod = FakePod {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            uid,
+            container_id,
+            netns,
+            host_network,
+            cgroup,
+            children: Vec::new(),
+            cluster: cluster.clone(),
+        };
+        if !host_network {
+            run(&["ip", "netns", "add", &pod.netns]);
+            run(&["ip", "-n", &pod.netns, "link", "set", "lo", "up"]);
+        }
+        std::fs::create_dir_all(&pod.cgroup).expect("create the pod's cgroup");
+        pod
+    }
+
+    /// Starts `connhealth-demo args` inside the pod (its netns and cgroup)
+    /// as root; returns its pid.
+    pub fn spawn(&mut self, args: &[&str]) -> u32 {
+        self.spawn_inner(None, args)
+    }
+
+    /// Like [`FakePod::spawn`], but the process runs as `uid` (group `uid`,
+    /// no supplementary groups), as a container with `runAsUser` would: its
+    /// `/proc/<pid>` entries belong to another user than the agent's.
+    pub fn spawn_as(&mut self, uid: u32, args: &[&str]) -> u32 {
+        self.spawn_inner(Some(uid), args)
+    }
+
+    fn spawn_inner(&mut self, uid: Option<u32>, args: &[&str]) -> u32 {
+        let demo = workspace_binary("connhealth-demo");
+        let mut cmd = if self.host_network {
+            Command::new(&demo)
+        } else {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &self.netns]);
+            cmd
+        };
+        if let Some(uid) = uid {
+            // `setpriv` drops to the user and execs: the pid stays the same.
+            cmd.arg("setpriv").arg(format!("--reuid={uid}")).arg(format!("--regid={uid}")).arg("--clear-groups");
+        }
+        if uid.is_some() || !self.host_network {
+            cmd.arg(&demo);
+        }
+        let child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo in the pod");
+        let pid = child.id();
+        self.children.push(child);
+        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).expect("move into the pod cgroup");
+        pid
+    }
+
+    /// Kills one process this pod started (SIGKILL) and reaps it: its
+    /// sockets are closed by the kernel, as when a container's process dies.
+    pub fn kill(&mut self, pid: u32) {
+        let index = self.children.iter().position(|c| c.id() == pid).expect("a process of this pod");
+        let mut child = self.children.remove(index);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// What `ss` says about a state in the pod's namespace right now.
+    pub fn ss_count(&self, state: &str) -> i64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "ss", "-tanH", "state", state])
+            .output()
+            .expect("run ss");
+        assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count() as i64
+    }
+
+    /// Kills every process the pod started.
+    pub fn stop_processes(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        self.stop_processes();
+        // Remove the cgroup leaf and the pod slice (the shared parents stay).
+        let _ = std::fs::remove_dir(&self.cgroup);
+        if let Some(parent) = self.cgroup.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        if !self.host_network {
+            let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(Stdio::null()).status();
+        }
+        // No kubelet confirms a graceful deletion: remove the object at once
+        // (it may be gone already), so that its namespace can go too.
+        let _ = self.cluster.kubectl_run(&[
+            "delete",
+            "pod",
+            &self.name,
+            "-n",
+            &self.namespace,
+            "--grace-period=0",
+            "--force",
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// Runs a command and asserts that it succeeded.
+pub fn run(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status().expect("run command");
+    assert!(status.success(), "{args:?} failed");
+}

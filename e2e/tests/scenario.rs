@@ -1,0 +1,764 @@
+//! End to end (issue 7, parts 4 and 5): the chart installed with `helm`,
+//! the agent and the operator run as child processes with the chart's own
+//! ServiceAccounts (token kubeconfigs, never admin), the chart's settings
+//! (the container args and environment of the installed DaemonSet and
+//! Deployment, sped up for a test) and, for the agent, only the
+//! capabilities the chart grants — and a workload that really leaks, read
+//! back with `kubectl`.
+//!
+//! - [`leak_to_events_and_back_with_the_charts_accounts_and_capabilities`]:
+//!   policy → leaking pod → `Leaking` report equal to `ss`, Warning Event,
+//!   annotations → the sockets close → `Recovered`, annotations gone → pod
+//!   deleted → report gone → policy deleted and `helm uninstall` → no
+//!   annotations left; no request of either component was ever forbidden.
+//! - [`agent_missing_one_verb_says_what_it_cannot_do`] and
+//!   [`operator_missing_pod_patch_says_what_it_cannot_do`]: the chart's
+//!   RBAC with one verb removed; the failure is named in the log.
+//!
+//! No kubelet runs: the test plays it ([`FakePod`]), and the chart's own
+//! pods can never run (an image that cannot exist, a node selector no node
+//! has). The CRDs belong to the harness (`crds.install=false`). Every test
+//! here runs components that act on the whole cluster, so they hold the
+//! [`AgentLock`] (serialised with each other and with `agent.rs`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use connhealth_crds::health::{CloseWaitDetail, FirstSeenGroup, TcpStateCounts};
+use connhealth_crds::names::{annotations, field_managers, reasons};
+use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
+use connhealth_e2e::agent::setpriv_with_capabilities;
+use connhealth_e2e::agent::{agent_run_args, capability_mask, capability_names, process_capabilities};
+use connhealth_e2e::{
+    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, TokenKubeconfig, eventually, random_suffix, repo_root,
+    require_root,
+};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Longest wait for the system to converge (never a performance limit).
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The user the workload's processes run as: not the agent's (root), so
+/// that reading their `/proc` entries needs the capabilities the chart adds.
+const WORKLOAD_UID: u32 = 65534;
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", random_suffix()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Values that keep the chart's own pods from ever running (they would act
+/// on the whole cluster), even on a cluster with a kubelet and a scheduler;
+/// the CRDs stay the harness's.
+const INERT_VALUES: &str = "crds: {install: false}\n\
+    image: {registry: scenario.invalid, pullPolicy: Never}\n\
+    agent: {nodeSelector: {connhealth.io/scenario-test: no-such-node}}\n\
+    operator: {nodeSelector: {connhealth.io/scenario-test: no-such-node}}\n";
+
+/// A Helm release of the chart, uninstalled when dropped if the test did
+/// not (also after a failed assertion), with its cluster-scoped objects.
+/// Declared after the namespaces it lives in, it is dropped before them.
+struct Release {
+    name: String,
+    namespace: String,
+    uninstalled: bool,
+}
+
+impl Release {
+    /// `helm install <name> charts/connhealth -n <namespace> -f <INERT_VALUES>`;
+    /// returns the release and helm's output (NOTES).
+    fn install(name: &str, namespace: &str) -> (Release, String) {
+        let cluster = Cluster::get();
+        let dir = TempDir::new("scenario-values");
+        let values = dir.0.join("values.yaml");
+        std::fs::write(&values, INERT_VALUES).expect("write values");
+        let chart = repo_root().join("charts/connhealth");
+        let release = Release { name: name.to_owned(), namespace: namespace.to_owned(), uninstalled: false };
+        let (ok, stdout, stderr) = cluster.helm_run(&[
+            "install",
+            name,
+            chart.to_str().unwrap(),
+            "-n",
+            namespace,
+            "-f",
+            values.to_str().unwrap(),
+        ]);
+        assert!(ok, "helm install failed:\n{stdout}{stderr}");
+        (release, stdout)
+    }
+
+    /// `helm uninstall`; panics with helm's message on failure.
+    fn uninstall(&mut self) {
+        let (ok, stdout, stderr) = Cluster::get().helm_run(&["uninstall", &self.name, "-n", &self.namespace]);
+        assert!(ok, "helm uninstall failed:\n{stdout}{stderr}");
+        self.uninstalled = true;
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let cluster = Cluster::get();
+        if !self.uninstalled {
+            let _ = cluster.helm_run(&["uninstall", &self.name, "-n", &self.namespace, "--ignore-not-found"]);
+        }
+        let selector = format!("app.kubernetes.io/instance={}", self.name);
+        let _ =
+            cluster.kubectl_run(&["delete", "clusterroles,clusterrolebindings", "-l", &selector, "--ignore-not-found"]);
+    }
+}
+
+/// Removes the finalizers of every policy in a namespace when dropped, so
+/// that the namespace can be deleted even when no operator runs any more
+/// (after a failed assertion). Declared after the namespace.
+struct ClearPolicyFinalizers(String);
+
+impl Drop for ClearPolicyFinalizers {
+    fn drop(&mut self) {
+        let cluster = Cluster::get();
+        let (_, names, _) = cluster.kubectl_run(&["get", "chp", "-n", &self.0, "-o", "name"]);
+        for name in names.lines().filter(|l| !l.is_empty()) {
+            let _ = cluster.kubectl_run(&[
+                "patch",
+                name,
+                "-n",
+                &self.0,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+    }
+}
+
+/// Cluster-scoped objects applied by a test, deleted when dropped.
+struct ClusterScoped(Vec<String>);
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        for object in &self.0 {
+            let _ = Cluster::get().kubectl_run(&["delete", object, "--ignore-not-found"]);
+        }
+    }
+}
+
+fn kubectl_json(cluster: &Cluster, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&cluster.kubectl_ok(&all).unwrap()).expect("kubectl -o json prints JSON")
+}
+
+/// The row of `kubectl get connectionhealth -n <ns> [-o wide]` for `pod`,
+/// by column header (`CLOSE-WAIT`, `VERDICT`, ...).
+fn connectionhealth_row(cluster: &Cluster, ns: &str, pod: &str, wide: bool) -> Option<BTreeMap<String, String>> {
+    let mut args = vec!["get", "connectionhealth", "-n", ns];
+    if wide {
+        args.extend(["-o", "wide"]);
+    }
+    let (ok, table, _) = cluster.kubectl_run(&args);
+    if !ok {
+        return None;
+    }
+    let mut lines = table.lines();
+    // Columns are aligned under their headers, and an absent value is
+    // blank: cut the row at the headers' offsets.
+    let header = lines.next()?;
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
+        .collect();
+    let row = lines.find(|l| l.split_whitespace().next() == Some(pod))?;
+    let cell = |from: usize, to: Option<usize>| {
+        let to = to.unwrap_or(row.len()).min(row.len());
+        row.get(from.min(to)..to).unwrap_or_default().trim().to_owned()
+    };
+    Some(
+        starts
+            .iter()
+            .enumerate()
+            .map(|(i, &from)| {
+                let name = header[from..].split_whitespace().next().unwrap_or_default().to_owned();
+                (name, cell(from, starts.get(i + 1).copied()))
+            })
+            .collect(),
+    )
+}
+
+/// Polls `kubectl get connectionhealth -n <ns> -o wide` until `pod`'s row
+/// passes `check`; on timeout, panics with the last table seen.
+async fn wait_for_row(
+    cluster: &Cluster,
+    ns: &str,
+    pod: &str,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(row) = connectionhealth_row(cluster, ns, pod, true).filter(|r| check(r)) {
+            return row;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let (_, table, stderr) = cluster.kubectl_run(&["get", "connectionhealth", "-n", ns, "-o", "wide"]);
+            panic!(
+                "timed out after {WAIT:?} waiting for kubectl get connectionhealth to show {what}:\n{table}{stderr}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The pod's Events with `reason`, from
+/// `kubectl get events --field-selector involvedObject.name=<pod>`.
+fn pod_events(cluster: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<Value> {
+    let selector = format!("involvedObject.name={pod}");
+    let list = kubectl_json(cluster, &["get", "events", "-n", ns, "--field-selector", &selector]);
+    list["items"].as_array().into_iter().flatten().filter(|e| e["reason"] == reason).cloned().collect()
+}
+
+/// The pod's `connhealth.io/` annotations.
+fn connhealth_annotations(cluster: &Cluster, ns: &str, pod: &str) -> BTreeMap<String, String> {
+    let (ok, stdout, stderr) =
+        cluster.kubectl_run(&["get", "pod", pod, "-n", ns, "-o", "jsonpath={.metadata.annotations}"]);
+    assert!(ok, "get pod {ns}/{pod}: {stderr}");
+    let all: BTreeMap<String, String> = serde_json::from_str(&stdout).unwrap_or_default();
+    all.into_iter().filter(|(k, _)| k.starts_with("connhealth.io/")).collect()
+}
+
+fn apply_policy(cluster: &Cluster, ns: &str, name: &str, spec: &str) {
+    let yaml = format!(
+        "apiVersion: connhealth.io/v1alpha1\nkind: ConnectionHealthPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
+    );
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(ok, "apply policy: {stderr}");
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    eventually(what, WAIT, || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
+/// How the chart runs a component: its ServiceAccount, container args and
+/// environment (downward-API fields resolved as the kubelet would), and
+/// the capabilities its container adds and drops.
+struct ChartContainer {
+    service_account: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    caps_add: Vec<String>,
+    caps_drop: Vec<String>,
+}
+
+impl ChartContainer {
+    fn from_pod_spec(spec: &PodSpec, field: impl Fn(&str) -> String) -> Self {
+        assert_eq!(spec.containers.len(), 1, "one container");
+        let c: &Container = &spec.containers[0];
+        let env = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| {
+                let value = match (&e.value, e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())) {
+                    (Some(v), _) => v.clone(),
+                    (None, Some(f)) => field(&f.field_path),
+                    _ => panic!("env {} is neither a value nor a field reference; teach the test", e.name),
+                };
+                (e.name.clone(), value)
+            })
+            .collect();
+        let caps = c.security_context.as_ref().and_then(|s| s.capabilities.clone()).unwrap_or_default();
+        ChartContainer {
+            service_account: spec.service_account_name.clone().expect("a ServiceAccount"),
+            args: c.args.clone().unwrap_or_default(),
+            env,
+            caps_add: caps.add.unwrap_or_default(),
+            caps_drop: caps.drop.unwrap_or_default(),
+        }
+    }
+
+    /// Sets (or adds) an environment variable.
+    fn set_env(&mut self, name: &str, value: &str) {
+        match self.env.iter_mut().find(|(n, _)| n == name) {
+            Some(e) => e.1 = value.to_owned(),
+            None => self.env.push((name.to_owned(), value.to_owned())),
+        }
+    }
+
+    fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+    }
+
+    fn arg_refs(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The scenario
+
+#[tokio::test]
+async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let client = cluster.client().await;
+    let node = cluster.node_name();
+
+    // Install as the chart README says: a namespace that admits the agent.
+    let system = TestNamespace::new("scn-system");
+    let shop = TestNamespace::new("scn-shop");
+    let _clear = ClearPolicyFinalizers(shop.name.clone());
+    cluster.kubectl_ok(&["label", "namespace", &system.name, "pod-security.kubernetes.io/enforce=privileged"]).unwrap();
+    let release_name = format!("scn-{}", random_suffix());
+    let full = format!("{release_name}-connhealth");
+    let (mut release, notes) = Release::install(&release_name, &system.name);
+    assert!(notes.contains("kubectl get connectionhealth -A"), "{notes}");
+
+    // How the chart runs each component (read back from the installed
+    // objects), and a token kubeconfig for each one's ServiceAccount.
+    let identity = format!("{full}-operator-{}", random_suffix());
+    let ds: DaemonSet = Api::namespaced(client.clone(), &system.name).get(&format!("{full}-agent")).await.unwrap();
+    let mut agent_spec =
+        ChartContainer::from_pod_spec(ds.spec.unwrap().template.spec.as_ref().unwrap(), |field| match field {
+            "spec.nodeName" => node.clone(),
+            other => panic!("the agent reads field {other}; teach the test"),
+        });
+    let deploy: Deployment =
+        Api::namespaced(client.clone(), &system.name).get(&format!("{full}-operator")).await.unwrap();
+    let mut operator_spec =
+        ChartContainer::from_pod_spec(deploy.spec.unwrap().template.spec.as_ref().unwrap(), |field| match field {
+            "metadata.name" => identity.clone(),
+            "metadata.namespace" => system.name.clone(),
+            other => panic!("the operator reads field {other}; teach the test"),
+        });
+    // Test speed, and metrics on a free loopback port; everything else as
+    // the chart sets it (the lease: the release namespace, `<fullname>-operator`).
+    agent_spec.set_env("CONNHEALTH_SCAN_INTERVAL", "1s");
+    agent_spec.set_env("CONNHEALTH_CLOSE_WAIT_MIN_AGE", "3s");
+    agent_spec.set_env("CONNHEALTH_METRICS_ADDR", "127.0.0.1:0");
+    operator_spec.set_env("CONNHEALTH_METRICS_ADDR", "127.0.0.1:0");
+    assert_eq!(agent_spec.service_account, format!("{full}-agent"));
+    assert_eq!(operator_spec.service_account, format!("{full}-operator"));
+
+    let agent_kc = TokenKubeconfig::for_service_account(cluster, &system.name, &agent_spec.service_account).unwrap();
+    let operator_kc =
+        TokenKubeconfig::for_service_account(cluster, &system.name, &operator_spec.service_account).unwrap();
+    for kc in [&agent_kc, &operator_kc] {
+        let text = std::fs::read_to_string(&kc.path).unwrap();
+        assert!(!text.contains("client-key") && !text.contains("client-certificate"), "no admin credentials");
+        assert_eq!(kc.whoami().as_deref(), Ok(kc.username.as_str()), "the token authenticates as its account");
+    }
+
+    // The operator, and the agent under exactly the chart's capabilities.
+    assert_eq!(agent_spec.caps_drop, ["ALL"], "the chart drops every capability");
+    let caps: Vec<&str> = agent_spec.caps_add.iter().map(String::as_str).collect();
+    let operator = ChildProcess::spawn(
+        "connhealth-operator",
+        &operator_spec.arg_refs(),
+        &operator_kc.path,
+        &operator_spec.env_refs(),
+    );
+    let mut agent = ChildProcess::spawn_wrapped(
+        &setpriv_with_capabilities(&caps),
+        "connhealth-agent",
+        &agent_spec.arg_refs(),
+        &agent_kc.path,
+        &agent_spec.env_refs(),
+    );
+    let pid = agent.pid();
+    until("the agent to run (setpriv has exec'd it)", || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "connhealth-agen")
+    })
+    .await;
+    let want = capability_mask(&caps);
+    let sets: BTreeMap<String, u64> = process_capabilities(pid).into_iter().collect();
+    for (set, expected) in [("CapBnd", want), ("CapPrm", want), ("CapEff", want), ("CapInh", 0), ("CapAmb", 0)] {
+        let got = sets.get(set).copied();
+        assert_eq!(
+            got,
+            Some(expected),
+            "{set} of the agent: {:?}, expected {:?}",
+            got.map(capability_names),
+            capability_names(expected)
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])), "no_new_privs is set");
+    assert!(status.lines().any(|l| l.split_whitespace().take(2).eq(["Uid:", "0"])), "uid 0, as in the chart");
+
+    // A policy in the workload namespace: Leaking at 5 CLOSE_WAIT sockets
+    // older than 5 s.
+    let policy = "shop-policy";
+    apply_policy(cluster, &shop.name, policy, "  closeWait: {stuckCount: 5, minAge: 5s}\n");
+
+    // The workload: a server that never closes what its clients close, as
+    // an unprivileged user; 12 connections opened and closed against it.
+    let mut leaky = FakePod::create(&client, cluster, &shop.name, "leaky", false).await;
+    let server = leaky.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
+    until("the server to listen", || leaky.ss_count("listening") == 1).await;
+    leaky.spawn_as(WORKLOAD_UID, &["connect", "--to", "127.0.0.1:8080", "--count", "12", "--interval-ms", "20"]);
+    until("12 CLOSE_WAIT sockets in the pod", || leaky.ss_count("close-wait") == 12).await;
+    // A second pod that keeps leaking to the end: what uninstalling must
+    // clean up after.
+    let mut steady = FakePod::create(&client, cluster, &shop.name, "steady", false).await;
+    steady.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
+    until("the second server to listen", || steady.ss_count("listening") == 1).await;
+    steady.spawn_as(WORKLOAD_UID, &["connect", "--to", "127.0.0.1:8080", "--count", "6", "--interval-ms", "20"]);
+
+    // `kubectl get connectionhealth`: Leaking, with the CLOSE-WAIT count ss sees.
+    let row = wait_for_row(cluster, &shop.name, "leaky", "leaky Leaking", |row| {
+        row.get("VERDICT").map(String::as_str) == Some("Leaking")
+    })
+    .await;
+    let ss = leaky.ss_count("close-wait");
+    assert_eq!(row.get("CLOSE-WAIT").map(String::as_str), Some(ss.to_string().as_str()), "{row:?}");
+    assert_eq!(ss, 12);
+    assert_eq!(row.get("POLICY").map(String::as_str), Some(policy), "{row:?}");
+    assert_eq!(row.get("NODE").map(String::as_str), Some(node.as_str()), "{row:?}");
+    // The owner is found: the agent read the other user's /proc/<pid>/fd.
+    assert_eq!(row.get("OWNER").map(String::as_str), Some("connhealth-demo"), "{row:?}");
+    let owner_pid = cluster
+        .kubectl_ok(&["get", "ch", "leaky", "-n", &shop.name, "-o", "jsonpath={.status.closeWait.owners[0].pid}"])
+        .unwrap();
+    assert_eq!(owner_pid, server.to_string());
+
+    // A Warning CloseWaitLeak Event on the pod, from this operator.
+    let event = eventually("a CloseWaitLeak Event on leaky", WAIT, || {
+        let events = pod_events(cluster, &shop.name, "leaky", reasons::CLOSE_WAIT_LEAK);
+        async move { events.into_iter().next() }
+    })
+    .await;
+    assert_eq!(event["type"], "Warning", "{event:#}");
+    assert_eq!(event["reportingInstance"], identity.as_str(), "{event:#}");
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("Held by connhealth-demo (pid {server}) in container server: 12 sockets")),
+        "{message}"
+    );
+
+    // The annotations.
+    let annotated = connhealth_annotations(cluster, &shop.name, "leaky");
+    assert_eq!(annotated.get(annotations::VERDICT).map(String::as_str), Some("Leaking"), "{annotated:?}");
+    assert_eq!(annotated.get(annotations::POLICY).map(String::as_str), Some(policy), "{annotated:?}");
+    assert!(annotated.get(annotations::SUMMARY).is_some_and(|s| s.starts_with("12 ")), "{annotated:?}");
+    assert!(annotated.contains_key(annotations::SINCE), "{annotated:?}");
+    // The operator leads through the chart's Lease.
+    let holder = cluster
+        .kubectl_ok(&[
+            "get",
+            "lease",
+            &format!("{full}-operator"),
+            "-n",
+            &system.name,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap();
+    assert_eq!(holder, identity);
+
+    // The workload closes its sockets (its leaky process dies): Recovered.
+    leaky.kill(server);
+    until("the CLOSE_WAIT sockets to vanish", || leaky.ss_count("close-wait") == 0).await;
+    wait_for_row(cluster, &shop.name, "leaky", "leaky Healthy with 0 CLOSE-WAIT", |row| {
+        row.get("VERDICT").map(String::as_str) == Some("Healthy")
+            && row.get("CLOSE-WAIT").map(String::as_str) == Some("0")
+    })
+    .await;
+    let recovered = eventually("a Recovered Event on leaky", WAIT, || {
+        let events = pod_events(cluster, &shop.name, "leaky", reasons::RECOVERED);
+        async move { events.into_iter().next() }
+    })
+    .await;
+    assert_eq!(recovered["type"], "Normal", "{recovered:#}");
+    until("leaky's annotations to go", || connhealth_annotations(cluster, &shop.name, "leaky").is_empty()).await;
+
+    // The pod is deleted: its report goes with it (garbage collection).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &shop.name);
+    pods.delete("leaky", &DeleteParams::default().grace_period(0)).await.expect("delete pod");
+    drop(leaky);
+    until("leaky's report to be collected", || {
+        let (ok, _, stderr) = cluster.kubectl_run(&["get", "connectionhealth", "leaky", "-n", &shop.name]);
+        !ok && stderr.contains("NotFound")
+    })
+    .await;
+
+    // Uninstalling, as the chart README says: policies first (the operator
+    // removes the annotations it set), then the release.
+    until("steady to be annotated Leaking", || {
+        connhealth_annotations(cluster, &shop.name, "steady").get(annotations::VERDICT).map(String::as_str)
+            == Some("Leaking")
+    })
+    .await;
+    cluster.kubectl_ok(&["delete", "chp", policy, "-n", &shop.name, "--wait=true", "--timeout=120s"]).unwrap();
+    until("steady's annotations to go with the policy", || {
+        connhealth_annotations(cluster, &shop.name, "steady").is_empty()
+    })
+    .await;
+
+    // Least privilege: with the chart's RBAC, nothing either component did
+    // was refused.
+    assert!(agent.running(), "the agent runs:\n{}", agent.logs());
+    for (who, logs) in [("agent", agent.logs()), ("operator", operator.logs())] {
+        let refused: Vec<&str> = logs
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("forbidden") || l.contains("unauthorized")
+            })
+            .collect();
+        assert!(refused.is_empty(), "the {who} was refused a request:\n{}", refused.join("\n"));
+    }
+    let writes = agent.logs().matches("writing the ConnectionHealth report failed").count();
+    assert_eq!(writes, 0, "every report write succeeded:\n{}", agent.logs());
+
+    release.uninstall();
+    // The DaemonSet and Deployment are gone, so are their pods: stop ours.
+    drop(agent);
+    drop(operator);
+    until("the ServiceAccounts' tokens to be refused", || agent_kc.whoami().is_err() && operator_kc.whoami().is_err())
+        .await;
+    let left: Vec<String> = kubectl_json(cluster, &["get", "pods", "-n", &shop.name])["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            p["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("connhealth.io/"))
+                .map(move |(k, _)| format!("{name}: {k}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(left.is_empty(), "annotations left after uninstall: {left:?}");
+    drop(steady);
+}
+
+// ---------------------------------------------------------------------------
+// RBAC with one verb removed
+
+/// The chart's rendered RBAC (and ServiceAccount) of one component, for
+/// release `release` in `namespace`, as YAML documents.
+fn rendered_rbac(release: &str, namespace: &str, component: &str) -> Vec<Value> {
+    let chart = repo_root().join("charts/connhealth");
+    let (ok, stdout, stderr) = Cluster::get().helm_run(&[
+        "template",
+        release,
+        chart.to_str().unwrap(),
+        "-n",
+        namespace,
+        "--set",
+        "crds.install=false",
+        "--show-only",
+        &format!("templates/{component}/rbac.yaml"),
+        "--show-only",
+        &format!("templates/{component}/serviceaccount.yaml"),
+    ]);
+    assert!(ok, "helm template failed:\n{stdout}{stderr}");
+    serde_yaml::Deserializer::from_str(&stdout)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Removes `verb` from the ClusterRole's rule for `resource` (and the rule,
+/// when that was its only verb); panics when the chart does not grant it
+/// (then this test needs another verb).
+fn remove_verb(docs: &mut [Value], resource: &str, verb: &str) {
+    let role = docs.iter_mut().find(|d| d["kind"] == "ClusterRole").expect("a ClusterRole");
+    let rules = role["rules"].as_array_mut().expect("rules");
+    let rule = rules
+        .iter_mut()
+        .find(|r| r["resources"].as_array().is_some_and(|rs| rs.iter().any(|x| x == resource)))
+        .unwrap_or_else(|| panic!("no rule for {resource}"));
+    assert_eq!(rule["resources"].as_array().map(Vec::len), Some(1), "a rule for {resource} alone");
+    let verbs = rule["verbs"].as_array_mut().expect("verbs");
+    let before = verbs.len();
+    verbs.retain(|v| v != verb);
+    assert_eq!(verbs.len(), before - 1, "the chart grants {verb} on {resource}");
+    rules.retain(|r| r["verbs"].as_array().is_some_and(|v| !v.is_empty()));
+}
+
+/// Applies the documents (admin) and returns a guard deleting the
+/// cluster-scoped ones, and the ServiceAccount's name.
+fn apply_rbac(docs: &[Value]) -> (ClusterScoped, String) {
+    let cluster = Cluster::get();
+    let guard = ClusterScoped(
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+            .map(|d| {
+                format!("{}/{}", d["kind"].as_str().unwrap().to_lowercase(), d["metadata"]["name"].as_str().unwrap())
+            })
+            .collect(),
+    );
+    let yaml: String = docs.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap())).collect();
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(ok, "apply RBAC: {stderr}");
+    let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").expect("a ServiceAccount");
+    (guard, sa["metadata"]["name"].as_str().unwrap().to_owned())
+}
+
+/// The first log line that contains every one of `needles`.
+fn log_line<'a>(logs: &'a str, needles: &[&str]) -> Option<&'a str> {
+    logs.lines().find(|l| needles.iter().all(|n| l.contains(n)))
+}
+
+#[tokio::test]
+async fn agent_missing_one_verb_says_what_it_cannot_do() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let client = cluster.client().await;
+    let ns = TestNamespace::new("scn-agent-rbac");
+    let mut pod = FakePod::create(&client, cluster, &ns.name, "web", false).await;
+    pod.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
+
+    // Each case: the chart's agent RBAC less one verb, and what the agent
+    // must then say it could not do.
+    for (resource, verb, says) in [
+        ("connectionhealths", "create", "cannot create resource \"connectionhealths\""),
+        ("connectionhealths/status", "patch", "cannot patch resource \"connectionhealths/status\""),
+    ] {
+        let release = format!("scn-{}", random_suffix());
+        let mut docs = rendered_rbac(&release, &ns.name, "agent");
+        remove_verb(&mut docs, resource, verb);
+        let (_rbac, sa) = apply_rbac(&docs);
+        let kc = TokenKubeconfig::for_service_account(cluster, &ns.name, &sa).unwrap();
+        let args = agent_run_args(&cluster.node_name());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = ChildProcess::spawn("connhealth-agent", &args, &kc.path, &[]);
+        let pod_key = format!("{}/web", ns.name);
+        let user = format!("User \"{}\"", kc.username);
+        let needles = ["writing the ConnectionHealth report failed", &pod_key, "forbidden", &user, says];
+        until(&format!("the agent without {verb} on {resource} to log {says:?}"), || {
+            log_line(&agent.logs(), &needles).is_some()
+        })
+        .await;
+        eprintln!("without {verb} on {resource}: {}", log_line(&agent.logs(), &needles).unwrap());
+        // Nothing was written past the refusal, and the agent goes on.
+        let status =
+            cluster.kubectl_run(&["get", "ch", "web", "-n", &ns.name, "-o", "jsonpath={.status.observedAt}"]).1;
+        assert_eq!(status, "", "no report status was written without {verb} on {resource}");
+        assert!(agent.running(), "{}", agent.logs());
+        agent.stop(Duration::from_secs(10));
+        // A report the next case's agent would find created.
+        let _ = cluster.kubectl_run(&["delete", "ch", "web", "-n", &ns.name, "--ignore-not-found"]);
+    }
+}
+
+/// Writes a report as the agent would: `close_wait` sockets first seen 10
+/// minutes ago (stuck under the default policy).
+async fn write_report(client: &Client, ns: &str, pod: &str, uid: &str, close_wait: i64) {
+    let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: "node-a".into(), pod_uid: uid.into() });
+    api.patch(pod, &params, &Patch::Apply(&report)).await.expect("apply report");
+    let since = Time(Timestamp::now() - SignedDuration::from_mins(10));
+    let status = ConnectionHealthStatus {
+        observed_at: Some(Time(Timestamp::now())),
+        states: Some(TcpStateCounts { close_wait, listen: 1, ..Default::default() }),
+        close_wait: Some(CloseWaitDetail {
+            count: close_wait,
+            stuck: close_wait,
+            stuck_after_seconds: 120,
+            oldest_since: Some(since.clone()),
+            first_seen: vec![FirstSeenGroup { since, count: close_wait }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let body = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionHealth", "status": status });
+    api.patch_status(pod, &params, &Patch::Apply(&body)).await.expect("apply report status");
+}
+
+#[tokio::test]
+async fn operator_missing_pod_patch_says_what_it_cannot_do() {
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let client = cluster.client().await;
+    let ns = TestNamespace::new("scn-op-rbac");
+    let _clear = ClearPolicyFinalizers(ns.name.clone());
+
+    let release = format!("scn-{}", random_suffix());
+    let full = format!("{release}-connhealth");
+    let mut docs = rendered_rbac(&release, &ns.name, "operator");
+    remove_verb(&mut docs, "pods", "patch");
+    let (_rbac, sa) = apply_rbac(&docs);
+    let kc = TokenKubeconfig::for_service_account(cluster, &ns.name, &sa).unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "api-1", "labels": { "app": "api" } },
+        "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
+    }))
+    .unwrap();
+    let uid = pods.create(&PostParams::default(), &pod).await.expect("create pod").uid().unwrap();
+    write_report(&client, &ns.name, "api-1", &uid, 12).await;
+    apply_policy(cluster, &ns.name, "default", "  {}\n");
+
+    let lease = format!("{full}-operator");
+    let identity = format!("op-{}", random_suffix());
+    let mut operator = ChildProcess::spawn(
+        "connhealth-operator",
+        &[
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--lease-namespace",
+            &ns.name,
+            "--lease-name",
+            &lease,
+            "--identity",
+            &identity,
+        ],
+        &kc.path,
+        &[],
+    );
+    let pod_key = format!("patching the annotations of pod {}/api-1", ns.name);
+    let user = format!("User \"{}\"", kc.username);
+    let needles = [pod_key.as_str(), "forbidden", &user, "cannot patch resource \"pods\""];
+    until("the operator without patch on pods to log the refused request", || {
+        log_line(&operator.logs(), &needles).is_some()
+    })
+    .await;
+    eprintln!("without patch on pods: {}", log_line(&operator.logs(), &needles).unwrap());
+    // What it may do, it did; what it may not, it did not; it goes on.
+    assert_eq!(
+        cluster.kubectl_ok(&["get", "ch", "api-1", "-n", &ns.name, "-o", "jsonpath={.status.verdict.result}"]).unwrap(),
+        "Leaking"
+    );
+    assert!(connhealth_annotations(cluster, &ns.name, "api-1").is_empty());
+    assert!(operator.running(), "{}", operator.logs());
+}
