@@ -10,9 +10,11 @@ use std::path::PathBuf;
 use crate::{ChildProcess, Cluster};
 
 /// Held while a test runs connhealth components that act on the whole
-/// cluster: the agent (it scans every network namespace on this host and
-/// reports every pod of this node: two agents would both write reports) and,
-/// in the scenario tests, the operator beside it. An exclusive `flock(2)`
+/// cluster: an agent (it scans every network namespace on this host and
+/// reports every pod of this node: two agents would both write reports) or
+/// an operator (it acts on every namespace: two operators with different
+/// leases would both act), or plays the kubelet for this node ([`crate::FakePod`]:
+/// another test's agent would report its pods). An exclusive `flock(2)`
 /// on a file beside the cluster's state directory, so it serialises tests of
 /// every test binary and process using the same cluster (and only those),
 /// and the kernel releases it when the holder dies: a lock is never stale.
@@ -33,7 +35,7 @@ impl AgentLock {
             .open(&path)
             .unwrap_or_else(|e| panic!("open the agent test lock {}: {e}", path.display()));
         if file.try_lock().is_err() {
-            eprintln!("waiting for {} (another test runs an agent on this cluster)", path.display());
+            eprintln!("waiting for {} (another test runs an agent or operator on this cluster)", path.display());
             file.lock().unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
         }
         AgentLock { _file: file }

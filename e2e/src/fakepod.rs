@@ -18,14 +18,7 @@ use crate::{Cluster, random_suffix, workspace_binary};
 
 /// Root tests skip with a message when not root, and fail under CI.
 pub fn require_root() -> bool {
-    // The real uid, from /proc/self/status.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        assert!(std::env::var_os("CI").is_none(), "agent cluster tests need root and CI is set: refusing to skip");
-        eprintln!("skipping: agent cluster tests need root (network namespaces, cgroups)");
-    }
-    root
+    connhealth_runtime::can_run_privileged_test("this cluster test (FakePod)")
 }
 
 /// The cgroup v1 named hierarchy the fake kubelet uses.

@@ -445,7 +445,7 @@ fn rbac_grants_exactly_the_documented_verbs() {
 
     let expected_agent: BTreeSet<Grant> = [
         expect("", "pods", &["list", "watch"], None),
-        expect("connhealth.io", "connectionhealths", &["get", "list", "create", "patch"], None),
+        expect("connhealth.io", "connectionhealths", &["list", "create", "patch"], None),
         expect("connhealth.io", "connectionhealths/status", &["patch"], None),
     ]
     .concat()
