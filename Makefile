@@ -1,9 +1,17 @@
 # connhealth — the commands the README and CONTRIBUTING name.
-.PHONY: test scan crds bench
+.PHONY: test demo demo-down scan crds bench
 
 # Every test tier: fmt, clippy, unit, root, control plane. What CI runs.
 test:
 	scripts/test
+
+# The local cluster with a real node (root), the chart, a leaking workload,
+# and what connhealth says about it. `make demo-down` removes it all.
+demo:
+	scripts/demo
+
+demo-down:
+	scripts/demo down
 
 # One sweep of every network namespace on this host (needs root).
 scan:
