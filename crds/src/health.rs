@@ -196,8 +196,9 @@ pub struct CloseWaitDetail {
     /// open. `kubectl get` shows it as an age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_since: Option<Time>,
-    /// Bytes received and not yet read by the application, summed over the
-    /// CLOSE_WAIT sockets (Recv-Q in `ss`).
+    /// Data bytes received and never read by the application, summed over
+    /// the CLOSE_WAIT sockets (`ss` Recv-Q, less the one it counts for each
+    /// socket's FIN). Non-zero means a handler stopped reading.
     pub recv_queue_bytes: i64,
     /// Remote endpoints with the most CLOSE_WAIT sockets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

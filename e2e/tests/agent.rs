@@ -76,6 +76,9 @@ async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
     assert_eq!(owner.container.as_deref(), Some("server"), "container named from the pod status");
     assert_eq!(owner.container_id.as_deref(), Some(leaky.container_id.as_str()));
     assert!(owner.open_fds >= 13, "{owner:?}");
+    // The clients sent nothing before closing: no unread data (ss's Recv-Q
+    // of 1 per socket is the FIN, which the report does not count as data).
+    assert_eq!(cw.recv_queue_bytes, 0);
     let first_oldest = cw.oldest_since.clone().expect("oldest first sighting");
     assert_eq!(leaky_report.spec.pod_uid, leaky.uid);
     assert_eq!(leaky_report.metadata.owner_references.as_ref().unwrap()[0].uid, leaky.uid);

@@ -140,7 +140,9 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
             stuck: int(cw.stuck),
             stuck_after_seconds: int(cw.stuck_after_seconds),
             oldest_since: first_seen.first().map(|g| g.since.clone()),
-            recv_queue_bytes: int(cw.recv_queue_bytes),
+            // ss's Recv-Q of a CLOSE_WAIT socket counts the peer's FIN as one
+            // byte; the report gives the data left unread.
+            recv_queue_bytes: int(cw.recv_queue_bytes.saturating_sub(cw.count)),
             first_seen,
             top_peers: cw
                 .top_peers
