@@ -417,6 +417,35 @@ pub fn workspace_binary(bin: &str) -> PathBuf {
     path
 }
 
+/// A ConnectionHealthPolicy manifest; `spec` is YAML indented by two spaces.
+pub fn policy_yaml(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: connhealth.io/v1alpha1\nkind: ConnectionHealthPolicy\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n{spec}"
+    )
+}
+
+/// Applies a ConnectionHealthPolicy (see [`policy_yaml`]); panics with
+/// kubectl's message if the API server refuses it.
+pub fn apply_policy(cluster: &Cluster, namespace: &str, name: &str, spec: &str) {
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &policy_yaml(namespace, name, spec));
+    assert!(ok, "apply policy {namespace}/{name}: {stderr}");
+}
+
+/// `kubectl get <resource> -n <namespace> -o jsonpath=<path>`: its output,
+/// empty when the object or field is absent.
+pub fn jsonpath(cluster: &Cluster, namespace: &str, resource: &str, path: &str) -> String {
+    cluster.kubectl_run(&["get", resource, "-n", namespace, "-o", &format!("jsonpath={path}")]).1
+}
+
+/// [`eventually`] for a plain condition.
+pub async fn until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    eventually(what, timeout, || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
 /// Polls `check` every 250 ms until it returns `Some`, or panics with
 /// `what` after `timeout`. Timeouts here bound a wait for the system to
 /// converge; they are generous and never measure performance.

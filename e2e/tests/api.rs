@@ -8,7 +8,7 @@ use std::time::Duration;
 use connhealth_crds::health::{CloseWaitDetail, TcpStateCounts};
 use connhealth_crds::names::field_managers;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
-use connhealth_e2e::{Cluster, TestNamespace, eventually};
+use connhealth_e2e::{Cluster, TestNamespace, eventually, policy_yaml};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -52,12 +52,6 @@ fn crds_are_established_and_explained() {
         let (ok, _, stderr) = cluster.kubectl_run(&["get", resource, "-A"]);
         assert!(ok, "kubectl get {resource}: {stderr}");
     }
-}
-
-fn policy_yaml(namespace: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: connhealth.io/v1alpha1\nkind: ConnectionHealthPolicy\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n{spec}"
-    )
 }
 
 #[test]

@@ -14,7 +14,7 @@ use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, So
 use connhealth_crds::names::field_managers;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
 use connhealth_e2e::agent::{metrics_addr, scrape};
-use connhealth_e2e::{AgentLock, ChildProcess, Cluster, TestNamespace, eventually};
+use connhealth_e2e::{AgentLock, ChildProcess, Cluster, TestNamespace, apply_policy, jsonpath, until};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -110,26 +110,6 @@ fn events(cluster: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<String> {
     out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
 
-fn jsonpath(cluster: &Cluster, ns: &str, resource: &str, path: &str) -> String {
-    cluster.kubectl_run(&["get", resource, "-n", ns, "-o", &format!("jsonpath={path}")]).1
-}
-
-fn apply_policy(cluster: &Cluster, ns: &str, name: &str, spec: &str) {
-    let yaml = format!(
-        "apiVersion: connhealth.io/v1alpha1\nkind: ConnectionHealthPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
-    );
-    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml);
-    assert!(ok, "apply policy: {stderr}");
-}
-
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    eventually(what, WAIT, || {
-        let ok = check();
-        async move { ok.then_some(()) }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn leak_to_events_annotations_recovery_and_cleanup() {
     let cluster = Cluster::get();
@@ -141,18 +121,18 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
     write_report(&client, &ns.name, "api-1", &uid, 12).await;
     apply_policy(cluster, &ns.name, "default", "  podSelector: {matchLabels: {app: api}}\n");
 
-    until("the report's verdict to be Leaking", || {
+    until(WAIT, "the report's verdict to be Leaking", || {
         jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}/{.status.verdict.policy}")
             == "Leaking/default"
     })
     .await;
-    until("the pod's annotations", || {
+    until(WAIT, "the pod's annotations", || {
         jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations.connhealth\\.io/verdict}") == "Leaking"
     })
     .await;
     let summary = jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations.connhealth\\.io/summary}");
     assert_eq!(summary, "12 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)");
-    until("a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
     let event = &events(cluster, &ns.name, "api-1", "CloseWaitLeak")[0];
     assert!(event.contains("Top peer 10.20.30.40:5432 (12 sockets)"), "{event}");
     assert!(
@@ -162,7 +142,7 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
     assert!(event.contains("Hint: "), "{event}");
 
     // `kubectl get chp` columns.
-    until("policy status", || {
+    until(WAIT, "policy status", || {
         let t = cluster.kubectl_run(&["get", "chp", "-n", &ns.name, "--no-headers"]).1;
         t.split_whitespace().take(4).collect::<Vec<_>>() == ["default", "1", "1", "True"]
     })
@@ -189,25 +169,26 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
 
     // Recovery: the workload closes its sockets.
     write_report(&client, &ns.name, "api-1", &uid, 0).await;
-    until("verdict Healthy", || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Healthy").await;
-    until("annotations removed", || {
+    until(WAIT, "verdict Healthy", || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Healthy")
+        .await;
+    until(WAIT, "annotations removed", || {
         !jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations}").contains("connhealth.io/")
     })
     .await;
-    until("a Recovered Event", || events(cluster, &ns.name, "api-1", "Recovered").len() == 1).await;
+    until(WAIT, "a Recovered Event", || events(cluster, &ns.name, "api-1", "Recovered").len() == 1).await;
 
     // Leak again, then delete the policy: annotations and verdict go.
     write_report(&client, &ns.name, "api-1", &uid, 30).await;
-    until("annotations back", || {
+    until(WAIT, "annotations back", || {
         jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations.connhealth\\.io/verdict}") == "Leaking"
     })
     .await;
     cluster.kubectl_ok(&["delete", "chp", "default", "-n", &ns.name, "--wait=true", "--timeout=60s"]).unwrap();
-    until("annotations removed after policy deletion", || {
+    until(WAIT, "annotations removed after policy deletion", || {
         !jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations}").contains("connhealth.io/")
     })
     .await;
-    until("verdict removed", || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict}").is_empty()).await;
+    until(WAIT, "verdict removed", || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict}").is_empty()).await;
     // Other fields of the pod and the agent's fields of the report are untouched.
     assert_eq!(jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.labels.app}"), "api");
     assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.closeWait.count}"), "30");
@@ -226,7 +207,7 @@ async fn invalid_stored_policy_is_reported_not_crashed_on() {
         "odd",
         "  podSelector: {matchExpressions: [{key: app, operator: Near, values: [api]}]}\n",
     );
-    until("the Invalid condition", || {
+    until(WAIT, "the Invalid condition", || {
         jsonpath(cluster, &ns.name, "chp/odd", "{.status.conditions[?(@.type==\"Invalid\")].status}") == "True"
     })
     .await;
@@ -250,23 +231,23 @@ async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
     apply_policy(cluster, &ns.name, "default", "  {}\n");
 
     let mut first = operator(&ns, "op-a");
-    until("a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
     let holder = || jsonpath(cluster, &ns.name, "lease/connhealth-operator", "{.spec.holderIdentity}");
     assert_eq!(holder(), "op-a");
 
     // A second replica stands by while the first holds the lease.
     let mut second = operator(&ns, "op-b");
-    until("the second replica to stand by", || second.logs().contains("another replica leads")).await;
+    until(WAIT, "the second replica to stand by", || second.logs().contains("another replica leads")).await;
     assert_eq!(holder(), "op-a");
 
     // Kill the leader without releasing: the follower takes over after the
     // lease expires, and publishes no second Event (the cooldown is stored).
     let _ = std::process::Command::new("kill").args(["-KILL", &first.pid().to_string()]).status();
-    until("op-b to take over", || holder() == "op-b").await;
-    until("op-b to reconcile", || second.logs().contains("reconciled")).await;
+    until(WAIT, "op-b to take over", || holder() == "op-b").await;
+    until(WAIT, "op-b to reconcile", || second.logs().contains("reconciled")).await;
     // Give it a few reconciles' worth of time to (wrongly) publish.
     write_report(&client, &ns.name, "api-1", &uid, 13).await;
-    until("op-b to see the new report", || {
+    until(WAIT, "op-b to see the new report", || {
         jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.reasons[0]}").starts_with("13 ")
     })
     .await;
@@ -277,5 +258,5 @@ async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
 
     // A graceful stop releases the lease at once.
     second.stop(Duration::from_secs(10));
-    until("the lease released", || holder().is_empty()).await;
+    until(WAIT, "the lease released", || holder().is_empty()).await;
 }

@@ -1,4 +1,4 @@
-//! End to end (issue 7, parts 4 and 5): the chart installed with `helm`,
+//! End to end: the chart installed with `helm`,
 //! the agent and the operator run as child processes with the chart's own
 //! ServiceAccounts (token kubeconfigs, never admin), the chart's settings
 //! (the container args and environment of the installed DaemonSet and
@@ -34,8 +34,8 @@ use connhealth_e2e::agent::{
     agent_run_args, capability_mask, capability_names, process_capabilities, setpriv_with_capabilities,
 };
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, TokenKubeconfig, eventually, random_suffix, repo_root,
-    require_root,
+    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, TokenKubeconfig, apply_policy, eventually, random_suffix,
+    repo_root, require_root, until,
 };
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -251,22 +251,6 @@ fn connhealth_annotations(cluster: &Cluster, ns: &str, pod: &str) -> BTreeMap<St
     all.into_iter().filter(|(k, _)| k.starts_with("connhealth.io/")).collect()
 }
 
-fn apply_policy(cluster: &Cluster, ns: &str, name: &str, spec: &str) {
-    let yaml = format!(
-        "apiVersion: connhealth.io/v1alpha1\nkind: ConnectionHealthPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
-    );
-    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml);
-    assert!(ok, "apply policy: {stderr}");
-}
-
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    eventually(what, WAIT, || {
-        let ok = check();
-        async move { ok.then_some(()) }
-    })
-    .await
-}
-
 /// How the chart runs a component: its ServiceAccount, container args and
 /// environment (downward-API fields resolved as the kubelet would), and
 /// the capabilities its container adds and drops.
@@ -398,16 +382,16 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     // an unprivileged user; 12 connections opened and closed against it.
     let mut leaky = FakePod::create(&client, cluster, &shop.name, "leaky", false).await;
     let server = leaky.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
-    until("the server to listen", || leaky.ss_count("listening") == 1).await;
+    until(WAIT, "the server to listen", || leaky.ss_count("listening") == 1).await;
     leaky.spawn_as(WORKLOAD_UID, &["connect", "--to", "127.0.0.1:8080", "--count", "12", "--interval-ms", "20"]);
-    until("12 CLOSE_WAIT sockets in the pod", || leaky.ss_count("close-wait") == 12).await;
+    until(WAIT, "12 CLOSE_WAIT sockets in the pod", || leaky.ss_count("close-wait") == 12).await;
     // A second pod that keeps leaking to the end: what uninstalling must
     // clean up after.
     let mut steady = FakePod::create(&client, cluster, &shop.name, "steady", false).await;
     steady.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
-    until("the second server to listen", || steady.ss_count("listening") == 1).await;
+    until(WAIT, "the second server to listen", || steady.ss_count("listening") == 1).await;
     steady.spawn_as(WORKLOAD_UID, &["connect", "--to", "127.0.0.1:8080", "--count", "6", "--interval-ms", "20"]);
-    until("6 CLOSE_WAIT sockets in the second pod", || steady.ss_count("close-wait") == 6).await;
+    until(WAIT, "6 CLOSE_WAIT sockets in the second pod", || steady.ss_count("close-wait") == 6).await;
 
     // The agent, started once the workload has leaked (so its first report
     // already holds every socket, and so does the first Event), under
@@ -420,7 +404,7 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
         &agent_spec.env_refs(),
     );
     let pid = agent.pid();
-    until("the agent to run (setpriv has exec'd it)", || {
+    until(WAIT, "the agent to run (setpriv has exec'd it)", || {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "connhealth-agen")
     })
     .await;
@@ -493,7 +477,7 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
 
     // The workload closes its sockets (its leaky process dies): Recovered.
     leaky.kill(server);
-    until("the CLOSE_WAIT sockets to vanish", || leaky.ss_count("close-wait") == 0).await;
+    until(WAIT, "the CLOSE_WAIT sockets to vanish", || leaky.ss_count("close-wait") == 0).await;
     wait_for_row(cluster, &shop.name, "leaky", "leaky Healthy with 0 CLOSE-WAIT", |row| {
         row.get("VERDICT").map(String::as_str) == Some("Healthy")
             && row.get("CLOSE-WAIT").map(String::as_str) == Some("0")
@@ -505,13 +489,13 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     })
     .await;
     assert_eq!(recovered["type"], "Normal", "{recovered:#}");
-    until("leaky's annotations to go", || connhealth_annotations(cluster, &shop.name, "leaky").is_empty()).await;
+    until(WAIT, "leaky's annotations to go", || connhealth_annotations(cluster, &shop.name, "leaky").is_empty()).await;
 
     // The pod is deleted: its report goes with it (garbage collection).
     let pods: Api<Pod> = Api::namespaced(client.clone(), &shop.name);
     pods.delete("leaky", &DeleteParams::default().grace_period(0)).await.expect("delete pod");
     drop(leaky);
-    until("leaky's report to be collected", || {
+    until(WAIT, "leaky's report to be collected", || {
         let (ok, _, stderr) = cluster.kubectl_run(&["get", "connectionhealth", "leaky", "-n", &shop.name]);
         !ok && stderr.contains("NotFound")
     })
@@ -519,13 +503,13 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
 
     // Uninstalling, as the chart README says: policies first (the operator
     // removes the annotations it set), then the release.
-    until("steady to be annotated Leaking", || {
+    until(WAIT, "steady to be annotated Leaking", || {
         connhealth_annotations(cluster, &shop.name, "steady").get(annotations::VERDICT).map(String::as_str)
             == Some("Leaking")
     })
     .await;
     cluster.kubectl_ok(&["delete", "chp", policy, "-n", &shop.name, "--wait=true", "--timeout=120s"]).unwrap();
-    until("steady's annotations to go with the policy", || {
+    until(WAIT, "steady's annotations to go with the policy", || {
         connhealth_annotations(cluster, &shop.name, "steady").is_empty()
     })
     .await;
@@ -548,8 +532,10 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     // The DaemonSet and Deployment are gone, so are their pods: stop ours.
     drop(agent);
     drop(operator);
-    until("the ServiceAccounts' tokens to be refused", || agent_kc.whoami().is_err() && operator_kc.whoami().is_err())
-        .await;
+    until(WAIT, "the ServiceAccounts' tokens to be refused", || {
+        agent_kc.whoami().is_err() && operator_kc.whoami().is_err()
+    })
+    .await;
     let left: Vec<String> = kubectl_json(cluster, &["get", "pods", "-n", &shop.name])["items"]
         .as_array()
         .into_iter()
@@ -632,9 +618,9 @@ async fn each_capability_the_chart_adds_to_the_agent_is_needed() {
 
     let mut pod = FakePod::create(&client, cluster, &ns.name, "leaky", false).await;
     let server = pod.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
-    until("the server to listen", || pod.ss_count("listening") == 1).await;
+    until(WAIT, "the server to listen", || pod.ss_count("listening") == 1).await;
     pod.spawn_as(WORKLOAD_UID, &["connect", "--to", "127.0.0.1:8080", "--count", "12", "--interval-ms", "20"]);
-    until("12 CLOSE_WAIT sockets", || pod.ss_count("close-wait") == 12).await;
+    until(WAIT, "12 CLOSE_WAIT sockets", || pod.ss_count("close-wait") == 12).await;
 
     let (uid, owner, detail) = scan_pod_as_seen_with(&caps, &pod);
     assert_eq!(uid.as_deref(), Some(pod.uid.as_str()), "with {caps:?}: {detail}");
@@ -748,7 +734,7 @@ async fn agent_missing_one_verb_says_what_it_cannot_do() {
         let pod_key = format!("{}/web", ns.name);
         let user = format!("User \"{}\"", kc.username);
         let needles = ["writing the ConnectionHealth report failed", &pod_key, "forbidden", &user, says];
-        until(&format!("the agent without {verb} on {resource} to log {says:?}"), || {
+        until(WAIT, &format!("the agent without {verb} on {resource} to log {says:?}"), || {
             log_line(&agent.logs(), &needles).is_some()
         })
         .await;
@@ -836,7 +822,7 @@ async fn operator_missing_pod_patch_says_what_it_cannot_do() {
     let pod_key = format!("patching the annotations of pod {}/api-1", ns.name);
     let user = format!("User \"{}\"", kc.username);
     let needles = [pod_key.as_str(), "forbidden", &user, "cannot patch resource \"pods\""];
-    until("the operator without patch on pods to log the refused request", || {
+    until(WAIT, "the operator without patch on pods to log the refused request", || {
         log_line(&operator.logs(), &needles).is_some()
     })
     .await;
