@@ -17,10 +17,12 @@
 pub mod access;
 pub mod agent;
 pub mod fakepod;
+pub mod report;
 
 pub use access::TokenKubeconfig;
 pub use agent::AgentLock;
 pub use fakepod::{FakePod, require_root};
+pub use report::write_report;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -27,22 +27,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use connhealth_crds::health::{CloseWaitDetail, FirstSeenGroup, TcpStateCounts};
-use connhealth_crds::names::{annotations, field_managers, reasons};
-use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
+use connhealth_crds::names::{annotations, reasons};
 use connhealth_e2e::agent::{
     agent_run_args, capability_mask, capability_names, process_capabilities, setpriv_with_capabilities,
 };
 use connhealth_e2e::{
     AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, TokenKubeconfig, apply_policy, eventually, random_suffix,
-    repo_root, require_root, until,
+    repo_root, require_root, until, write_report,
 };
-use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -748,31 +744,6 @@ async fn agent_missing_one_verb_says_what_it_cannot_do() {
         // A report the next case's agent would find created.
         let _ = cluster.kubectl_run(&["delete", "ch", "web", "-n", &ns.name, "--ignore-not-found"]);
     }
-}
-
-/// Writes a report as the agent would: `close_wait` sockets first seen 10
-/// minutes ago (stuck under the default policy).
-async fn write_report(client: &Client, ns: &str, pod: &str, uid: &str, close_wait: i64) {
-    let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
-    let params = PatchParams::apply(field_managers::AGENT).force();
-    let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: "node-a".into(), pod_uid: uid.into() });
-    api.patch(pod, &params, &Patch::Apply(&report)).await.expect("apply report");
-    let since = Time(Timestamp::now() - SignedDuration::from_mins(10));
-    let status = ConnectionHealthStatus {
-        observed_at: Some(Time(Timestamp::now())),
-        states: Some(TcpStateCounts { close_wait, listen: 1, ..Default::default() }),
-        close_wait: Some(CloseWaitDetail {
-            count: close_wait,
-            stuck: close_wait,
-            stuck_after_seconds: 120,
-            oldest_since: Some(since.clone()),
-            first_seen: vec![FirstSeenGroup { since, count: close_wait }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let body = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionHealth", "status": status });
-    api.patch_status(pod, &params, &Patch::Apply(&body)).await.expect("apply report status");
 }
 
 #[tokio::test]

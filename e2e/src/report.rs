@@ -1,0 +1,47 @@
+//! Playing the agent for operator tests: a ConnectionHealth written the way
+//! the agent writes it (server-side apply, the agent's field manager), with
+//! figures the test chooses.
+
+use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, SocketOwner, TcpStateCounts};
+use connhealth_crds::names::field_managers;
+use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+/// Writes a report as the agent would, with `close_wait` sockets first
+/// seen 10 minutes ago (so all of them are stuck under the default policy).
+pub async fn write_report(client: &Client, ns: &str, pod: &str, uid: &str, close_wait: i64) {
+    let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: "node-a".into(), pod_uid: uid.into() });
+    api.patch(pod, &params, &Patch::Apply(&report)).await.expect("apply report");
+    let since = Time(Timestamp::now() - SignedDuration::from_mins(10));
+    let status = ConnectionHealthStatus {
+        observed_at: Some(Time(Timestamp::now())),
+        states: Some(TcpStateCounts { established: 2, close_wait, listen: 1, ..Default::default() }),
+        close_wait: Some(CloseWaitDetail {
+            count: close_wait,
+            stuck: close_wait,
+            stuck_after_seconds: 120,
+            oldest_since: (close_wait > 0).then(|| since.clone()),
+            first_seen: if close_wait > 0 { vec![FirstSeenGroup { since, count: close_wait }] } else { vec![] },
+            top_peers: vec![EndpointCount { endpoint: "10.20.30.40:5432".into(), count: close_wait }],
+            owners: vec![SocketOwner {
+                container: Some("app".into()),
+                pid: 31337,
+                command: "leaky-server".into(),
+                sockets: close_wait,
+                open_fds: 40 + close_wait,
+                fd_limit: Some(1024),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let body = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionHealth", "status": status });
+    api.patch_status(pod, &params, &Patch::Apply(&body)).await.expect("apply report status");
+}
