@@ -157,7 +157,8 @@ pub async fn run(config: AgentConfig, client: Client) -> anyhow::Result<()> {
     let mut scan_config = ScanConfig::default();
     scan_config.aggregate.min_age = config.close_wait_min_age;
     scan_config.owners_threshold = Some(config.owners_threshold);
-    let mut agent = Agent { scanner: Some(Scanner::new(scan_config)), metrics, seeds: HashMap::new() };
+    let mut agent =
+        Agent { scanner: Some(Scanner::new(scan_config.clone())), scan_config, metrics, seeds: HashMap::new() };
 
     let shutdown = connhealth_runtime::shutdown_signal();
     tokio::pin!(shutdown);
@@ -217,6 +218,8 @@ async fn wait_for_pods(pods: &Store<Pod>) {
 }
 
 struct Agent {
+    /// What the scanner was configured with, to start a fresh one alike.
+    scan_config: ScanConfig,
     /// `None` only while a sweep runs on the blocking pool.
     scanner: Option<Scanner>,
     metrics: AgentMetrics,
@@ -298,7 +301,7 @@ impl Agent {
             Err(error) => {
                 // A panic inside the scanner: start afresh rather than stop.
                 tracing::error!(%error, "a sweep panicked; starting with a fresh scanner");
-                self.scanner = Some(Scanner::new(ScanConfig::default()));
+                self.scanner = Some(Scanner::new(self.scan_config.clone()));
                 return;
             }
         };

@@ -219,10 +219,9 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
             },
         })
         .collect();
-    let pods: Vec<PodInput> = ctx
-        .pods
-        .state()
-        .into_iter()
+    let all_pods = ctx.pods.state();
+    let pods: Vec<PodInput> = all_pods
+        .iter()
         .filter(|p| p.namespace() == ns)
         .map(|p| PodInput {
             name: p.name_any(),
@@ -261,7 +260,7 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
             }
         }
         // Forget pods that are gone (of any namespace: the maps are global).
-        let live: std::collections::HashSet<String> = ctx.pods.state().iter().filter_map(|p| p.uid()).collect();
+        let live: std::collections::HashSet<String> = all_pods.iter().filter_map(|p| p.uid()).collect();
         history.retain(|uid, _| live.contains(uid));
         ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|uid, _| live.contains(uid));
         plan::plan(me, me_present, &policies, &pods, &reports, &history, Timestamp::now())
