@@ -83,12 +83,68 @@ pub fn metrics_addr(process: &ChildProcess) -> Option<String> {
 
 /// `GET /metrics` at `addr`: the whole HTTP response.
 pub fn scrape(addr: &str) -> String {
+    http_get(addr, "/metrics")
+}
+
+/// `GET /readyz` at `addr`: the whole HTTP response (status line and the
+/// reason in the body).
+pub fn readyz(addr: &str) -> String {
+    http_get(addr, "/readyz")
+}
+
+fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send request");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .expect("send request");
     let mut out = String::new();
     stream.read_to_string(&mut out).expect("read response");
     out
+}
+
+/// Waits until `/readyz` of `process` answers with HTTP `status` (200, or
+/// 503 with the reason); returns the whole answer. On timeout the panic
+/// carries the process's [`diagnosis`].
+pub async fn wait_for_readyz(process: &ChildProcess, status: u16, timeout: std::time::Duration) -> String {
+    let addr = metrics_addr(process).expect("metrics address in the log");
+    let status_line = format!("HTTP/1.1 {status}");
+    crate::eventually_explained(
+        &format!("/readyz to answer {status}"),
+        timeout,
+        || {
+            let answer = readyz(&addr);
+            let matched = answer.starts_with(&status_line);
+            async move { matched.then_some(answer) }
+        },
+        || diagnosis(process),
+    )
+    .await
+}
+
+/// What a connhealth process says about itself, for a failed wait: its
+/// `/readyz` answer, its API-write and sweep/reconcile metrics, and the last
+/// lines of its log.
+pub fn diagnosis(process: &ChildProcess) -> String {
+    let logs = process.logs();
+    let tail: Vec<&str> = logs.lines().rev().take(30).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    let Some(addr) = metrics_addr(process) else {
+        return format!("no metrics address logged yet; log:\n{}", tail.join("\n"));
+    };
+    let ready = readyz(&addr);
+    let ready = ready.lines().next().unwrap_or_default().to_owned() + " " + ready.lines().last().unwrap_or_default();
+    let metrics: Vec<String> = scrape(&addr)
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && ["_api_", "report_writes", "sweep_duration_seconds_count", "reconciles_total"]
+                    .iter()
+                    .any(|k| l.contains(k))
+        })
+        .map(str::to_owned)
+        .collect();
+    format!("/readyz: {ready}\nmetrics:\n{}\nlast log lines:\n{}", metrics.join("\n"), tail.join("\n"))
 }
 
 /// Linux capability numbers (`linux/capability.h`) by their Kubernetes

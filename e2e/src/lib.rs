@@ -13,16 +13,20 @@
 //! - [`agent`]: the cross-process [`AgentLock`], the agent's test command
 //!   line and metrics, capability sets.
 //! - [`access`]: [`TokenKubeconfig`], a ServiceAccount's token kubeconfig.
+//! - [`proxy`]: [`HangingProxy`], the API server behind a proxy that can
+//!   play a hung one.
 
 pub mod access;
 pub mod agent;
 pub mod fakepod;
+pub mod proxy;
 pub mod report;
 
 pub use access::TokenKubeconfig;
 pub use agent::AgentLock;
 pub use fakepod::{FakePod, require_root};
-pub use report::write_report;
+pub use proxy::HangingProxy;
+pub use report::{write_report, write_report_seen};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -368,8 +372,14 @@ impl ChildProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Stops it: SIGTERM, then SIGKILL after `grace`.
+    /// Stops it: SIGTERM, then SIGKILL after `grace`. Nothing is sent to a
+    /// child already reaped: its pid may belong to another process by now
+    /// (pids wrap around quickly on a busy test machine). An exited child
+    /// not yet reaped keeps its pid, so the check cannot race.
     pub fn stop(&mut self, grace: Duration) {
+        if !self.running() {
+            return;
+        }
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline {
@@ -451,7 +461,23 @@ pub async fn until(timeout: Duration, what: &str, mut check: impl FnMut() -> boo
 /// Polls `check` every 250 ms until it returns `Some`, or panics with
 /// `what` after `timeout`. Timeouts here bound a wait for the system to
 /// converge; they are generous and never measure performance.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_explained(what, timeout, check, String::new).await
+}
+
+/// [`eventually`] whose panic message adds `explain()`: what the system
+/// under test said about itself when the wait ran out (e.g.
+/// [`agent::diagnosis`]).
+pub async fn eventually_explained<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+    explain: impl FnOnce() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -462,7 +488,7 @@ where
             return value;
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", explain());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

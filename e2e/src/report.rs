@@ -14,11 +14,23 @@ use serde_json::json;
 /// Writes a report as the agent would, with `close_wait` sockets first
 /// seen 10 minutes ago (so all of them are stuck under the default policy).
 pub async fn write_report(client: &Client, ns: &str, pod: &str, uid: &str, close_wait: i64) {
+    write_report_seen(client, ns, pod, uid, close_wait, SignedDuration::from_mins(10)).await;
+}
+
+/// [`write_report`] with the sockets first seen `seen_ago` before now.
+pub async fn write_report_seen(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    uid: &str,
+    close_wait: i64,
+    seen_ago: SignedDuration,
+) {
     let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::apply(field_managers::AGENT).force();
     let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: "node-a".into(), pod_uid: uid.into() });
     api.patch(pod, &params, &Patch::Apply(&report)).await.expect("apply report");
-    let since = Time(Timestamp::now() - SignedDuration::from_mins(10));
+    let since = Time(Timestamp::now() - seen_ago);
     let status = ConnectionHealthStatus {
         observed_at: Some(Time(Timestamp::now())),
         states: Some(TcpStateCounts { established: 2, close_wait, listen: 1, ..Default::default() }),

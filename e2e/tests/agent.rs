@@ -14,8 +14,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use connhealth_crds::ConnectionHealth;
-use connhealth_e2e::agent::{agent_run_args, metrics_addr, scrape};
-use connhealth_e2e::{AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, eventually, require_root};
+use connhealth_e2e::agent::{agent_run_args, diagnosis, metrics_addr, scrape, wait_for_readyz};
+use connhealth_e2e::proxy::apiserver_addr;
+use connhealth_e2e::{
+    AgentLock, ChildProcess, Cluster, FakePod, HangingProxy, TestNamespace, eventually, eventually_explained,
+    require_root,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::{Api, Client};
@@ -23,9 +27,21 @@ use kube::{Api, Client};
 const WAIT: Duration = Duration::from_secs(90);
 
 fn agent(cluster: &Cluster, kubeconfig: &Path) -> ChildProcess {
-    let args = agent_run_args(&cluster.node_name());
+    agent_with(cluster, kubeconfig, &[])
+}
+
+fn agent_with(cluster: &Cluster, kubeconfig: &Path, extra_args: &[&str]) -> ChildProcess {
+    let mut args = agent_run_args(&cluster.node_name());
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ChildProcess::spawn("connhealth-agent", &args, kubeconfig, &[])
+}
+
+/// The number of sweeps the agent has finished, from its metrics.
+fn sweeps(addr: &str) -> u64 {
+    let metrics = scrape(addr);
+    let line = metrics.lines().find(|l| l.starts_with("connhealth_agent_sweep_duration_seconds_count"));
+    line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 async fn report(client: &Client, ns: &str, name: &str) -> Option<ConnectionHealth> {
@@ -128,12 +144,7 @@ async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
     let mut agent = agent;
     assert!(agent.running(), "the agent survives an API outage:\n{}", agent.logs());
     stopped.start();
-    eventually("the report to catch up to 20 CLOSE_WAIT", WAIT, || {
-        let client = client.clone();
-        let ns = ns.name.clone();
-        async move { (report(&client, &ns, "leaky").await?.status?.close_wait?.count == 20).then_some(()) }
-    })
-    .await;
+    wait_for_close_wait(&client, &ns.name, "leaky", 20, &agent).await;
     assert_eq!(leaky.ss_count("close-wait"), 20);
 
     // Metrics: per-pod gauges, sweeps, writes.
@@ -200,4 +211,80 @@ async fn a_restarted_agent_keeps_ages_and_does_not_rewrite() {
     assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "nothing changed, nothing written");
     assert_eq!(after.status.unwrap().close_wait.unwrap().oldest_since, oldest, "ages carried over the restart");
     drop(second);
+}
+
+/// Waits for the report of `pod` to show `count` CLOSE_WAIT sockets; on
+/// timeout says what the agent reported about itself.
+async fn wait_for_close_wait(client: &Client, ns: &str, pod: &str, count: i64, agent: &ChildProcess) {
+    eventually_explained(
+        &format!("the report of {ns}/{pod} to show {count} CLOSE_WAIT"),
+        WAIT,
+        || {
+            let (client, ns, pod) = (client.clone(), ns.to_owned(), pod.to_owned());
+            async move { (report(&client, &ns, &pod).await?.status?.close_wait?.count == count).then_some(()) }
+        },
+        || diagnosis(agent),
+    )
+    .await;
+}
+
+/// A hung API server (accepts, never answers) cannot stall the agent: every
+/// write ends at `--api-timeout`, sweeps and metrics go on, `/readyz` says
+/// why it is not ready, and the newest figures are written once the server
+/// answers again.
+#[tokio::test]
+async fn a_hung_api_server_stalls_neither_sweeps_nor_readiness() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("agent-hung");
+    let client = cluster.client().await;
+    let mut leaky = FakePod::create(&client, cluster, &ns.name, "leaky", false).await;
+    leaky.spawn(&["serve", "--listen", "127.0.0.1:8080"]);
+    std::thread::sleep(Duration::from_millis(300));
+    leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "6", "--interval-ms", "20"]);
+
+    let proxy = HangingProxy::start(apiserver_addr(&cluster.kubeconfig));
+    let kubeconfig = proxy.kubeconfig(&cluster.kubeconfig);
+    let mut agent = agent_with(cluster, &kubeconfig, &["--api-timeout", "2s"]);
+    wait_for_close_wait(&client, &ns.name, "leaky", 6, &agent).await;
+    wait_for_readyz(&agent, 200, WAIT).await;
+
+    // The server hangs; the leak grows by 8 (a change worth a write).
+    proxy.hang();
+    leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "8", "--interval-ms", "20"]);
+    let unready = wait_for_readyz(&agent, 503, WAIT).await;
+    assert!(unready.contains("not ready: 3 API writes in a row failed or timed out"), "{unready}");
+    assert!(unready.contains("no answer from the API server within 2s (PATCH /apis/connhealth.io/"), "{unready}");
+    assert!(agent.logs().contains("no answer from the API server within 2s"), "the timeout is logged");
+    // Sweeps go on while the server hangs, and so do the metrics.
+    let addr = metrics_addr(&agent).expect("metrics address in the log");
+    let before = sweeps(&addr);
+    eventually_explained(
+        "two more sweeps while the API server hangs",
+        WAIT,
+        || {
+            let now = sweeps(&addr);
+            async move { (now >= before + 2).then_some(()) }
+        },
+        || diagnosis(&agent),
+    )
+    .await;
+    let metrics = scrape(&addr);
+    let current =
+        format!("connhealth_agent_sockets{{namespace=\"{}\",pod=\"leaky\",state=\"CLOSE-WAIT\"}} 14", ns.name);
+    assert!(metrics.contains(&current), "metrics stay current:\n{metrics}");
+    assert!(agent.running(), "{}", agent.logs());
+
+    // The server answers again: the newest figures are written, ready again.
+    proxy.resume();
+    wait_for_close_wait(&client, &ns.name, "leaky", 14, &agent).await;
+    assert_eq!(leaky.ss_count("close-wait"), 14);
+    wait_for_readyz(&agent, 200, WAIT).await;
+    let metrics = scrape(&addr);
+    assert!(metrics.contains("connhealth_agent_api_failed_writes_in_a_row 0"), "{metrics}");
+    assert!(metrics.contains("connhealth_agent_api_writes_total{outcome=\"failed\"}"), "{metrics}");
+    let _ = std::fs::remove_file(&kubeconfig);
 }

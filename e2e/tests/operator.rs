@@ -8,10 +8,16 @@
 //! An operator acts on every namespace of the cluster, so tests that run one
 //! hold [`AgentLock`]: two operators with different leases would both act.
 
+use std::path::Path;
 use std::time::Duration;
 
-use connhealth_e2e::agent::{metrics_addr, scrape};
-use connhealth_e2e::{AgentLock, ChildProcess, Cluster, TestNamespace, apply_policy, jsonpath, until, write_report};
+use connhealth_e2e::agent::{diagnosis, metrics_addr, scrape, wait_for_readyz};
+use connhealth_e2e::proxy::apiserver_addr;
+use connhealth_e2e::{
+    AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, eventually_explained, jsonpath, until,
+    write_report, write_report_seen,
+};
+use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
@@ -20,27 +26,27 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn operator(ns: &TestNamespace, identity: &str) -> ChildProcess {
-    let cluster = Cluster::get();
-    ChildProcess::spawn(
-        "connhealth-operator",
-        &[
-            "run",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--lease-namespace",
-            &ns.name,
-            "--identity",
-            identity,
-            "--lease-duration",
-            "6s",
-            "--renew-deadline",
-            "4s",
-            "--retry-period",
-            "1s",
-        ],
-        &cluster.kubeconfig,
-        &[],
-    )
+    operator_with(ns, identity, &Cluster::get().kubeconfig, &[])
+}
+
+fn operator_with(ns: &TestNamespace, identity: &str, kubeconfig: &Path, extra_args: &[&str]) -> ChildProcess {
+    let mut args = vec![
+        "run",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--lease-namespace",
+        &ns.name,
+        "--identity",
+        identity,
+        "--lease-duration",
+        "6s",
+        "--renew-deadline",
+        "4s",
+        "--retry-period",
+        "1s",
+    ];
+    args.extend_from_slice(extra_args);
+    ChildProcess::spawn("connhealth-operator", &args, kubeconfig, &[])
 }
 
 async fn create_pod(client: &Client, ns: &str, name: &str) -> String {
@@ -219,4 +225,74 @@ async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
     // A graceful stop releases the lease at once.
     second.stop(Duration::from_secs(10));
     until(WAIT, "the lease released", || holder().is_empty()).await;
+}
+
+/// A hung API server (accepts, never answers) cannot stall the operator: a
+/// reconcile's write ends at `--api-timeout`, the reconcile fails with the
+/// `ApiTimeout` category and is retried, `/readyz` says why it is not
+/// ready, and the verdict is written once the server answers. A leader that
+/// cannot renew its lease on a hung server gives up at the renew deadline.
+#[tokio::test]
+async fn a_hung_api_server_stalls_no_reconcile_and_ends_a_leadership() {
+    let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("op-hung");
+    let client = cluster.client().await;
+    let proxy = HangingProxy::start(apiserver_addr(&cluster.kubeconfig));
+    let kubeconfig = proxy.kubeconfig(&cluster.kubeconfig);
+
+    // 12 CLOSE_WAIT sockets seen just now: Warning at once, Leaking when
+    // they turn 25 s old (a reconcile the operator schedules itself).
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    write_report_seen(&client, &ns.name, "api-1", &uid, 12, SignedDuration::ZERO).await;
+    apply_policy(cluster, &ns.name, "default", "  closeWait: {warningCount: 3, stuckCount: 5, minAge: 25s}\n");
+    let op = operator_with(&ns, "op-a", &kubeconfig, &["--leader-election=false", "--api-timeout", "2s"]);
+    let verdict = || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}");
+    eventually_explained(
+        "the Warning verdict",
+        WAIT,
+        || {
+            let v = verdict();
+            async move { (v == "Warning").then_some(()) }
+        },
+        || diagnosis(&op),
+    )
+    .await;
+    wait_for_readyz(&op, 200, WAIT).await;
+
+    proxy.hang();
+    // Three reconciles (the scheduled one, then retries 15 s apart) fail.
+    let unready = wait_for_readyz(&op, 503, Duration::from_secs(120)).await;
+    assert!(unready.contains("not ready: 3 API writes in a row failed or timed out"), "{unready}");
+    assert!(unready.contains("no answer from the API server within 2s"), "{unready}");
+    let logs = op.logs();
+    assert!(logs.contains("category=\"ApiTimeout\"") || logs.contains("category=ApiTimeout"), "{logs}");
+    let metrics = scrape(&metrics_addr(&op).expect("metrics address in the log"));
+    assert!(metrics.contains("connhealth_operator_reconciles_total{result=\"ApiTimeout\"}"), "{metrics}");
+    assert_eq!(verdict(), "Warning", "nothing got through the hung server");
+
+    proxy.resume();
+    eventually_explained(
+        "the Leaking verdict once the server answers",
+        Duration::from_secs(120),
+        || {
+            let v = verdict();
+            async move { (v == "Leaking").then_some(()) }
+        },
+        || diagnosis(&op),
+    )
+    .await;
+    wait_for_readyz(&op, 200, WAIT).await;
+    drop(op);
+
+    // A leader on a hung server: it cannot renew, so it stops leading (and
+    // exits, to restart as a follower) instead of acting on a stale lease.
+    let mut leader = operator_with(&ns, "op-leader", &kubeconfig, &["--api-timeout", "2s"]);
+    until(WAIT, "op-leader to lead", || leader.logs().contains("became leader")).await;
+    proxy.hang();
+    until(WAIT, "the hung leader to give up (its log is printed on failure)", || !leader.running()).await;
+    let logs = leader.logs();
+    assert!(logs.contains("lost the leader lease"), "{logs}");
+    proxy.resume();
+    let _ = std::fs::remove_file(&kubeconfig);
 }

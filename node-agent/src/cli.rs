@@ -517,6 +517,10 @@ mod tests {
             panic!("run")
         };
         assert_eq!(run.config().unwrap_err(), "--heartbeat (1s) must not be shorter than --scan-interval (15s)");
+        // Every API call has a deadline: 10s unless set, within bounds.
+        assert_eq!(config.api_timeout, Duration::from_secs(10));
+        let too_long = Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--api-timeout", "20m"]);
+        assert!(too_long.unwrap_err().to_string().contains("\"20m\" is out of range: use between 100ms and 10m"));
         assert!(
             Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--scan-interval", "soon"]).is_err()
         );

@@ -8,8 +8,10 @@
 //!   `hostNetwork: true` and carries no socket figures.
 //! - A pod whose namespace is not found yet (starting, terminating) is
 //!   retried each sweep and never reported as zero.
-//! - The API server down: sweeps go on, metrics stay current, and the
-//!   newest report per pod is written when it is back.
+//! - The API server down or hung: every call ends by `--api-timeout`
+//!   ([`connhealth_runtime::apiclient`]), sweeps go on, metrics stay
+//!   current, `/readyz` says writes are failing, and the newest report per
+//!   pod is written when it is back.
 //! - A restart reads the node's reports back, so unchanged pods are not
 //!   rewritten and CLOSE_WAIT first sightings carry over (conservatively:
 //!   ages are never overstated).
@@ -18,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use connhealth_runtime::apiclient::{self, ApiHealth};
 use connhealth_runtime::endpoint::{Endpoint, Readiness};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -75,6 +78,11 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "CONNHEALTH_LOG_FORMAT", value_enum, default_value_t = connhealth_runtime::logging::LogFormat::Text)]
     pub log_format: connhealth_runtime::logging::LogFormat,
+
+    /// Deadline of every call to the API server, retries included, e.g.
+    /// `10s`. A write that misses it is retried at the next sweep.
+    #[arg(long, env = "CONNHEALTH_API_TIMEOUT", default_value = apiclient::DEFAULT_API_TIMEOUT, value_parser = apiclient::parse_api_timeout)]
+    pub api_timeout: Duration,
 }
 
 impl RunArgs {
@@ -108,6 +116,7 @@ impl RunArgs {
             },
             metrics_addr: self.metrics_addr,
             owners_threshold: self.owners_threshold,
+            api_timeout: self.api_timeout,
         })
     }
 }
@@ -119,10 +128,9 @@ pub fn run_command(args: &RunArgs) -> anyhow::Result<()> {
     let config = args.config().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let client = Client::try_default()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot configure a Kubernetes client (in-cluster or KUBECONFIG): {e}"))?;
-        run(config, client).await
+        let api_health = ApiHealth::default();
+        let client = apiclient::connect(config.api_timeout, &api_health).await?;
+        run(config, client, api_health).await
     })
 }
 
@@ -141,13 +149,18 @@ pub struct AgentConfig {
     pub metrics_addr: SocketAddr,
     /// Owner lookup from this many CLOSE_WAIT sockets on.
     pub owners_threshold: u64,
+    /// Deadline of every API call.
+    pub api_timeout: Duration,
 }
 
-/// Runs cluster mode until SIGTERM/SIGINT.
-pub async fn run(config: AgentConfig, client: Client) -> anyhow::Result<()> {
+/// Runs cluster mode until SIGTERM/SIGINT. `api_health` is the record of
+/// `client`'s writes ([`apiclient::client_from_config`]): `/readyz` fails
+/// while they keep failing.
+pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
-    let readiness = Readiness::default();
+    api_health.register(registry.sub_registry_with_prefix("connhealth_agent"));
+    let readiness = Readiness::with_api_health(api_health);
     let endpoint = Endpoint::bind(config.metrics_addr, registry, readiness.clone()).await?;
     tracing::info!(addr = %endpoint.local_addr()?, node = %config.node_name, "serving /metrics, /healthz, /readyz");
     tokio::spawn(endpoint.serve());

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use connhealth_runtime::apiclient::{self, ApiHealth};
 use connhealth_runtime::endpoint::{Endpoint, Readiness};
 use connhealth_runtime::logging::{self, LogFormat};
 use prometheus_client::registry::Registry;
@@ -69,6 +70,12 @@ pub struct RunArgs {
     /// How often to try to acquire or renew the Lease, e.g. `2s`.
     #[arg(long, env = "CONNHEALTH_RETRY_PERIOD", default_value = "2s", value_parser = connhealth_runtime::parse_duration)]
     pub retry_period: Duration,
+
+    /// Deadline of every call to the API server, retries included, e.g.
+    /// `10s`. A reconcile whose write misses it fails and is retried; a
+    /// Lease renewal is bounded by the renew deadline as well.
+    #[arg(long, env = "CONNHEALTH_API_TIMEOUT", default_value = apiclient::DEFAULT_API_TIMEOUT, value_parser = apiclient::parse_api_timeout)]
+    pub api_timeout: Duration,
 }
 
 impl RunArgs {
@@ -99,14 +106,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = OperatorMetrics::register(&mut registry);
-    let readiness = Readiness::default();
+    let api_health = ApiHealth::default();
+    api_health.register(registry.sub_registry_with_prefix("connhealth_operator"));
+    let readiness = Readiness::with_api_health(api_health.clone());
     let endpoint = Endpoint::bind(args.metrics_addr, registry, readiness.clone()).await?;
     tracing::info!(addr = %endpoint.local_addr()?, "serving /metrics, /healthz, /readyz");
     tokio::spawn(endpoint.serve());
 
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot configure a Kubernetes client (in-cluster or KUBECONFIG): {e}"))?;
+    let client = apiclient::connect(args.api_timeout, &api_health).await?;
 
     if !args.leader_election {
         crate::controller::run(client, identity, metrics, readiness).await;
@@ -175,6 +182,9 @@ mod tests {
             "--renew-deadline (20s) must be shorter than --lease-duration (15s)"
         );
         assert!(parse(&["--retry-period", "10s"]).validate().unwrap_err().starts_with("--retry-period (10s)"));
+        assert_eq!(run.api_timeout, Duration::from_secs(10));
+        let too_short = Cli::try_parse_from(["connhealth-operator", "run", "--api-timeout", "50ms"]).unwrap_err();
+        assert!(too_short.to_string().contains("\"50ms\" is out of range"), "{too_short}");
         assert!(Cli::try_parse_from(["connhealth-operator", "run", "--lease-duration", "long"]).is_err());
     }
 }

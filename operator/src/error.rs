@@ -47,6 +47,8 @@ impl Error {
             Error::Kube { source: kube::Error::Api(status), .. } if status.code == 404 => "NotFound",
             Error::Kube { source: kube::Error::Api(status), .. } if status.code == 422 => "Invalid",
             Error::Kube { source: kube::Error::Api(_), .. } => "ApiError",
+            Error::Kube { source, .. } if connhealth_runtime::apiclient::is_deadline_exceeded(source) => "ApiTimeout",
+            Error::Event { source, .. } if connhealth_runtime::apiclient::is_deadline_exceeded(source) => "ApiTimeout",
             Error::Kube { .. } => "ApiUnreachable",
             Error::Event { .. } => "EventPublishFailed",
             Error::NoNamespace(_) => "NoNamespace",

@@ -5,7 +5,8 @@
 //! other machines' clocks); updates carry the `resourceVersion` read, so two
 //! replicas racing for the same lease cannot both win; the holder renews
 //! every retry period and gives up (the process exits and restarts as a
-//! follower) when it could not renew within the renew deadline.
+//! follower) when it could not renew within the renew deadline — also when
+//! the API server hangs: a renewal attempt never outlasts that deadline.
 
 use std::time::{Duration, Instant};
 
@@ -78,11 +79,21 @@ impl LeaderElector {
     }
 
     /// Renews the lease until it is lost; returns why. Only returns on loss.
+    /// An attempt that has not succeeded by the renew deadline (the API
+    /// server hangs) counts as a loss: no replica acts on a lease it cannot
+    /// show it still holds.
     pub async fn hold(&mut self) -> Error {
         let mut last_renewal = Instant::now();
         loop {
             tokio::time::sleep(self.config.retry_period).await;
-            match self.try_acquire_or_renew().await {
+            let give_up_at = tokio::time::Instant::from_std(last_renewal + self.config.renew_deadline);
+            let Ok(attempt) = tokio::time::timeout_at(give_up_at, self.try_acquire_or_renew()).await else {
+                return Error::LostLease {
+                    lease: self.lease_name(),
+                    why: format!("not renewed within {:?}: the API server did not answer", self.config.renew_deadline),
+                };
+            };
+            match attempt {
                 Ok(true) => last_renewal = Instant::now(),
                 Ok(false) => {
                     return Error::LostLease { lease: self.lease_name(), why: "another replica holds it".into() };

@@ -15,19 +15,37 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-/// Readiness as the component reports it; `/readyz` answers 200 only while
-/// it is set.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+use crate::apiclient::ApiHealth;
+
+/// Readiness as the component reports it, and (when given) whether its
+/// writes reach the API server: `/readyz` answers 200 only while the
+/// component says it is ready and [`ApiHealth::problem`] has none; otherwise
+/// 503 with the reason in one line.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    api: Option<ApiHealth>,
+}
 
 impl Readiness {
+    /// Readiness that also fails while writes to the API server keep
+    /// failing.
+    pub fn with_api_health(api: ApiHealth) -> Self {
+        Self { ready: Arc::default(), api: Some(api) }
+    }
     /// Marks the component ready (or not).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.ready.store(ready, Ordering::Relaxed);
     }
-    /// Whether the component is ready.
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+    /// `Ok` when ready; otherwise why not.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("not ready: starting (caches not synced or no sweep done yet)".into());
+        }
+        match self.api.as_ref().and_then(|api| api.problem(std::time::SystemTime::now())) {
+            Some(problem) => Err(format!("not ready: {problem}")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -97,8 +115,10 @@ async fn respond(
     }
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if readiness.get() => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/readyz" => match readiness.check() {
+            Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         "/metrics" => {
             let mut body = String::new();
             match prometheus_client::encoding::text::encode(&mut body, &registry) {
@@ -155,6 +175,40 @@ mod tests {
         assert!(metrics.contains("# HELP demo_things Things counted for the test"), "{metrics}");
         assert!(metrics.contains("demo_things_total 3"), "{metrics}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn readiness_fails_with_the_reason_while_writes_keep_failing() {
+        let health = ApiHealth::default();
+        let readiness = Readiness::with_api_health(health.clone());
+        let endpoint =
+            Endpoint::bind("127.0.0.1:0".parse().unwrap(), Registry::default(), readiness.clone()).await.unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let server = tokio::spawn(endpoint.serve());
+
+        let starting = get(addr, "/readyz").await;
+        assert!(
+            starting.starts_with("HTTP/1.1 503")
+                && starting.ends_with("not ready: starting (caches not synced or no sweep done yet)\n"),
+            "{starting}"
+        );
+        readiness.set(true);
+        for _ in 0..crate::apiclient::FAILED_WRITES_BEFORE_UNREADY - 1 {
+            health.record_failure("PATCH /x: 503 Service Unavailable".into());
+        }
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"), "two failures are not enough");
+        health.record_failure("PATCH /x: no answer".into());
+        let failing = get(addr, "/readyz").await;
+        assert!(failing.starts_with("HTTP/1.1 503"), "{failing}");
+        assert!(
+            failing.ends_with(
+                "not ready: 3 API writes in a row failed or timed out (the last: PATCH /x: no answer); no write has succeeded yet\n"
+            ),
+            "{failing}"
+        );
+        health.record_success(std::time::SystemTime::now());
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         server.abort();
     }
 }

@@ -1,10 +1,12 @@
 //! What connhealth's two binaries share at run time, so neither writes it
-//! again: logging setup ([`logging`]) and the small HTTP endpoint that
+//! again: logging setup ([`logging`]), the Kubernetes client with a
+//! deadline on every call ([`apiclient`]), the small HTTP endpoint that
 //! serves `/metrics`, `/healthz` and `/readyz` ([`endpoint`]), the shutdown
 //! signal ([`shutdown_signal`]), the duration syntax of flags
 //! ([`parse_duration`]) and the rule for root-only tests
 //! ([`can_run_privileged_test`]).
 
+pub mod apiclient;
 pub mod endpoint;
 pub mod logging;
 
