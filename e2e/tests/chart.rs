@@ -136,6 +136,7 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 const EVERYTHING_ON: &str = r#"
 commonLabels: {team: platform}
 logFormat: json
+apiTimeout: 20s
 serviceMonitor: {enabled: true, labels: {release: prometheus}, interval: 1m, scrapeTimeout: 20s}
 prometheusRule: {enabled: true, labels: {release: prometheus}, alertLabels: {team: platform}, leakingFor: 15m}
 grafanaDashboard: {enabled: true, annotations: {grafana_folder: Networking}}
@@ -337,6 +338,7 @@ fn schema_refuses_wrong_values_with_a_clear_message() {
         (&["--set", "agent.metrics.port=70000"], &["/agent/metrics/port", "maximum"]),
         (&["--set", "agent.resources.limits.memory=lots"], &["/agent/resources/limits/memory"]),
         (&["--set", "logFormat=xml"], &["/logFormat", "json"]),
+        (&["--set-string", "apiTimeout=10"], &["/apiTimeout", "does not match pattern"]),
         (&["--set", "agent.scanIntervall=15s"], &["/agent", "scanIntervall", "not allowed"]),
         (&["--set", "defaultPolicy.namespaces[0]=Not_A_Namespace"], &["/defaultPolicy/namespaces/0"]),
         // Not a type error, but refused as early: without a leader every replica would act.
@@ -594,6 +596,7 @@ fn agent_daemonset_has_the_documented_security_model_and_settings() {
     assert_eq!(env_value(c, "CONNHEALTH_HEARTBEAT"), "10m");
     assert_eq!(env_value(c, "CONNHEALTH_METRICS_ADDR"), "0.0.0.0:9090");
     assert_eq!(env_value(c, "CONNHEALTH_LOG_FORMAT"), "text");
+    assert_eq!(env_value(c, "CONNHEALTH_API_TIMEOUT"), "10s");
     let port = &c.ports.as_deref().unwrap()[0];
     assert_eq!((port.name.as_deref(), port.container_port), (Some("metrics"), 9090));
     assert_eq!(probe_path(&c.liveness_probe), "/healthz");
@@ -652,6 +655,7 @@ fn operator_deployment_has_the_documented_security_model_and_settings() {
     assert_eq!(env_field_ref(c, "POD_NAMESPACE"), "metadata.namespace");
     assert_eq!(env_value(c, "CONNHEALTH_METRICS_ADDR"), "0.0.0.0:8080");
     assert_eq!(env_value(c, "CONNHEALTH_LEADER_ELECTION"), "true");
+    assert_eq!(env_value(c, "CONNHEALTH_API_TIMEOUT"), "10s");
     assert_eq!(probe_path(&c.liveness_probe), "/healthz");
     assert_eq!(probe_path(&c.readiness_probe), "/readyz");
     assert!(c.resources.as_ref().unwrap().limits.is_some() && c.resources.as_ref().unwrap().requests.is_some());
