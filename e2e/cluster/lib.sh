@@ -1,10 +1,11 @@
 # shellcheck shell=bash
-# Shared by up and down (sourced, not run); e2e/node sources it for pid_alive.
+# Shared by up and down (sourced, not run); e2e/node/{up,down} source it too
+# (pid_alive, start_supervised, exit_record).
 # Processes are recorded as $dir/pids/NAME.pid; a pid counts as ours only while
 # its command line still mentions $dir (guards against pid reuse: pid_max is
 # 32768 here and pids wrap around within one test run).
 #
-# Each component runs under a small supervisor (see supervise), whose pid is
+# Each component runs under a small supervisor (start_supervised, supervise), whose pid is
 # $dir/pids/NAME.supervisor.pid. The supervisor writes NAME.pid only once the
 # component has exec'd, and $dir/logs/NAME.exit when it ends.
 
@@ -50,6 +51,21 @@ running_supervisors() {
   local name
   for name in "${cluster_components[@]}"; do
     if pid_alive "$1" "$name.supervisor"; then echo "$name"; fi
+  done
+}
+
+# wait_for_supervisors DIR NAME...: wait (up to 5 s) until the supervisors of
+# these components have exited (each exits right after its component).
+wait_for_supervisors() {
+  local dir=$1 name i alive
+  shift
+  for ((i = 0; i < 50; i++)); do
+    alive=
+    for name in "$@"; do
+      if pid_alive "$dir" "$name.supervisor"; then alive=1; fi
+    done
+    [[ -n $alive ]] || return 0
+    sleep 0.1
   done
 }
 
@@ -125,6 +141,31 @@ supervise() {
   echo "supervisor: $line" >>"$dir/logs/$name.log" 2>/dev/null
   echo "$line" >"$dir/logs/$name.exit.tmp" 2>/dev/null && mv -f "$dir/logs/$name.exit.tmp" "$dir/logs/$name.exit" 2>/dev/null
   return 0
+}
+
+# start_supervised DIR DEADLINE NAME PROGRAM ARGS...: run NAME under a
+# supervisor (see supervise) in its own session, detached from the caller's
+# stdio and its lock fd 9 (so a caller reading the script's stdout is not kept
+# waiting), appending to $DIR/logs/NAME.log. Returns once the supervisor has
+# published NAME's pid (written only after NAME has exec'd, so that pid_alive
+# never sees a half-started process) or NAME has already ended (its exit
+# record says how), bounded by DEADLINE (a value of $SECONDS). Used by
+# e2e/cluster/up and e2e/node/up.
+start_supervised() {
+  local dir=$1 deadline=$2 name=$3 sup
+  shift 3
+  rm -f "$dir/pids/$name.pid" "$dir/logs/$name.exit"
+  # shellcheck disable=SC2016 # $1 and $@ belong to the supervisor's bash
+  setsid bash -c 'source "$1" && shift && supervise "$@"' connhealth-supervise "${BASH_SOURCE[0]}" "$dir" "$name" "$@" \
+    </dev/null >>"$dir/logs/$name.log" 2>&1 9>&- &
+  sup=$!
+  echo "$sup" >"$dir/pids/$name.supervisor.pid"
+  # Normally a few milliseconds.
+  until [[ -s $dir/pids/$name.pid || -e $dir/logs/$name.exit ]]; do
+    [[ -e /proc/$sup ]] || break # the supervisor itself failed: the caller's liveness check reports it
+    ((SECONDS < deadline)) || break
+    sleep 0.02
+  done
 }
 
 # stop_processes DIR: SIGTERM what we started, wait up to 20 s, SIGKILL the

@@ -69,6 +69,9 @@ stop_node() {
     for ((i = 0; i < 100; i++)); do pid_alive "$dir" containerd || break; sleep 0.1; done
     pid_alive "$dir" containerd && kill -KILL "$pid" 2>/dev/null
   fi
+  # The supervisors record how their components ended and exit: wait for
+  # that, so that nothing writes into $dir after we return.
+  wait_for_supervisors "$dir" "${node_components[@]}"
   # Shims left over (containerd killed before their tasks were deleted).
   for pid in $(pgrep -f -- "containerd-shim-runc-v2 -namespace k8s.io .*-address $node_dir/" 2>/dev/null); do
     kill -KILL "$pid" 2>/dev/null || true
