@@ -176,9 +176,10 @@ impl Cluster {
         self.kubeconfig.parent().expect("kubeconfig has a directory").to_path_buf()
     }
 
-    /// Stops kube-apiserver (only it: etcd and the data stay), for tests of
-    /// behaviour while the API server is away. The returned guard starts it
-    /// again with the same command line, when told or when dropped.
+    /// Stops kube-apiserver (only it: etcd and the data stay) and returns
+    /// once its process is gone, for tests of behaviour while the API server
+    /// is away. The returned guard starts it again with the same command
+    /// line, when told or when dropped.
     pub fn stop_apiserver(&self) -> StoppedApiserver {
         let dir = self.state_dir();
         let pid_file = dir.join("pids/kube-apiserver.pid");
@@ -189,11 +190,23 @@ impl Cluster {
             .filter(|a| !a.is_empty())
             .map(|a| <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a).to_owned())
             .collect();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
+        // After SIGTERM kube-apiserver closes its listener at once but keeps
+        // serving open connections (watches) for about a minute, while a new
+        // server can already bind the port: an "outage" that ended with two
+        // servers, one of them draining, tests nothing clear. So: SIGTERM,
+        // then SIGKILL what is left after 10 s, and return only once it is
+        // gone.
+        for signal in ["-TERM", "-KILL"] {
+            let _ = Command::new("kill").args([signal, &pid]).stderr(Stdio::null()).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !process_exited(&pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if process_exited(&pid) {
+                break;
+            }
         }
+        assert!(process_exited(&pid), "kube-apiserver (pid {pid}) survived SIGKILL for 10 s");
         StoppedApiserver {
             argv,
             pid_file,
@@ -201,6 +214,15 @@ impl Cluster {
             cluster: self.clone(),
             started: false,
         }
+    }
+}
+
+/// Whether process `pid` has exited: gone, or a zombie not yet reaped.
+fn process_exited(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last ')'.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
