@@ -291,11 +291,23 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
-    /// Creates `<prefix>-<random>`.
+    /// Creates `<prefix>-<random>` and returns once it can hold pods: the
+    /// API server refuses a pod until the namespace's `default`
+    /// ServiceAccount exists, which kube-controller-manager creates a moment
+    /// after the namespace (seconds on a loaded machine). Kubernetes' own
+    /// e2e framework waits for it the same way.
     pub fn new(prefix: &str) -> Self {
         let cluster = Cluster::get();
         let name = format!("{prefix}-{}", random_suffix());
         cluster.kubectl_ok(&["create", "namespace", &name]).expect("create the test namespace");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !cluster.kubectl_run(&["get", "serviceaccount", "default", "-n", &name]).0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "namespace {name}: no default ServiceAccount after 60s (is kube-controller-manager running?)"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         TestNamespace { name, cluster }
     }
 
