@@ -176,10 +176,9 @@ impl Cluster {
         self.kubeconfig.parent().expect("kubeconfig has a directory").to_path_buf()
     }
 
-    /// Stops kube-apiserver (only it: etcd and the data stay) and returns
-    /// once its process is gone, for tests of behaviour while the API server
-    /// is away. The returned guard starts it again with the same command
-    /// line, when told or when dropped.
+    /// Stops kube-apiserver (only it: etcd and the data stay), for tests of
+    /// behaviour while the API server is away. The returned guard starts it
+    /// again with the same command line, when told or when dropped.
     pub fn stop_apiserver(&self) -> StoppedApiserver {
         let dir = self.state_dir();
         let pid_file = dir.join("pids/kube-apiserver.pid");
@@ -190,23 +189,17 @@ impl Cluster {
             .filter(|a| !a.is_empty())
             .map(|a| <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a).to_owned())
             .collect();
-        // After SIGTERM kube-apiserver closes its listener at once but keeps
-        // serving open connections (watches) for about a minute, while a new
-        // server can already bind the port: an "outage" that ended with two
-        // servers, one of them draining, tests nothing clear. So: SIGTERM,
-        // then SIGKILL what is left after 10 s, and return only once it is
-        // gone.
-        for signal in ["-TERM", "-KILL"] {
-            let _ = Command::new("kill").args([signal, &pid]).stderr(Stdio::null()).status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !process_exited(&pid) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if process_exited(&pid) {
-                break;
-            }
+        // A graceful stop, as a rolling restart does it: kube-apiserver
+        // closes its listener at once and drains open watches for up to a
+        // minute, so the restarted server may overlap the draining one.
+        // (Killing it after 10 s instead left kube-controller-manager, which
+        // stays up through these restarts, without a working garbage
+        // collector or ServiceAccount controller after a few of them.)
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(process_exited(&pid), "kube-apiserver (pid {pid}) survived SIGKILL for 10 s");
         StoppedApiserver {
             argv,
             pid_file,
@@ -214,15 +207,6 @@ impl Cluster {
             cluster: self.clone(),
             started: false,
         }
-    }
-}
-
-/// Whether process `pid` has exited: gone, or a zombie not yet reaped.
-fn process_exited(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // `pid (comm) S ...`: the state follows the last ')'.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
