@@ -242,10 +242,11 @@ async fn a_hung_api_server_stalls_no_reconcile_and_ends_a_leadership() {
     let kubeconfig = proxy.kubeconfig(&cluster.kubeconfig);
 
     // 12 CLOSE_WAIT sockets seen just now: Warning at once, Leaking when
-    // they turn 25 s old (a reconcile the operator schedules itself).
+    // they turn 40 s old (a reconcile the operator schedules itself; the
+    // margin lets a slow start still see Warning first).
     let uid = create_pod(&client, &ns.name, "api-1").await;
     write_report_seen(&client, &ns.name, "api-1", &uid, 12, SignedDuration::ZERO).await;
-    apply_policy(cluster, &ns.name, "default", "  closeWait: {warningCount: 3, stuckCount: 5, minAge: 25s}\n");
+    apply_policy(cluster, &ns.name, "default", "  closeWait: {warningCount: 3, stuckCount: 5, minAge: 40s}\n");
     let op = operator_with(&ns, "op-a", &kubeconfig, &["--leader-election=false", "--api-timeout", "2s"]);
     let verdict = || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}");
     eventually_explained(
