@@ -138,9 +138,9 @@ async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
 
     // Deleting a pod removes its report (garbage collection, by the owner
     // reference) and the agent removes its series. Checked here, before the
-    // outage: after an API server restart kube-controller-manager's garbage
-    // collector re-discovers resources on its own 30 s cycle and was once
-    // seen to leave a report for over 90 s — its business, not the agent's.
+    // outage: how soon kube-controller-manager's garbage collector recovers
+    // from an API server restart is its business, not the agent's (once,
+    // with the server killed abruptly, it left a report for over 90 s).
     let addr = metrics_addr(&agent).expect("metrics address in the log");
     let series = |pod: &str| format!("connhealth_agent_close_wait_stuck{{namespace=\"{}\",pod=\"{pod}\"}}", ns.name);
     assert!(scrape(&addr).contains(&series("healthy")), "{}", scrape(&addr));
