@@ -180,6 +180,41 @@ pub struct TcpStateCounts {
     pub closing: i64,
 }
 
+/// `from_kernel_order` and `in_kernel_order` from one list of the fields in
+/// the kernel's state order.
+macro_rules! kernel_order {
+    ($($state:ident),* $(,)?) => {
+        impl TcpStateCounts {
+            /// The counts in the kernel's state order (ESTABLISHED = 1 first,
+            /// CLOSING = 11 last), the order of the scanner's state table.
+            pub fn from_kernel_order(counts: [i64; 11]) -> Self {
+                let [$($state),*] = counts;
+                Self { $($state),* }
+            }
+
+            /// The counts in the kernel's state order, as
+            /// [`TcpStateCounts::from_kernel_order`] takes them.
+            pub fn in_kernel_order(&self) -> [i64; 11] {
+                [$(self.$state),*]
+            }
+        }
+    };
+}
+
+kernel_order!(
+    established,
+    syn_sent,
+    syn_recv,
+    fin_wait1,
+    fin_wait2,
+    time_wait,
+    close,
+    close_wait,
+    last_ack,
+    listen,
+    closing,
+);
+
 /// CLOSE_WAIT sockets: how many, how old, towards whom, held by which process.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -18,7 +18,7 @@ use crate::{Cluster, random_suffix, workspace_binary};
 
 /// Root tests skip with a message when not root, and fail under CI.
 pub fn require_root() -> bool {
-    connhealth_runtime::can_run_privileged_test("this cluster test (FakePod)")
+    connhealth_scan::testing::can_run_privileged_test("this cluster test (FakePod)")
 }
 
 /// The cgroup v1 named hierarchy the fake kubelet uses.

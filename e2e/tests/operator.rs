@@ -297,3 +297,125 @@ async fn a_hung_api_server_stalls_no_reconcile_and_ends_a_leadership() {
     proxy.resume();
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+/// A cluster-scoped ValidatingAdmissionPolicy and its binding, for one test
+/// namespace; deleted on drop, whatever the test's outcome.
+struct AdmissionPolicy<'a> {
+    cluster: &'a Cluster,
+    name: String,
+}
+
+impl Drop for AdmissionPolicy<'_> {
+    fn drop(&mut self) {
+        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+            self.cluster.kubectl_run(&["delete", kind, &self.name, "--ignore-not-found"]);
+        }
+    }
+}
+
+/// What a policy engine (Kyverno, Gatekeeper) does to an operator it does
+/// not trust: it refuses the `connhealth.io/` annotations on pods of
+/// `namespace` with 403 Forbidden.
+fn refuse_annotations<'a>(cluster: &'a Cluster, namespace: &str) -> AdmissionPolicy<'a> {
+    let name = format!("chtest-no-annotations-{namespace}");
+    let yaml = format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {name}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - {{apiGroups: [""], apiVersions: ["v1"], operations: ["UPDATE"], resources: ["pods"]}}
+  validations:
+    - expression: "!has(object.metadata.annotations) || !('connhealth.io/verdict' in object.metadata.annotations)"
+      message: connhealth annotations are not allowed in this namespace
+      reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {name}}}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {namespace}}}
+"#
+    );
+    let guard = AdmissionPolicy { cluster, name };
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(ok, "kubectl apply of the admission policy failed: {stderr}");
+    guard
+}
+
+#[tokio::test]
+async fn a_refused_write_is_a_warning_event_on_the_policy_named_by_its_category() {
+    let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("op-refused");
+    let client = cluster.client().await;
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    write_report(&client, &ns.name, "api-1", &uid, 12).await;
+    let _refusal = refuse_annotations(cluster, &ns.name);
+    // Admission policies take effect a moment after they are created: wait
+    // until the API server refuses the annotation itself.
+    until(WAIT, "the admission policy to refuse connhealth annotations", || {
+        let (ok, _, stderr) = cluster.kubectl_run(&[
+            "annotate",
+            "pod",
+            "api-1",
+            "-n",
+            &ns.name,
+            "connhealth.io/verdict=Leaking",
+            "--dry-run=server",
+        ]);
+        !ok && stderr.contains("connhealth annotations are not allowed in this namespace")
+    })
+    .await;
+
+    let op = operator(&ns, "op-a");
+    apply_policy(cluster, &ns.name, "default", "  podSelector: {matchLabels: {app: api}}\n");
+    // The verdict is written before the annotations, which are refused.
+    until(WAIT, "the report's verdict to be Leaking", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Leaking"
+    })
+    .await;
+    let policy_events = || {
+        cluster
+            .kubectl_ok(&[
+                "get",
+                "events.events.k8s.io",
+                "-n",
+                &ns.name,
+                "--field-selector",
+                "regarding.kind=ConnectionHealthPolicy,regarding.name=default",
+                "-o",
+                "jsonpath={range .items[*]}{.type}|{.reason}|{.action}|{.series.count}|{.note}{\"\\n\"}{end}",
+            ])
+            .map(|out| out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect::<Vec<_>>())
+    };
+    until(WAIT, "a Warning Event on the policy", || policy_events().is_ok_and(|e| !e.is_empty())).await;
+    let events = policy_events().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let fields: Vec<&str> = events[0].splitn(5, '|').collect();
+    assert_eq!(fields[..4], ["Warning", "Forbidden", "Reconcile", ""], "{events:?}");
+    assert!(fields[4].contains("connhealth annotations are not allowed in this namespace"), "{events:?}");
+    assert!(fields[4].contains("api-1"), "the note names the pod: {events:?}");
+
+    // The reconcile keeps failing and is retried, but the Event is not
+    // repeated (not even as a series) within its interval.
+    let failures = || {
+        let metrics = scrape(&metrics_addr(&op).expect("metrics address in the log"));
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("connhealth_operator_reconciles_total{result=\"Forbidden\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    until(WAIT, "a second failed reconcile", || failures() >= 2.0).await;
+    assert_eq!(policy_events().unwrap(), events, "no second Event within the interval");
+    // What kubectl describe shows a person.
+    let described = cluster.kubectl_ok(&["describe", "chp", "default", "-n", &ns.name]).unwrap();
+    assert!(described.contains("Warning  Forbidden"), "{described}");
+}

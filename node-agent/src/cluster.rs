@@ -29,104 +29,22 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 
-use crate::discovery::{self, DiscoveryOptions};
+use connhealth_runtime::error_chain;
+use connhealth_scan::discovery::{self, DiscoveryOptions};
+use connhealth_scan::scan::{NamespaceReport, ScanConfig, Scanner, SweepReport, Target};
+
+use crate::args::RunArgs;
+use crate::error::Error;
 use crate::metrics::{AgentMetrics, KindLabels, PodLabels, PodStateLabels};
-use crate::netns::NetnsId;
 use crate::report::{self, ChangeRule, MAX_FIRST_SEEN_GROUPS, ReportContext};
 use crate::reporter::{PodKey, Reporter};
-use crate::scan::{NamespaceReport, ScanConfig, Scanner, SweepReport, Target};
-use crate::sockdiag::TcpState;
-
-/// Settings of `connhealth-agent run`, by flag or environment variable.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    /// This node's name; the DaemonSet sets it from `spec.nodeName`.
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: String,
-
-    /// Time between sweeps, e.g. `15s`.
-    #[arg(long, env = "CONNHEALTH_SCAN_INTERVAL", default_value = "15s", value_parser = connhealth_runtime::parse_duration)]
-    pub scan_interval: Duration,
-
-    /// Age at which a CLOSE_WAIT socket counts as stuck in reports and
-    /// metrics, e.g. `2m`. (Policies apply their own `minAge` to the
-    /// first-sighting times the report carries.)
-    #[arg(long, env = "CONNHEALTH_CLOSE_WAIT_MIN_AGE", default_value = "2m", value_parser = connhealth_runtime::parse_duration)]
-    pub close_wait_min_age: Duration,
-
-    /// An unchanged report is rewritten after this long, e.g. `10m`.
-    #[arg(long, env = "CONNHEALTH_HEARTBEAT", default_value = "10m", value_parser = connhealth_runtime::parse_duration)]
-    pub heartbeat: Duration,
-
-    /// A state count must move by at least this many sockets to be written...
-    #[arg(long, env = "CONNHEALTH_CHANGE_ABS", default_value_t = 5)]
-    pub change_abs: u64,
-
-    /// ...and by at least this fraction of its previous value.
-    #[arg(long, env = "CONNHEALTH_CHANGE_REL", default_value_t = 0.1)]
-    pub change_rel: f64,
-
-    /// Look up the processes holding CLOSE_WAIT sockets in pods with at
-    /// least this many.
-    #[arg(long, env = "CONNHEALTH_OWNERS_THRESHOLD", default_value_t = 10)]
-    pub owners_threshold: u64,
-
-    /// Address of the /metrics, /healthz and /readyz endpoint.
-    #[arg(long, env = "CONNHEALTH_METRICS_ADDR", default_value = "0.0.0.0:9090")]
-    pub metrics_addr: SocketAddr,
-
-    /// Log format.
-    #[arg(long, env = "CONNHEALTH_LOG_FORMAT", value_enum, default_value_t = connhealth_runtime::logging::LogFormat::Text)]
-    pub log_format: connhealth_runtime::logging::LogFormat,
-
-    /// Deadline of every call to the API server, retries included, e.g.
-    /// `10s`. A write that misses it is retried at the next sweep.
-    #[arg(long, env = "CONNHEALTH_API_TIMEOUT", default_value = apiclient::DEFAULT_API_TIMEOUT, value_parser = apiclient::parse_api_timeout)]
-    pub api_timeout: Duration,
-}
-
-impl RunArgs {
-    /// Checks what clap cannot and builds the configuration; one line per
-    /// problem.
-    pub fn config(&self) -> Result<AgentConfig, String> {
-        if self.node_name.trim().is_empty() {
-            return Err("--node-name (NODE_NAME) is empty; set it from the downward API (spec.nodeName)".into());
-        }
-        if self.scan_interval < Duration::from_millis(100) {
-            return Err(format!("--scan-interval {:?} is too short; use at least 100ms", self.scan_interval));
-        }
-        if self.heartbeat < self.scan_interval {
-            return Err(format!(
-                "--heartbeat ({:?}) must not be shorter than --scan-interval ({:?})",
-                self.heartbeat, self.scan_interval
-            ));
-        }
-        if !(0.0..=10.0).contains(&self.change_rel) {
-            return Err(format!("--change-rel {} must be between 0 and 10 (a fraction, 0.1 = 10 %)", self.change_rel));
-        }
-        Ok(AgentConfig {
-            node_name: self.node_name.clone(),
-            scan_interval: self.scan_interval,
-            close_wait_min_age: self.close_wait_min_age,
-            change: ChangeRule {
-                abs_margin: self.change_abs,
-                rel_margin: self.change_rel,
-                heartbeat: self.heartbeat,
-                ..ChangeRule::default()
-            },
-            metrics_addr: self.metrics_addr,
-            owners_threshold: self.owners_threshold,
-            api_timeout: self.api_timeout,
-        })
-    }
-}
 
 /// `connhealth-agent run`: validates the settings, connects, runs until a
 /// shutdown signal.
-pub fn run_command(args: &RunArgs) -> anyhow::Result<()> {
+pub fn run_command(args: &RunArgs) -> Result<(), Error> {
     connhealth_runtime::logging::init(args.log_format, "info,kube_runtime=warn");
-    let config = args.config().map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let config = args.config()?;
+    let runtime = tokio::runtime::Runtime::new().map_err(Error::AsyncRuntime)?;
     runtime.block_on(async move {
         let api_health = ApiHealth::default();
         let client = apiclient::connect(config.api_timeout, &api_health).await?;
@@ -156,19 +74,21 @@ pub struct AgentConfig {
 /// Runs cluster mode until SIGTERM/SIGINT. `api_health` is the record of
 /// `client`'s writes ([`apiclient::client_from_config`]): `/readyz` fails
 /// while they keep failing.
-pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> anyhow::Result<()> {
+pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> Result<(), Error> {
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
     api_health.register(registry.sub_registry_with_prefix("connhealth_agent"));
     let readiness = Readiness::with_api_health(api_health);
     let endpoint = Endpoint::bind(config.metrics_addr, registry, readiness.clone()).await?;
-    tracing::info!(addr = %endpoint.local_addr()?, node = %config.node_name, "serving /metrics, /healthz, /readyz");
+    let addr = endpoint.local_addr().map_or_else(|_| config.metrics_addr.to_string(), |a| a.to_string());
+    tracing::info!(%addr, node = %config.node_name, "serving /metrics, /healthz, /readyz");
     tokio::spawn(endpoint.serve());
 
     let pods = watch_node_pods(client.clone(), &config.node_name);
     let mut reporter = Reporter::new(client, config.node_name.clone(), config.change, metrics.clone());
     let mut scan_config = ScanConfig::default();
     scan_config.aggregate.min_age = config.close_wait_min_age;
+    scan_config.aggregate.limits.first_seen_groups = MAX_FIRST_SEEN_GROUPS;
     scan_config.owners_threshold = Some(config.owners_threshold);
     let mut agent =
         Agent { scanner: Some(Scanner::new(scan_config.clone())), scan_config, metrics, seeds: HashMap::new() };
@@ -190,12 +110,12 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
         }
         if !restored {
             match reporter.restore().await {
-                Ok(statuses) => {
-                    agent.seeds = statuses;
+                Ok(seeds) => {
+                    agent.seeds = seeds;
                     restored = true;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot read this node's reports yet; sweeping without them");
+                    tracing::warn!(error = %error_chain(&error), "cannot read this node's reports yet; sweeping without them");
                 }
             }
         }
@@ -215,7 +135,7 @@ fn watch_node_pods(client: Client, node: &str) -> Store<Pod> {
         stream
             .for_each(|event| async move {
                 if let Err(error) = event {
-                    tracing::warn!(%error, "watching this node's pods failed; retrying");
+                    tracing::warn!(error = %error_chain(&error), "watching this node's pods failed; retrying");
                 }
             })
             .await;
@@ -236,9 +156,9 @@ struct Agent {
     /// `None` only while a sweep runs on the blocking pool.
     scanner: Option<Scanner>,
     metrics: AgentMetrics,
-    /// Statuses read back at start, consumed by the first sweep that sees
-    /// each pod.
-    seeds: HashMap<PodKey, connhealth_crds::ConnectionHealthStatus>,
+    /// CLOSE_WAIT first sightings by pod UID, read back from the reports
+    /// at start; each travels with its pod's first target to the scanner.
+    seeds: HashMap<String, Vec<(SystemTime, u64)>>,
 }
 
 /// A pod of this node as the sweep needs it.
@@ -278,46 +198,30 @@ impl Agent {
 
         let mut scanner = self.scanner.take().expect("one sweep at a time");
         let wanted: HashSet<String> = node_pods.iter().filter(|p| !p.host_network).map(|p| p.uid.clone()).collect();
-        let seeds: Vec<(String, Vec<(SystemTime, u64)>)> = node_pods
-            .iter()
-            .filter_map(|p| {
-                let status = self.seeds.remove(&p.key)?;
-                let groups = status.close_wait?.first_seen;
-                Some((
-                    p.uid.clone(),
-                    groups.iter().map(|g| (SystemTime::from(g.since.0), g.count.max(0) as u64)).collect(),
-                ))
-            })
-            .collect();
+        // Seeds of pods that left the node are of no use any more.
+        self.seeds.retain(|uid, _| wanted.contains(uid));
+        let seeds = self.seeds.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let targets = pod_targets(&wanted);
-            for (uid, groups) in &seeds {
-                if let Some(target) = targets.iter().find(|t| t.label.pod_uid.as_deref() == Some(uid)) {
-                    scanner.seed_close_wait_first_seen(target.id, groups);
-                }
-            }
+            let targets = pod_targets(&wanted, &seeds);
             let sweep = scanner.sweep(&targets);
-            let now = SystemTime::now();
-            let first_seen: HashMap<NetnsId, Vec<(SystemTime, u64)>> = sweep
-                .namespaces
-                .iter()
-                .map(|ns| {
-                    let id = NetnsId { dev: ns.dev, ino: ns.inode };
-                    (id, report::group_first_seen(&scanner.close_wait_first_seen(id, now), MAX_FIRST_SEEN_GROUPS))
-                })
-                .collect();
-            (scanner, sweep, first_seen)
+            (scanner, sweep)
         })
         .await;
-        let (scanner, sweep, first_seen) = match joined {
+        let (scanner, sweep) = match joined {
             Ok(done) => done,
             Err(error) => {
                 // A panic inside the scanner: start afresh rather than stop.
-                tracing::error!(%error, "a sweep panicked; starting with a fresh scanner");
+                tracing::error!(error = %error_chain(&error), "a sweep panicked; starting with a fresh scanner");
                 self.scanner = Some(Scanner::new(self.scan_config.clone()));
                 return;
             }
         };
+        // A pod's seeds are used when its namespace is first scanned.
+        for ns in &sweep.namespaces {
+            if let Some(uid) = &ns.label.pod_uid {
+                self.seeds.remove(uid);
+            }
+        }
         self.scanner = Some(scanner);
         self.record_sweep(&sweep);
 
@@ -326,17 +230,12 @@ impl Agent {
             sweep.namespaces.iter().filter_map(|ns| Some((ns.label.pod_uid.as_deref()?, ns))).collect();
         reporter.begin_sweep();
         let mut without_namespace = 0;
-        let empty = Vec::new();
         for pod in &node_pods {
             let status = if pod.host_network {
                 report::host_network_status(observed_at)
             } else if let Some(ns) = scanned.get(pod.uid.as_str()) {
                 self.record_pod(pod, ns);
-                let groups = first_seen.get(&NetnsId { dev: ns.dev, ino: ns.inode }).unwrap_or(&empty);
-                report::status_from_scan(
-                    ns,
-                    ReportContext { observed_at, first_seen: groups, container_names: &pod.container_names },
-                )
+                report::status_from_scan(ns, ReportContext { observed_at, container_names: &pod.container_names })
             } else {
                 if pod.running {
                     without_namespace += 1;
@@ -376,7 +275,7 @@ impl Agent {
         self.metrics.close_wait_stuck.get_or_create(&labels).set(cw.stuck as i64);
         self.metrics.close_wait_oldest_age.get_or_create(&labels).set(cw.oldest_age_seconds.unwrap_or(0) as i64);
         self.metrics.port_pressure.get_or_create(&labels).set(ns.summary.port_pressure.percent as i64);
-        for state in TcpState::ALL {
+        for (state, count) in ns.summary.states.iter() {
             self.metrics
                 .sockets
                 .get_or_create(&PodStateLabels {
@@ -384,22 +283,27 @@ impl Agent {
                     pod: labels.pod.clone(),
                     state: state.ss_name().to_owned(),
                 })
-                .set(ns.summary.states.get(state) as i64);
+                .set(count as i64);
         }
     }
 }
 
-/// Discovers the node's namespaces and keeps those of the wanted pods.
-fn pod_targets(wanted_uids: &HashSet<String>) -> Vec<Target> {
+/// Discovers the node's namespaces and keeps those of the wanted pods, each
+/// with the CLOSE_WAIT first sightings its pod's last report carried.
+fn pod_targets(wanted_uids: &HashSet<String>, seeds: &HashMap<String, Vec<(SystemTime, u64)>>) -> Vec<Target> {
     match discovery::discover(&DiscoveryOptions::default()) {
         Ok(found) => found
             .namespaces
             .iter()
-            .filter(|ns| !ns.is_host && ns.pod_uid.as_ref().is_some_and(|uid| wanted_uids.contains(uid)))
-            .map(Target::from_discovery)
+            .filter_map(|ns| {
+                let uid = ns.pod_uid.as_ref().filter(|uid| !ns.is_host && wanted_uids.contains(*uid))?;
+                let mut target = Target::from_discovery(ns);
+                target.close_wait_seeds = seeds.get(uid).cloned().unwrap_or_default();
+                Some(target)
+            })
             .collect(),
         Err(error) => {
-            tracing::error!(%error, "cannot list processes to find pod network namespaces");
+            tracing::error!(error = %error_chain(&error), "cannot list processes to find pod network namespaces");
             Vec::new()
         }
     }

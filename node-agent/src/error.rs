@@ -1,137 +1,57 @@
-//! The scanner's error type: one enum for everything that can go wrong while
-//! entering namespaces, dumping sockets and reading per-namespace counters.
-//!
-//! Each variant has a stable [`ScanError::category`], a PascalCase string
-//! meant as a metric label and log field; it never changes once released.
-//! Errors that come from missing privileges name the capability through
-//! [`ScanError::missing_capability`].
+//! The agent's error type: one enum for why `connhealth-agent scan` or
+//! `connhealth-agent run` stops. Each variant has a stable
+//! [`Error::category`]. What goes wrong while sweeping is not here: a
+//! namespace that cannot be scanned is part of the sweep's result
+//! ([`connhealth_scan::scan::NamespaceError`]) and a failed report write is
+//! retried; neither stops the agent.
 
 use std::io;
-use std::path::PathBuf;
 
-use crate::netns::NetnsId;
+use connhealth_scan::error::ScanError;
 
-/// What went wrong while scanning.
+/// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ScanError {
-    /// A namespace file could not be opened or inspected.
-    #[error("cannot open network namespace file {}", path.display())]
-    OpenNetns {
-        /// The namespace file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
+pub enum Error {
+    /// A setting clap cannot check is wrong; the message says which and how.
+    #[error("{0}")]
+    InvalidSetting(String),
+    /// Namespaces could not be discovered at all.
+    #[error("cannot discover network namespaces")]
+    Discovery(#[source] ScanError),
+    /// Writing the output failed.
+    #[error("cannot write the output")]
+    Output(#[source] io::Error),
+    /// Some namespaces could not be scanned (the output lists them).
+    #[error("{failed} of {total} namespaces could not be scanned")]
+    Incomplete {
+        /// Failed namespaces.
+        failed: u64,
+        /// Targets.
+        total: u64,
     },
-    /// The path does not name a namespace (it is not on nsfs).
-    #[error("{} is not a namespace file", path.display())]
-    NotNamespace {
-        /// The path.
-        path: PathBuf,
-    },
-    /// `setns(2)` into the namespace failed.
-    #[error("cannot enter network namespace {id}")]
-    Setns {
-        /// The namespace.
-        id: NetnsId,
-        /// Why (`EPERM`: no `CAP_SYS_ADMIN`; `EINVAL`: not a network namespace).
-        #[source]
-        source: io::Error,
-    },
-    /// The thread that enters a namespace could not be started.
-    #[error("cannot start a namespace thread")]
-    Thread {
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The closure run inside a namespace panicked.
-    #[error("the namespace thread panicked")]
-    ThreadPanicked,
-    /// A `NETLINK_SOCK_DIAG` socket could not be created.
-    #[error("cannot create a NETLINK_SOCK_DIAG socket")]
-    DiagSocket {
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// Sending a request or receiving a reply on the diag socket failed.
-    #[error("sock_diag I/O failed")]
-    DiagIo {
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The kernel answered the dump with an error.
-    #[error("the kernel refused the sock_diag request")]
-    DiagKernel {
-        /// The errno the kernel returned.
-        #[source]
-        source: io::Error,
-    },
-    /// The reply did not parse.
-    #[error("malformed sock_diag reply: {what}")]
-    DiagMalformed {
-        /// Which check failed.
-        what: &'static str,
-    },
-    /// A per-namespace sysctl could not be read.
-    #[error("cannot read sysctl {name}")]
-    Sysctl {
-        /// The sysctl, e.g. `net.ipv4.tcp_tw_reuse`.
-        name: &'static str,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The O(1) per-namespace counters (`sockstat`, `snmp`) could not be
-    /// opened or read.
-    #[error("cannot read TCP counters from {what}")]
-    Counters {
-        /// Which file.
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
+    /// The async runtime of cluster mode could not start.
+    #[cfg(feature = "cluster")]
+    #[error("cannot start the async runtime")]
+    AsyncRuntime(#[source] io::Error),
+    /// No Kubernetes client could be configured, or the metrics endpoint
+    /// could not listen (the runtime's error says which).
+    #[cfg(feature = "cluster")]
+    #[error(transparent)]
+    Runtime(#[from] connhealth_runtime::Error),
 }
 
-impl ScanError {
-    /// A stable, low-cardinality name for the kind of error (metric label).
+impl Error {
+    /// A stable name for logs and metric labels.
     pub fn category(&self) -> &'static str {
         match self {
-            Self::OpenNetns { .. } => "NetnsOpen",
-            Self::NotNamespace { .. } => "NotNamespace",
-            Self::Setns { .. } => "NetnsEnter",
-            Self::Thread { .. } | Self::ThreadPanicked => "NetnsThread",
-            Self::DiagSocket { .. } => "DiagSocket",
-            Self::DiagIo { .. } => "DiagIo",
-            Self::DiagKernel { .. } => "DiagKernel",
-            Self::DiagMalformed { .. } => "DiagMalformed",
-            Self::Sysctl { .. } => "Sysctl",
-            Self::Counters { .. } => "Counters",
-        }
-    }
-
-    /// The capability whose absence explains this error, if it is a
-    /// permission error: `CAP_SYS_ADMIN` for `setns`, `CAP_SYS_PTRACE` (or
-    /// `CAP_DAC_READ_SEARCH`) for other processes' `/proc/<pid>/ns/net`.
-    pub fn missing_capability(&self) -> Option<&'static str> {
-        let denied = |e: &io::Error| e.kind() == io::ErrorKind::PermissionDenied;
-        match self {
-            Self::Setns { source, .. } if denied(source) => Some("CAP_SYS_ADMIN"),
-            Self::OpenNetns { source, .. } if denied(source) => Some("CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH"),
-            _ => None,
-        }
-    }
-
-    /// Whether the error says the namespace no longer exists (its process
-    /// exited or its bind mount was removed between discovery and use).
-    pub fn is_gone(&self) -> bool {
-        match self {
-            Self::OpenNetns { source, .. } => source.kind() == io::ErrorKind::NotFound,
-            _ => false,
+            Self::InvalidSetting(_) => "InvalidSetting",
+            Self::Discovery(_) => "Discovery",
+            Self::Output(_) => "Output",
+            Self::Incomplete { .. } => "Incomplete",
+            #[cfg(feature = "cluster")]
+            Self::AsyncRuntime(_) => "AsyncRuntime",
+            #[cfg(feature = "cluster")]
+            Self::Runtime(error) => error.category(),
         }
     }
 }
@@ -139,37 +59,18 @@ impl ScanError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use connhealth_runtime::error_chain;
 
     #[test]
-    fn categories_are_stable() {
-        let io = || io::Error::from_raw_os_error(libc::EPERM);
-        let id = NetnsId { dev: 4, ino: 1 };
-        let cases = [
-            (ScanError::OpenNetns { path: "/x".into(), source: io() }, "NetnsOpen"),
-            (ScanError::NotNamespace { path: "/x".into() }, "NotNamespace"),
-            (ScanError::Setns { id, source: io() }, "NetnsEnter"),
-            (ScanError::ThreadPanicked, "NetnsThread"),
-            (ScanError::DiagSocket { source: io() }, "DiagSocket"),
-            (ScanError::DiagIo { source: io() }, "DiagIo"),
-            (ScanError::DiagKernel { source: io() }, "DiagKernel"),
-            (ScanError::DiagMalformed { what: "x" }, "DiagMalformed"),
-            (ScanError::Sysctl { name: "net.ipv4.tcp_tw_reuse", source: io() }, "Sysctl"),
-            (ScanError::Counters { what: "sockstat", source: io() }, "Counters"),
-        ];
-        for (err, cat) in cases {
-            assert_eq!(err.category(), cat, "{err}");
-        }
-    }
-
-    #[test]
-    fn permission_errors_name_the_capability() {
-        let id = NetnsId { dev: 4, ino: 1 };
-        let e = ScanError::Setns { id, source: io::Error::from_raw_os_error(libc::EPERM) };
-        assert_eq!(e.missing_capability(), Some("CAP_SYS_ADMIN"));
-        let e =
-            ScanError::OpenNetns { path: "/proc/1/ns/net".into(), source: io::Error::from_raw_os_error(libc::EACCES) };
-        assert_eq!(e.missing_capability(), Some("CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH"));
-        let e = ScanError::Setns { id, source: io::Error::from_raw_os_error(libc::EINVAL) };
-        assert_eq!(e.missing_capability(), None);
+    fn the_chain_names_each_cause_once() {
+        let cause = ScanError::ListProcesses { path: "/proc".into(), source: io::Error::other("gone away") };
+        let error = Error::Discovery(cause);
+        assert_eq!(error.category(), "Discovery");
+        assert_eq!(
+            error_chain(&error),
+            "cannot discover network namespaces: cannot list processes in /proc: gone away"
+        );
+        let error = Error::InvalidSetting("--heartbeat (1s) must not be shorter than --scan-interval (15s)".into());
+        assert_eq!(error_chain(&error), "--heartbeat (1s) must not be shorter than --scan-interval (15s)");
     }
 }

@@ -1,38 +1,30 @@
-//! connhealth node agent: finds every network namespace on the node, reads
-//! its TCP sockets through netlink `sock_diag`, and turns them into per-pod
-//! connection health.
+//! connhealth node agent: `connhealth-agent scan` (this host, no cluster)
+//! and, with the `cluster` feature (the default), `connhealth-agent run`,
+//! the DaemonSet's loop that reports every pod's TCP health as a
+//! ConnectionHealth object. The scanning itself is the `connhealth-scan`
+//! crate's.
 //!
-//! Rooms (each module says what it owns):
-//! - [`netns`]: namespace handles and the only syscalls (`setns`, socket
-//!   creation inside a namespace).
-//! - [`sockdiag`]: the `sock_diag` request/reply codec and the dumper.
-//! - [`sysctls`]: the per-namespace TCP settings reported as evidence.
-//! - [`gate`]: O(1) counters deciding whether a namespace must be dumped.
-//! - [`aggregate`]: per-namespace figures from a stream of sockets (states,
-//!   CLOSE_WAIT ages by cookie, peers, port pressure), memory-bounded.
-//! - [`scan`]: one sweep over all namespaces with the per-namespace cache.
-//! - [`cli`]: `connhealth-agent scan` and the place of `run`.
-//! - [`error`]: the scanner's error type.
-//! - [`discovery`] and [`cgroup`]: which namespaces exist and which pod or
-//!   process each belongs to.
-//! - [`owners`]: which processes hold given socket inodes.
-//! - [`report`]: scan result → ConnectionHealth status, and when to write it.
-//! - [`reporter`]: writes reports (server-side apply) and keeps what it wrote.
-//! - [`cluster`]: `connhealth-agent run`, the DaemonSet's loop.
-//! - [`metrics`]: the agent's Prometheus metrics.
+//! Modules (each says what it owns), in reading order:
+//! - [`args`]: the command line of both commands and its checks.
+//! - [`scan_cli`] and [`table`]: `connhealth-agent scan`.
+//! - `cluster`: `connhealth-agent run`: pod watch → targets → sweep →
+//!   status → write, one direction.
+//! - `report`: a namespace's scan result → the pod's ConnectionHealth
+//!   status, and the rule deciding whether it is worth a write (pure).
+//! - `reporter`: the write decision's memory and the writes (server-side
+//!   apply).
+//! - `metrics`: the agent's Prometheus metrics.
+//! - [`error`]: the crate's one error type.
 
-pub mod aggregate;
-pub mod cgroup;
-pub mod cli;
+pub mod args;
+#[cfg(feature = "cluster")]
 pub mod cluster;
-pub mod discovery;
 pub mod error;
-pub mod gate;
+#[cfg(feature = "cluster")]
 pub mod metrics;
-pub mod netns;
-pub mod owners;
+#[cfg(feature = "cluster")]
 pub mod report;
+#[cfg(feature = "cluster")]
 pub mod reporter;
-pub mod scan;
-pub mod sockdiag;
-pub mod sysctls;
+pub mod scan_cli;
+pub mod table;

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::sockdiag::TcpState;
+use connhealth_scan::sockdiag::TcpState;
 
 /// A pod.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

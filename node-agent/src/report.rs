@@ -31,11 +31,12 @@ use connhealth_crds::health::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::aggregate::StateCounts;
-use crate::owners::RlimitValue;
-use crate::scan::NamespaceReport;
+use connhealth_scan::aggregate::StateCounts;
+use connhealth_scan::procfs::RlimitValue;
+use connhealth_scan::scan::NamespaceReport;
 
-/// Most first-seen groups in a report (the CRD's `maxItems`).
+/// Most first-seen groups in a report (the CRD's `maxItems`); the scanner
+/// is configured to group its first sightings into no more.
 pub const MAX_FIRST_SEEN_GROUPS: usize = 32;
 /// Entries of each top list copied into a report.
 pub const TOP_N: usize = 5;
@@ -47,55 +48,21 @@ pub fn to_time(t: SystemTime) -> Time {
     Time(jiff::Timestamp::from_second(ts.as_second()).unwrap_or(ts))
 }
 
-/// Groups first-sighting times into at most `max` groups, oldest first.
-/// Times are whole seconds; when there are more distinct seconds than
-/// `max`, times are rounded *up* to coarser and coarser steps (2 s, 4 s,
-/// ...) until they fit, so an age is never overstated.
-pub fn group_first_seen(times: &[(SystemTime, u64)], max: usize) -> Vec<(SystemTime, u64)> {
-    let secs: Vec<(u64, u64)> = times
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(t, n)| (t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()), *n))
-        .collect();
-    let mut step = 1u64;
-    loop {
-        let mut groups: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
-        for (s, n) in &secs {
-            *groups.entry(s.div_ceil(step) * step).or_default() += n;
-        }
-        if groups.len() <= max.max(1) || step > u64::MAX / 4 {
-            return groups.into_iter().map(|(s, n)| (SystemTime::UNIX_EPOCH + Duration::from_secs(s), n)).collect();
-        }
-        step *= 2;
-    }
-}
-
 /// Everything besides the scan that goes into a report.
 #[derive(Debug, Clone, Copy)]
 pub struct ReportContext<'a> {
     /// When the figures were observed (the sweep's start).
     pub observed_at: SystemTime,
-    /// CLOSE_WAIT first sightings, grouped (see [`group_first_seen`]).
-    pub first_seen: &'a [(SystemTime, u64)],
     /// Container ID → container name, from the pod's status.
     pub container_names: &'a HashMap<String, String>,
 }
 
 fn states(s: &StateCounts) -> TcpStateCounts {
-    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    TcpStateCounts {
-        established: n(s.established),
-        syn_sent: n(s.syn_sent),
-        syn_recv: n(s.syn_recv),
-        fin_wait1: n(s.fin_wait1),
-        fin_wait2: n(s.fin_wait2),
-        time_wait: n(s.time_wait),
-        close: n(s.close),
-        close_wait: n(s.close_wait),
-        last_ack: n(s.last_ack),
-        listen: n(s.listen),
-        closing: n(s.closing),
+    let mut in_kernel_order = [0; 11];
+    for (state, count) in s.iter() {
+        in_kernel_order[state.index()] = int(count);
     }
+    TcpStateCounts::from_kernel_order(in_kernel_order)
 }
 
 fn int(v: u64) -> i64 {
@@ -105,8 +72,12 @@ fn int(v: u64) -> i64 {
 /// The status the agent writes for a pod whose namespace was scanned.
 pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> ConnectionHealthStatus {
     let cw = &ns.summary.close_wait;
-    let first_seen: Vec<FirstSeenGroup> =
-        ctx.first_seen.iter().map(|(t, n)| FirstSeenGroup { since: to_time(*t), count: int(*n) }).collect();
+    let first_seen: Vec<FirstSeenGroup> = cw
+        .first_seen
+        .iter()
+        .take(MAX_FIRST_SEEN_GROUPS)
+        .map(|g| FirstSeenGroup { since: to_time(g.since), count: int(g.count) })
+        .collect();
     let owners = ns
         .owners
         .as_ref()
@@ -259,22 +230,6 @@ fn moved(old: i64, new: i64, rule: &ChangeRule) -> bool {
     delta > 0 && delta >= rule.abs_margin.max(rel)
 }
 
-fn state_list(s: &TcpStateCounts) -> [i64; 11] {
-    [
-        s.established,
-        s.syn_sent,
-        s.syn_recv,
-        s.fin_wait1,
-        s.fin_wait2,
-        s.time_wait,
-        s.close,
-        s.close_wait,
-        s.last_ack,
-        s.listen,
-        s.closing,
-    ]
-}
-
 /// Whether `new` should replace the last written status `last`, and why.
 pub fn write_reason(
     last: Option<&ConnectionHealthStatus>,
@@ -291,7 +246,7 @@ pub fn write_reason(
     let old_cw = old_states.close_wait;
     let new_cw = new_states.close_wait;
     if (old_cw == 0) != (new_cw == 0)
-        || state_list(old_states).iter().zip(state_list(new_states)).any(|(o, n)| moved(*o, n, rule))
+        || old_states.in_kernel_order().iter().zip(new_states.in_kernel_order()).any(|(o, n)| moved(*o, n, rule))
     {
         return Some(WriteReason::States);
     }
@@ -334,26 +289,6 @@ mod tests {
             close_wait: Some(CloseWaitDetail { count: close_wait, stuck, ..Default::default() }),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn first_seen_groups_are_bounded_and_never_older_than_the_truth() {
-        let times: Vec<(SystemTime, u64)> = (0..100).map(|i| (at(i * 7), 1)).collect();
-        let groups = group_first_seen(&times, 32);
-        assert!(groups.len() <= 32, "{}", groups.len());
-        assert_eq!(groups.iter().map(|g| g.1).sum::<u64>(), 100);
-        // Every socket's reported time is at or after its true time: walk
-        // both in order.
-        let mut truth = times.iter().map(|t| t.0);
-        for (t, n) in &groups {
-            for _ in 0..*n {
-                assert!(*t >= truth.next().unwrap());
-            }
-        }
-        // Few distinct times stay exact.
-        let few = [(at(5), 2), (at(5), 1), (at(9), 4)];
-        assert_eq!(group_first_seen(&few, 32), vec![(at(5), 3), (at(9), 4)]);
-        assert!(group_first_seen(&[], 32).is_empty());
     }
 
     #[test]
@@ -416,5 +351,19 @@ mod tests {
         assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), None, "same band");
         b.port_pressure = pressure(50);
         assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::PortPressure));
+    }
+
+    #[test]
+    fn state_counts_reach_the_api_under_their_own_names() {
+        use connhealth_scan::sockdiag::TcpState;
+        for state in TcpState::ALL {
+            let mut counts = StateCounts::default();
+            counts.add(state);
+            let api = serde_json::to_value(states(&counts)).unwrap();
+            let set: Vec<&String> =
+                api.as_object().unwrap().iter().filter(|(_, v)| **v == 1).map(|(key, _)| key).collect();
+            assert_eq!(set, [state.key()], "{state:?}");
+            assert_eq!(states(&counts).in_kernel_order()[state.index()], 1);
+        }
     }
 }

@@ -2,6 +2,9 @@
 //! field manager, and remembers what it wrote so that [`crate::report`]'s
 //! rule can decide whether the next status is worth a write.
 //!
+//! The decision is [`WriteBook::decide`], pure and unit-tested; the
+//! [`Reporter`] performs what it decides.
+//!
 //! Faults: a write that fails because the API server is unreachable, slow
 //! (429) or failing (5xx) leaves the newest status pending for its pod; the
 //! next sweep offers a newer one, and only the newest is ever written (no
@@ -13,6 +16,7 @@ use std::time::SystemTime;
 
 use connhealth_crds::names::{field_managers, labels};
 use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
+use connhealth_runtime::error_chain;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -56,40 +60,58 @@ pub enum Offer {
     Pending(WriteReason),
 }
 
-/// The agent's writer of reports for one node.
-pub struct Reporter {
-    client: Client,
-    node: String,
-    rule: ChangeRule,
-    written: HashMap<PodKey, Written>,
-    pending: HashMap<PodKey, Pending>,
-    /// Set when a write failed this sweep; cleared by [`Reporter::begin_sweep`].
-    failing: bool,
-    metrics: AgentMetrics,
+/// What to do with a pod's newest status: [`WriteBook::decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing worth writing.
+    Skip,
+    /// Worth writing, but a write already failed this sweep: keep it
+    /// pending for the next sweep.
+    Hold(WriteReason),
+    /// Write it; `create`: the report object itself may not exist yet (no
+    /// report for this pod UID was written or read back).
+    Write {
+        /// Why.
+        reason: WriteReason,
+        /// Create the object before its status.
+        create: bool,
+    },
 }
 
-impl Reporter {
-    /// A reporter for `node`.
-    pub fn new(client: Client, node: String, rule: ChangeRule, metrics: AgentMetrics) -> Self {
-        Self { client, node, rule, written: HashMap::new(), pending: HashMap::new(), failing: false, metrics }
-    }
+/// What was written, what is pending and whether writes fail this sweep:
+/// the memory behind the write decision, without any I/O.
+#[derive(Debug, Default)]
+pub struct WriteBook {
+    written: HashMap<PodKey, Written>,
+    pending: HashMap<PodKey, Pending>,
+    /// Set when a write failed this sweep; cleared by
+    /// [`WriteBook::begin_sweep`].
+    failing: bool,
+}
 
-    /// Reads the reports this node's agent wrote before (a restart), so that
-    /// unchanged pods are not rewritten and CLOSE_WAIT first sightings carry
-    /// over. Returns the statuses by pod.
-    pub async fn restore(&mut self) -> Result<HashMap<PodKey, ConnectionHealthStatus>, kube::Error> {
-        let api: Api<ConnectionHealth> = Api::all(self.client.clone());
-        let list = api.list(&ListParams::default().labels(&format!("{}={}", labels::NODE, self.node))).await?;
-        let mut restored = HashMap::new();
-        for report in list {
-            let key = PodKey { namespace: report.namespace().unwrap_or_default(), name: report.name_any() };
-            let mut status = report.status.unwrap_or_default();
-            // The verdict is the operator's; never compare or write it.
-            status.verdict = None;
-            self.written.insert(key.clone(), Written { pod_uid: report.spec.pod_uid.clone(), status: status.clone() });
-            restored.insert(key, status);
+impl WriteBook {
+    /// Whether `status`, the newest of the pod `key` with UID `pod_uid`, is
+    /// to be written, by [`write_reason`]'s rule or because an earlier one
+    /// is still pending.
+    pub fn decide(
+        &self,
+        key: &PodKey,
+        pod_uid: &str,
+        status: &ConnectionHealthStatus,
+        rule: &ChangeRule,
+        now: SystemTime,
+    ) -> Decision {
+        let last = self.written.get(key).filter(|w| w.pod_uid == pod_uid).map(|w| &w.status);
+        let reason = match (write_reason(last, status, rule, now), self.pending.get(key)) {
+            (Some(reason), _) => reason,
+            // Unchanged since the pending one was computed: still write it.
+            (None, Some(p)) if p.pod_uid == pod_uid => p.reason,
+            (None, _) => return Decision::Skip,
+        };
+        if self.failing {
+            return Decision::Hold(reason);
         }
-        Ok(restored)
+        Decision::Write { reason, create: last.is_none() }
     }
 
     /// Starts a sweep's writes: the API server gets another chance.
@@ -97,13 +119,82 @@ impl Reporter {
         self.failing = false;
     }
 
-    /// Whether a write failed this sweep.
-    pub fn failing(&self) -> bool {
-        self.failing
+    /// Records a status written (or read back) for a pod.
+    pub fn written(&mut self, key: &PodKey, pod_uid: &str, status: ConnectionHealthStatus) {
+        self.pending.remove(key);
+        self.written.insert(key.clone(), Written { pod_uid: pod_uid.to_owned(), status });
     }
 
-    /// Offers the newest status of a pod; writes it when the rule says so
-    /// (or when an older one is still pending).
+    /// Records a write kept for later; `failed`: because it failed now, so
+    /// the rest of this sweep's writes are held too.
+    pub fn pending(&mut self, key: &PodKey, pod_uid: &str, reason: WriteReason, failed: bool) {
+        self.failing |= failed;
+        self.pending.insert(key.clone(), Pending { pod_uid: pod_uid.to_owned(), reason });
+    }
+
+    /// Forgets a pod.
+    pub fn forget(&mut self, key: &PodKey) {
+        self.written.remove(key);
+        self.pending.remove(key);
+    }
+
+    /// Pods written or pending, sorted.
+    pub fn known(&self) -> Vec<PodKey> {
+        let mut keys: Vec<PodKey> = self.written.keys().chain(self.pending.keys()).cloned().collect();
+        keys.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        keys.dedup();
+        keys
+    }
+}
+
+/// The agent's writer of reports for one node.
+pub struct Reporter {
+    client: Client,
+    node: String,
+    rule: ChangeRule,
+    book: WriteBook,
+    metrics: AgentMetrics,
+}
+
+impl Reporter {
+    /// A reporter for `node`.
+    pub fn new(client: Client, node: String, rule: ChangeRule, metrics: AgentMetrics) -> Self {
+        Self { client, node, rule, book: WriteBook::default(), metrics }
+    }
+
+    /// Reads the reports this node's agent wrote before (a restart), so that
+    /// unchanged pods are not rewritten, and returns the CLOSE_WAIT first
+    /// sightings they carried, by pod UID, for the scanner to seed ages with.
+    pub async fn restore(&mut self) -> Result<HashMap<String, Vec<(SystemTime, u64)>>, kube::Error> {
+        let api: Api<ConnectionHealth> = Api::all(self.client.clone());
+        let list = api.list(&ListParams::default().labels(&format!("{}={}", labels::NODE, self.node))).await?;
+        let mut seeds = HashMap::new();
+        for report in list {
+            let key = PodKey { namespace: report.namespace().unwrap_or_default(), name: report.name_any() };
+            let mut status = report.status.unwrap_or_default();
+            // The verdict is the operator's; never compare or write it.
+            status.verdict = None;
+            let first_seen: Vec<(SystemTime, u64)> = status
+                .close_wait
+                .iter()
+                .flat_map(|cw| &cw.first_seen)
+                .map(|g| (SystemTime::from(g.since.0), g.count.max(0) as u64))
+                .collect();
+            if !first_seen.is_empty() {
+                seeds.insert(report.spec.pod_uid.clone(), first_seen);
+            }
+            self.book.written(&key, &report.spec.pod_uid, status);
+        }
+        Ok(seeds)
+    }
+
+    /// Starts a sweep's writes: the API server gets another chance.
+    pub fn begin_sweep(&mut self) {
+        self.book.begin_sweep();
+    }
+
+    /// Offers the newest status of a pod; writes it when
+    /// [`WriteBook::decide`] says so.
     pub async fn offer(
         &mut self,
         key: &PodKey,
@@ -111,30 +202,24 @@ impl Reporter {
         status: ConnectionHealthStatus,
         now: SystemTime,
     ) -> Offer {
-        let last = self.written.get(key).filter(|w| w.pod_uid == pod_uid).map(|w| &w.status);
-        let reason = match (write_reason(last, &status, &self.rule, now), self.pending.get(key)) {
-            (Some(reason), _) => reason,
-            // Unchanged since the pending one was computed: still write it.
-            (None, Some(p)) if p.pod_uid == pod_uid => p.reason,
-            (None, _) => return Offer::Unchanged,
+        let (reason, create) = match self.book.decide(key, pod_uid, &status, &self.rule, now) {
+            Decision::Skip => return Offer::Unchanged,
+            Decision::Hold(reason) => {
+                self.book.pending(key, pod_uid, reason, false);
+                return Offer::Pending(reason);
+            }
+            Decision::Write { reason, create } => (reason, create),
         };
-        if self.failing {
-            self.pending.insert(key.clone(), Pending { pod_uid: pod_uid.to_owned(), reason });
-            return Offer::Pending(reason);
-        }
-        let create = last.is_none();
         match self.write(key, pod_uid, &status, create).await {
             Ok(()) => {
-                self.pending.remove(key);
-                self.written.insert(key.clone(), Written { pod_uid: pod_uid.to_owned(), status });
+                self.book.written(key, pod_uid, status);
                 self.count(reason, "ok");
                 Offer::Written(reason)
             }
             Err(error) => {
                 self.count(reason, "error");
-                tracing::warn!(pod = %format!("{}/{}", key.namespace, key.name), %error, "writing the ConnectionHealth report failed; keeping the newest figures for the next sweep");
-                self.failing = true;
-                self.pending.insert(key.clone(), Pending { pod_uid: pod_uid.to_owned(), reason });
+                tracing::warn!(pod = %format!("{}/{}", key.namespace, key.name), error = %error_chain(&error), "writing the ConnectionHealth report failed; keeping the newest figures for the next sweep");
+                self.book.pending(key, pod_uid, reason, true);
                 Offer::Pending(reason)
             }
         }
@@ -143,16 +228,12 @@ impl Reporter {
     /// Forgets a pod that left the node (its report goes with the pod, by
     /// garbage collection).
     pub fn forget(&mut self, key: &PodKey) {
-        self.written.remove(key);
-        self.pending.remove(key);
+        self.book.forget(key);
     }
 
     /// Pods the reporter knows about (written or pending).
     pub fn known(&self) -> Vec<PodKey> {
-        let mut keys: Vec<PodKey> = self.written.keys().chain(self.pending.keys()).cloned().collect();
-        keys.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        keys.dedup();
-        keys
+        self.book.known()
     }
 
     fn count(&self, reason: WriteReason, outcome: &str) {
@@ -217,4 +298,61 @@ pub fn report_object(key: &PodKey, pod_uid: &str, node: &str) -> ConnectionHealt
         ..Default::default()
     }]);
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connhealth_crds::health::TcpStateCounts;
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn status(established: i64, observed: u64) -> ConnectionHealthStatus {
+        ConnectionHealthStatus {
+            observed_at: Some(crate::report::to_time(at(observed))),
+            states: Some(TcpStateCounts { established, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decisions_follow_the_rule_pending_writes_and_failing_sweeps() {
+        let rule = ChangeRule::default();
+        let key = PodKey { namespace: "shop".into(), name: "api-1".into() };
+        let mut book = WriteBook::default();
+
+        // A pod never written: create it.
+        let new = Decision::Write { reason: WriteReason::New, create: true };
+        assert_eq!(book.decide(&key, "uid-1", &status(3, 0), &rule, at(0)), new);
+        book.written(&key, "uid-1", status(3, 0));
+        // Unchanged: nothing; moved beyond the margins: a status write.
+        assert_eq!(book.decide(&key, "uid-1", &status(4, 15), &rule, at(15)), Decision::Skip);
+        let states = Decision::Write { reason: WriteReason::States, create: false };
+        assert_eq!(book.decide(&key, "uid-1", &status(30, 15), &rule, at(15)), states);
+        // A new pod of the same name: a new report.
+        assert_eq!(book.decide(&key, "uid-2", &status(3, 15), &rule, at(15)), new);
+
+        // A write failed: the rest of the sweep is held, and what failed
+        // is written at the next sweep even if nothing changed since.
+        book.pending(&key, "uid-1", WriteReason::States, true);
+        let other = PodKey { namespace: "shop".into(), name: "api-2".into() };
+        assert_eq!(book.decide(&other, "uid-9", &status(1, 15), &rule, at(15)), Decision::Hold(WriteReason::New));
+        book.begin_sweep();
+        assert_eq!(book.decide(&key, "uid-1", &status(3, 30), &rule, at(30)), states);
+        // Held (not failed) keeps the sweep going.
+        book.pending(&other, "uid-9", WriteReason::New, false);
+        assert_eq!(book.decide(&other, "uid-9", &status(1, 30), &rule, at(30)), new);
+        assert_eq!(book.known(), [key.clone(), other.clone()]);
+
+        // Written: pending cleared; a heartbeat after long enough.
+        book.written(&key, "uid-1", status(3, 30));
+        assert_eq!(book.decide(&key, "uid-1", &status(3, 60), &rule, at(60)), Decision::Skip);
+        let heartbeat = Decision::Write { reason: WriteReason::Heartbeat, create: false };
+        assert_eq!(book.decide(&key, "uid-1", &status(3, 700), &rule, at(700)), heartbeat);
+        book.forget(&key);
+        assert_eq!(book.known(), [other]);
+    }
 }

@@ -11,6 +11,7 @@ use connhealth_runtime::endpoint::{Endpoint, Readiness};
 use connhealth_runtime::logging::{self, LogFormat};
 use prometheus_client::registry::Registry;
 
+use crate::error::Error;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::OperatorMetrics;
 
@@ -80,18 +81,18 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// Checks settings that clap cannot, in one line each.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.renew_deadline >= self.lease_duration {
-            return Err(format!(
+            return Err(Error::InvalidSetting(format!(
                 "--renew-deadline ({:?}) must be shorter than --lease-duration ({:?})",
                 self.renew_deadline, self.lease_duration
-            ));
+            )));
         }
         if self.retry_period >= self.renew_deadline || self.retry_period.is_zero() {
-            return Err(format!(
+            return Err(Error::InvalidSetting(format!(
                 "--retry-period ({:?}) must be positive and shorter than --renew-deadline ({:?})",
                 self.retry_period, self.renew_deadline
-            ));
+            )));
         }
         Ok(())
     }
@@ -99,9 +100,9 @@ impl RunArgs {
 
 /// Runs `connhealth-operator run` until a shutdown signal or the loss of
 /// the leader lease.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs) -> Result<(), Error> {
     logging::init(args.log_format, "info,kube_runtime=warn");
-    args.validate().map_err(anyhow::Error::msg)?;
+    args.validate()?;
     let identity = args.identity.clone().unwrap_or_else(hostname);
 
     let mut registry = Registry::default();
@@ -110,7 +111,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     api_health.register(registry.sub_registry_with_prefix("connhealth_operator"));
     let readiness = Readiness::with_api_health(api_health.clone());
     let endpoint = Endpoint::bind(args.metrics_addr, registry, readiness.clone()).await?;
-    tracing::info!(addr = %endpoint.local_addr()?, "serving /metrics, /healthz, /readyz");
+    // The bound address resolves port 0 (tests read it from this line).
+    let bound = endpoint.local_addr().unwrap_or(args.metrics_addr);
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
     tokio::spawn(endpoint.serve());
 
     let client = apiclient::connect(args.api_timeout, &api_health).await?;
@@ -146,7 +149,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     match lost {
         // Exit, so that the Deployment restarts this replica as a follower:
         // nothing it started keeps acting without the lease.
-        Some(lost) => Err(anyhow::Error::new(lost)),
+        Some(lost) => Err(lost),
         None => {
             elector.release().await;
             Ok(())
@@ -175,13 +178,15 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_timings_are_explained() {
         let run = parse(&[]);
-        assert_eq!(run.validate(), Ok(()));
+        assert!(run.validate().is_ok());
         assert_eq!((run.lease_duration, run.renew_deadline), (Duration::from_secs(15), Duration::from_secs(10)));
         assert_eq!(
-            parse(&["--renew-deadline", "20s"]).validate().unwrap_err(),
+            parse(&["--renew-deadline", "20s"]).validate().unwrap_err().to_string(),
             "--renew-deadline (20s) must be shorter than --lease-duration (15s)"
         );
-        assert!(parse(&["--retry-period", "10s"]).validate().unwrap_err().starts_with("--retry-period (10s)"));
+        let slow_retry = parse(&["--retry-period", "10s"]).validate().unwrap_err();
+        assert_eq!(slow_retry.category(), "InvalidSetting");
+        assert!(slow_retry.to_string().starts_with("--retry-period (10s)"), "{slow_retry}");
         assert_eq!(run.api_timeout, Duration::from_secs(10));
         let too_short = Cli::try_parse_from(["connhealth-operator", "run", "--api-timeout", "50ms"]).unwrap_err();
         assert!(too_short.to_string().contains("\"50ms\" is out of range"), "{too_short}");

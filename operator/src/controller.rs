@@ -8,7 +8,13 @@
 //! Malformed objects do not stop the watches (`DeserializeGuard`): a policy
 //! that cannot be read is reported `Invalid` in its status; a report that
 //! cannot be read is skipped with a warning.
+//!
+//! A failed reconcile is logged, counted, retried after
+//! [`RETRY_AFTER_FAILURE`], and published as a Warning Event on its policy
+//! whose reason is the error's category and whose note is the error chain —
+//! at most one per policy and category per [`FAILURE_EVENT_INTERVAL`].
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +23,7 @@ use connhealth_crds::health::VerdictStatus;
 use connhealth_crds::names::{POLICY_FINALIZER, field_managers};
 use connhealth_crds::policy::ConnectionHealthPolicyStatus;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthPolicy};
+use connhealth_runtime::error_chain;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -28,6 +35,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::time::Instant;
 
 use crate::error::{Error, kube as kube_err};
 use crate::evaluate::{self, EventType, GrowthHistory};
@@ -38,6 +46,18 @@ use crate::status;
 /// How often a policy is re-evaluated when nothing changes (growth windows
 /// slide, reports age).
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// When a failed reconcile is tried again.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
+
+/// At most one failure Event per policy and error category this often: a
+/// failure that repeats every [`RETRY_AFTER_FAILURE`] (or on every watch
+/// event) must not write to the API server that often. kube's `Recorder`
+/// folds repeats into a series too, but each repeat is still a request.
+pub const FAILURE_EVENT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// A policy and an error category: what failure Events are limited by.
+type FailureEventKey = (ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>, &'static str);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -53,7 +73,53 @@ pub struct Context {
     /// would publish the same Event again. Only the leader writes verdicts,
     /// so while it leads, its own last write is the truth.
     written: Mutex<HashMap<String, Option<VerdictStatus>>>,
+    /// When a failure Event was last published, per policy and category.
+    failure_events: Mutex<HashMap<FailureEventKey, Instant>>,
     metrics: OperatorMetrics,
+}
+
+impl Context {
+    fn new(
+        client: Client,
+        recorder: Recorder,
+        policies: Store<DeserializeGuard<ConnectionHealthPolicy>>,
+        reports: Store<DeserializeGuard<ConnectionHealth>>,
+        pods: Store<PartialObjectMeta<Pod>>,
+        metrics: OperatorMetrics,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            policies,
+            reports,
+            pods,
+            history: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+            failure_events: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Whether a failure Event for `policy` and `category` may be published
+    /// at `now`; if so, it counts as published. Entries older than the
+    /// interval are dropped, so the map holds at most the failures of one
+    /// interval.
+    fn failure_event_due(
+        &self,
+        policy: ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>,
+        category: &'static str,
+        now: Instant,
+    ) -> bool {
+        let mut last = self.failure_events.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.retain(|_, at| now.duration_since(*at) < FAILURE_EVENT_INTERVAL);
+        match last.entry((policy, category)) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                slot.insert(now);
+                true
+            }
+        }
+    }
 }
 
 /// Runs the controller until a shutdown signal. `identity` names this
@@ -88,16 +154,7 @@ pub async fn run(
         client.clone(),
         Reporter { controller: field_managers::OPERATOR.into(), instance: Some(identity) },
     );
-    let ctx = Arc::new(Context {
-        client,
-        recorder,
-        policies: policy_store.clone(),
-        reports: reports.clone(),
-        pods: pods.clone(),
-        history: Mutex::new(HashMap::new()),
-        written: Mutex::new(HashMap::new()),
-        metrics,
-    });
+    let ctx = Arc::new(Context::new(client, recorder, policy_store.clone(), reports.clone(), pods.clone(), metrics));
 
     let by_namespace = {
         let store = policy_store.clone();
@@ -129,21 +186,58 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok((policy, action)) => tracing::debug!(%policy, ?action, "reconciled"),
-                Err(error) => tracing::warn!(%error, "reconcile failed"),
+                // `error_policy` has logged it, with its category.
+                Err(error @ kube::runtime::controller::Error::ReconcilerFailed(..)) => {
+                    tracing::debug!(error = %error_chain(&error), "reconcile failed");
+                }
+                Err(error) => tracing::warn!(error = %error_chain(&error), "the controller's queue failed"),
             }
         })
         .await;
 }
 
+/// A failed reconcile: counted, logged, retried after
+/// [`RETRY_AFTER_FAILURE`], and published as a Warning Event on the policy
+/// when one is due ([`Context::failure_event_due`]).
 fn error_policy(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconciles.get_or_create(&ReconcileLabels { result: error.category().into() }).inc();
+    let category = error.category();
+    let chain = error_chain(error);
+    let policy_name = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
+    ctx.metrics.reconciles.get_or_create(&ReconcileLabels { result: category.into() }).inc();
     tracing::warn!(
-        policy = %format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any()),
-        category = error.category(),
-        %error,
-        "reconcile failed; retrying in 15s"
+        policy = %policy_name,
+        category,
+        error = %chain,
+        "reconcile failed; retrying in {}s",
+        RETRY_AFTER_FAILURE.as_secs()
     );
-    Action::requeue(Duration::from_secs(15))
+    if ctx.failure_event_due(ObjectRef::from_obj(&*policy), category, Instant::now()) {
+        // kube-runtime calls `error_policy` synchronously, inside its
+        // scheduler: the Event is published on a task of its own, so the
+        // controller never waits for the API server here. Its failure is
+        // only logged: the reconcile's own retry is what matters, and the
+        // next failure Event is due within the interval anyway.
+        let event = Event {
+            type_: KubeEventType::Warning,
+            reason: category.into(),
+            note: Some(evaluate::truncate(chain, evaluate::MAX_NOTE_BYTES)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let reference = policy.object_ref(&());
+        let recorder = ctx.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(
+                    policy = %policy_name,
+                    reason = event.reason,
+                    error = %error_chain(&error),
+                    "publishing the reconcile-failure Event failed"
+                );
+            }
+        });
+    }
+    Action::requeue(RETRY_AFTER_FAILURE)
 }
 
 async fn reconcile(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -184,7 +278,7 @@ async fn reconcile_inner(policy: &DeserializeGuard<ConnectionHealthPolicy>, ctx:
     let plan = apply_plan(ctx, &namespace, &name, true).await?;
     let invalid = match &policy.0 {
         Ok(p) => evaluate::validate_spec(&p.spec).err().map(|e| e.to_string()),
-        Err(bad) => Some(format!("the policy cannot be read: {}", bad.error)),
+        Err(bad) => Some(Error::UnreadablePolicy(bad.error.clone()).to_string()),
     };
     let previous = policy.0.as_ref().ok().and_then(|p| p.status.clone());
     let new_status =
@@ -215,7 +309,7 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
             name: p.name_any(),
             spec: match &p.0 {
                 Ok(policy) => evaluate::validate_spec(&policy.spec).map(|()| policy.spec.clone()),
-                Err(bad) => Err(evaluate::InvalidSpec::Unreadable(bad.error.clone())),
+                Err(bad) => Err(Error::UnreadablePolicy(bad.error.clone())),
             },
         })
         .collect();
@@ -297,8 +391,7 @@ pub async fn perform(ctx: &Context, namespace: &str, write: &PodWrite) -> Result
         };
         ctx.recorder.publish(&event, &reference).await.map_err(|source| Error::Event {
             reason: intent.reason,
-            namespace: namespace.to_owned(),
-            pod: write.pod.clone(),
+            pod: format!("{namespace}/{}", write.pod),
             source,
         })?;
         ctx.metrics.events.get_or_create(&EventLabels { reason: intent.reason.into() }).inc();
@@ -399,39 +492,33 @@ async fn remove_finalizer(api: &Api<ConnectionHealthPolicy>, name: &str, finaliz
 
 #[cfg(test)]
 mod tests {
-    //! One pod's writes against a mocked API (tower-test): exactly these
-    //! requests, in this order, with these bodies. The real-server tests in
-    //! `e2e/tests/operator.rs` prove the API server accepts them.
+    //! The controller's writes against a scripted API (`mock_api`): exactly
+    //! these requests, in this order, with these bodies. The real-server
+    //! tests in `e2e/tests/operator.rs` prove the API server accepts them.
 
     use super::*;
     use crate::evaluate::EventIntent;
+    use crate::mock_api::{self, body_json, respond_json};
     use connhealth_crds::Verdict;
-    use http::{Method, Request, Response};
-    use kube::client::Body;
+    use connhealth_runtime::Error as RuntimeError;
+    use http::Method;
+    use kube::core::Status;
     use prometheus_client::registry::Registry;
 
-    fn respond_json(send: tower_test::mock::SendResponse<Response<Body>>, value: serde_json::Value) {
-        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&value).unwrap())).unwrap());
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+    /// A context on the mocked API with empty caches.
+    fn context(client: Client) -> Context {
+        let recorder =
+            Recorder::new(client.clone(), Reporter { controller: "connhealth-operator".into(), instance: None });
+        let metrics = OperatorMetrics::register(&mut Registry::default());
+        Context::new(client, recorder, reflector::store().0, reflector::store().0, reflector::store().0, metrics)
     }
 
-    async fn body_json(req: Request<Body>) -> serde_json::Value {
-        serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap()
-    }
-
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn one_pod_write_makes_exactly_the_expected_requests() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
-        let ctx = Context {
-            client: client.clone(),
-            recorder: Recorder::new(client, Reporter { controller: "connhealth-operator".into(), instance: None }),
-            policies: reflector::store().0,
-            reports: reflector::store().0,
-            pods: reflector::store().0,
-            history: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
-            metrics: OperatorMetrics::register(&mut Registry::default()),
-        };
+        let (client, mut handle) = mock_api::client();
+        let ctx = context(client);
         let verdict = VerdictStatus {
             result: Verdict::Leaking,
             policy: "default".into(),
@@ -450,11 +537,8 @@ mod tests {
             event: Some(EventIntent { type_: EventType::Warning, reason: "CloseWaitLeak", note: "12 stuck".into() }),
         };
 
-        let server = tokio::spawn(async move {
-            let (req, send) = handle.next_request().await.expect("event request");
-            assert_eq!(req.method(), Method::POST);
-            assert_eq!(req.uri().path(), "/apis/events.k8s.io/v1/namespaces/shop/events");
-            let event = body_json(req).await;
+        let script = async move {
+            let (event, send) = mock_api::next_json(&mut handle, Method::POST, EVENTS).await;
             assert_eq!(event["reason"], "CloseWaitLeak");
             assert_eq!(event["type"], "Warning");
             assert_eq!(event["note"], "12 stuck");
@@ -463,9 +547,8 @@ mod tests {
             assert_eq!(event["reportingController"], "connhealth-operator");
             respond_json(send, event);
 
-            let (req, send) = handle.next_request().await.expect("verdict request");
-            assert_eq!(req.method(), Method::PATCH);
-            assert_eq!(req.uri().path(), "/apis/connhealth.io/v1alpha1/namespaces/shop/connectionhealths/api-1/status");
+            let verdict_path = "/apis/connhealth.io/v1alpha1/namespaces/shop/connectionhealths/api-1/status";
+            let (req, send) = mock_api::next(&mut handle, Method::PATCH, verdict_path).await;
             assert_eq!(req.uri().query(), Some("&force=true&fieldManager=connhealth-operator"));
             assert_eq!(req.headers()["content-type"], "application/apply-patch+yaml");
             let body = body_json(req).await;
@@ -481,9 +564,7 @@ mod tests {
                 "metadata": {"name": "api-1", "namespace": "shop"}, "spec": {"nodeName": "n", "podUID": "uid-1"}}),
             );
 
-            let (req, send) = handle.next_request().await.expect("annotations request");
-            assert_eq!(req.method(), Method::PATCH);
-            assert_eq!(req.uri().path(), "/api/v1/namespaces/shop/pods/api-1");
+            let (req, send) = mock_api::next(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/pods/api-1").await;
             assert_eq!(req.uri().query(), Some("&force=true&fieldManager=connhealth-operator"));
             assert_eq!(
                 body_json(req).await,
@@ -494,8 +575,73 @@ mod tests {
                 send,
                 json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-1", "namespace": "shop"}}),
             );
-        });
-        perform(&ctx, "shop", &write).await.expect("perform");
-        server.await.expect("the mock saw exactly these requests");
+        };
+        mock_api::run_against(perform(&ctx, "shop", &write), script).await.expect("perform");
+    }
+
+    /// A policy as the watch delivers it.
+    fn policy(uid: &str) -> Arc<DeserializeGuard<ConnectionHealthPolicy>> {
+        let mut policy = ConnectionHealthPolicy::new("default", serde_json::from_value(json!({})).unwrap());
+        policy.metadata.namespace = Some("shop".into());
+        policy.metadata.uid = Some(uid.into());
+        Arc::new(DeserializeGuard(Ok(policy)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_reconcile_publishes_one_warning_event_per_category_and_interval() {
+        let (client, mut api) = mock_api::client();
+        let ctx = Arc::new(context(client));
+        let timed_out = || {
+            let exceeded = RuntimeError::DeadlineExceeded {
+                method: Method::PATCH,
+                path: "/apis/connhealth.io/v1alpha1/namespaces/shop/connectionhealthpolicies/default/status".into(),
+                timeout: Duration::from_secs(10),
+            };
+            kube_err("writing the status of policy default")(kube::Error::Service(Box::new(exceeded)))
+        };
+        let forbidden = kube_err("adding the finalizer to policy default")(kube::Error::Api(Box::new(
+            Status::failure("policies are forbidden", "Forbidden").with_code(403),
+        )));
+
+        assert_eq!(error_policy(policy("uid-p"), &timed_out(), ctx.clone()), Action::requeue(RETRY_AFTER_FAILURE));
+        let (event, answer) = mock_api::next_json(&mut api, Method::POST, EVENTS).await;
+        assert_eq!(
+            (&event["type"], &event["reason"], &event["action"]),
+            (&json!("Warning"), &json!("ApiTimeout"), &json!("Reconcile"))
+        );
+        assert_eq!(
+            event["note"],
+            "writing the status of policy default: ServiceError: no answer from the API server within 10s \
+             (PATCH /apis/connhealth.io/v1alpha1/namespaces/shop/connectionhealthpolicies/default/status)"
+        );
+        let regarding = &event["regarding"];
+        assert_eq!(
+            (&regarding["kind"], &regarding["namespace"], &regarding["name"], &regarding["uid"]),
+            (&json!("ConnectionHealthPolicy"), &json!("shop"), &json!("default"), &json!("uid-p"))
+        );
+        respond_json(answer, event);
+
+        // The same category again within the interval: no request at all
+        // (paused time: the wait ends as soon as nothing else can happen).
+        error_policy(policy("uid-p"), &timed_out(), ctx.clone());
+        let quiet = tokio::time::timeout(Duration::from_secs(60), api.next_request()).await;
+        assert!(
+            quiet.is_err(),
+            "a second Event within the interval: {:?}",
+            quiet.map(|r| r.map(|(req, _)| req.uri().clone()))
+        );
+
+        // Another category is another Event.
+        error_policy(policy("uid-p"), &forbidden, ctx.clone());
+        let (event, answer) = mock_api::next_json(&mut api, Method::POST, EVENTS).await;
+        assert_eq!((&event["reason"], &event["type"]), (&json!("Forbidden"), &json!("Warning")));
+        respond_json(answer, event);
+
+        // After the interval, the same category is due again.
+        tokio::time::advance(FAILURE_EVENT_INTERVAL).await;
+        error_policy(policy("uid-p"), &timed_out(), ctx);
+        let (req, _) = mock_api::next_request(&mut api).await;
+        assert!(req.uri().path().starts_with(EVENTS), "{}", req.uri());
+        assert_eq!(body_json(req).await["reason"], "ApiTimeout");
     }
 }

@@ -26,44 +26,27 @@ use connhealth_crds::Verdict;
 use connhealth_crds::health::{CloseWaitDetail, ConnectionHealthStatus, LastEvent, VerdictStatus};
 use connhealth_crds::names::{annotations, reasons};
 use connhealth_crds::policy::ConnectionHealthPolicySpec;
+use connhealth_runtime::human_duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 
-/// Why a policy spec cannot be used. The text goes into the policy's
-/// `Invalid` condition, so it says what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidSpec {
-    /// A `matchExpressions` entry the operator cannot apply.
-    #[error("spec.podSelector: {0}")]
-    Selector(String),
-    /// A duration that is zero or negative.
-    #[error("{field}: must be a positive duration, got {value}")]
-    Duration { field: &'static str, value: String },
-    /// A threshold below its minimum.
-    #[error("{field}: must be at least {min}, got {value}")]
-    Threshold { field: &'static str, min: i64, value: i64 },
-    /// Nothing to check or nothing to do.
-    #[error("{0}")]
-    Empty(&'static str),
-    /// The object does not even deserialize (wrong types in stored data).
-    #[error("the policy cannot be read: {0}")]
-    Unreadable(String),
-}
+use crate::error::Error;
 
 /// Checks what the CRD schema checks, for objects that reached the API
 /// before a rule existed (or were written with validation off). The
-/// operator never crashes on such a policy: it reports this in a condition.
-pub fn validate_spec(spec: &ConnectionHealthPolicySpec) -> Result<(), InvalidSpec> {
+/// operator never crashes on such a policy: it reports the error's message
+/// in the policy's `Invalid` condition.
+pub fn validate_spec(spec: &ConnectionHealthPolicySpec) -> Result<(), Error> {
     selector_requirements(&spec.pod_selector)?;
     let positive = |field: &'static str, d: &kube::core::Duration| {
         if d.is_negative() || StdDuration::from(*d).is_zero() {
-            Err(InvalidSpec::Duration { field, value: d.to_string() })
+            Err(Error::InvalidDuration { field, value: d.to_string() })
         } else {
             Ok(())
         }
     };
     let at_least_one = |field: &'static str, value: i64| {
-        if value < 1 { Err(InvalidSpec::Threshold { field, min: 1, value }) } else { Ok(()) }
+        if value < 1 { Err(Error::InvalidThreshold { field, allowed: "at least 1", value }) } else { Ok(()) }
     };
     let cw = &spec.close_wait;
     at_least_one("spec.closeWait.warningCount", cw.warning_count)?;
@@ -75,14 +58,18 @@ pub fn validate_spec(spec: &ConnectionHealthPolicySpec) -> Result<(), InvalidSpe
     }
     let pct = i64::from(spec.port_pressure.warning_percent);
     if !(1..=100).contains(&pct) {
-        return Err(InvalidSpec::Threshold { field: "spec.portPressure.warningPercent", min: 1, value: pct });
+        return Err(Error::InvalidThreshold {
+            field: "spec.portPressure.warningPercent",
+            allowed: "between 1 and 100",
+            value: pct,
+        });
     }
     positive("spec.actions.eventCooldown", &spec.actions.event_cooldown)?;
     if !cw.enabled && !spec.port_pressure.enabled {
-        return Err(InvalidSpec::Empty("at least one check (closeWait or portPressure) must be enabled"));
+        return Err(Error::NothingEnabled("at least one check (closeWait or portPressure) must be enabled"));
     }
     if !spec.actions.events && !spec.actions.annotations {
-        return Err(InvalidSpec::Empty("at least one action (events or annotations) must be enabled"));
+        return Err(Error::NothingEnabled("at least one action (events or annotations) must be enabled"));
     }
     Ok(())
 }
@@ -95,19 +82,19 @@ enum Requirement<'a> {
     DoesNotExist(&'a str),
 }
 
-fn selector_requirements(selector: &LabelSelector) -> Result<Vec<Requirement<'_>>, InvalidSpec> {
+fn selector_requirements(selector: &LabelSelector) -> Result<Vec<Requirement<'_>>, Error> {
     let mut out = Vec::new();
     for expr in selector.match_expressions.iter().flatten() {
         let values = expr.values.as_deref().unwrap_or_default();
         let req = match expr.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => {
-                return Err(InvalidSpec::Selector(format!(
+                return Err(Error::InvalidSelector(format!(
                     "operator {} on key {:?} needs at least one value",
                     expr.operator, expr.key
                 )));
             }
             "Exists" | "DoesNotExist" if !values.is_empty() => {
-                return Err(InvalidSpec::Selector(format!(
+                return Err(Error::InvalidSelector(format!(
                     "operator {} on key {:?} takes no values",
                     expr.operator, expr.key
                 )));
@@ -117,7 +104,7 @@ fn selector_requirements(selector: &LabelSelector) -> Result<Vec<Requirement<'_>
             "Exists" => Requirement::Exists(&expr.key),
             "DoesNotExist" => Requirement::DoesNotExist(&expr.key),
             other => {
-                return Err(InvalidSpec::Selector(format!(
+                return Err(Error::InvalidSelector(format!(
                     "unknown operator {other:?} on key {:?} (use In, NotIn, Exists or DoesNotExist)",
                     expr.key
                 )));
@@ -257,18 +244,6 @@ pub fn stuck_sockets(detail: &CloseWaitDetail, min_age: StdDuration, now: Timest
     (stuck, next)
 }
 
-/// Short human form of a duration: `45s`, `2m`, `1h30m`.
-pub fn human_duration(d: StdDuration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 if secs.is_multiple_of(60) => format!("{}m", secs / 60),
-        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
-        _ if secs.is_multiple_of(3600) => format!("{}h", secs / 3600),
-        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
-    }
-}
-
 /// What one policy concludes about one report at `now`.
 pub fn assess(
     spec: &ConnectionHealthPolicySpec,
@@ -391,7 +366,7 @@ pub struct PodOutcome {
 }
 
 /// Events' notes are limited to 1 KiB by the API.
-const MAX_NOTE_BYTES: usize = 1024;
+pub(crate) const MAX_NOTE_BYTES: usize = 1024;
 
 /// Decides verdict, annotations and Event for a pod from the deciding
 /// policy's assessment and what was decided before (the report's current
@@ -523,7 +498,8 @@ fn close_wait_hint(report: &ConnectionHealthStatus) -> &'static str {
     }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes (at a character boundary), `...` marking the cut.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max - 3;
         while !s.is_char_boundary(cut) {

@@ -7,14 +7,19 @@
 //! every retry period and gives up (the process exits and restarts as a
 //! follower) when it could not renew within the renew deadline — also when
 //! the API server hangs: a renewal attempt never outlasts that deadline.
+//!
+//! Time is tokio's (`tokio::time::Instant`), so that tests run the election
+//! on paused time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use connhealth_runtime::error_chain;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
 use kube::api::PostParams;
+use tokio::time::Instant;
 
 use crate::error::Error;
 
@@ -72,7 +77,9 @@ impl LeaderElector {
                         waiting_logged = true;
                     }
                 }
-                Err(error) => tracing::warn!(lease = %self.lease_name(), %error, "cannot read or take the lease"),
+                Err(error) => {
+                    tracing::warn!(lease = %self.lease_name(), error = %error_chain(&error), "cannot read or take the lease");
+                }
             }
             tokio::time::sleep(self.config.retry_period).await;
         }
@@ -86,26 +93,32 @@ impl LeaderElector {
         let mut last_renewal = Instant::now();
         loop {
             tokio::time::sleep(self.config.retry_period).await;
-            let give_up_at = tokio::time::Instant::from_std(last_renewal + self.config.renew_deadline);
+            let give_up_at = last_renewal + self.config.renew_deadline;
             let Ok(attempt) = tokio::time::timeout_at(give_up_at, self.try_acquire_or_renew()).await else {
                 return Error::LostLease {
                     lease: self.lease_name(),
                     why: format!("not renewed within {:?}: the API server did not answer", self.config.renew_deadline),
+                    source: None,
                 };
             };
             match attempt {
                 Ok(true) => last_renewal = Instant::now(),
                 Ok(false) => {
-                    return Error::LostLease { lease: self.lease_name(), why: "another replica holds it".into() };
+                    return Error::LostLease {
+                        lease: self.lease_name(),
+                        why: "another replica holds it".into(),
+                        source: None,
+                    };
                 }
                 Err(error) => {
-                    tracing::warn!(lease = %self.lease_name(), %error, "renewing the lease failed");
                     if last_renewal.elapsed() >= self.config.renew_deadline {
                         return Error::LostLease {
                             lease: self.lease_name(),
-                            why: format!("not renewed within {:?}: {error}", self.config.renew_deadline),
+                            why: format!("not renewed within {:?}", self.config.renew_deadline),
+                            source: Some(error),
                         };
                     }
+                    tracing::warn!(lease = %self.lease_name(), error = %error_chain(&error), "renewing the lease failed");
                 }
             }
         }
@@ -122,7 +135,9 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(1);
         match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!(lease = %self.lease_name(), "released the lease"),
-            Err(error) => tracing::warn!(lease = %self.lease_name(), %error, "releasing the lease failed"),
+            Err(error) => {
+                tracing::warn!(lease = %self.lease_name(), error = %error_chain(&error), "releasing the lease failed");
+            }
         }
     }
 
@@ -182,5 +197,192 @@ impl LeaderElector {
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The election against a scripted API on paused time: which requests
+    //! each step makes, with which bodies, and when.
+
+    use super::*;
+    use crate::mock_api::{self, ApiHandle};
+    use http::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/op";
+    const RENEWED_AT: &str = "2026-12-01T10:00:00.000000Z";
+    const ACQUIRED_AT: &str = "2026-12-01T09:00:00.000000Z";
+
+    fn config() -> LeaseConfig {
+        LeaseConfig {
+            namespace: "ops".into(),
+            name: "op".into(),
+            identity: "op-a".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    fn new_elector() -> (LeaderElector, ApiHandle) {
+        let (client, api) = mock_api::client();
+        (LeaderElector::new(client, config()), api)
+    }
+
+    /// The Lease as the API server returns it.
+    fn lease(holder: Option<&str>, resource_version: &str) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "op", "namespace": "ops", "resourceVersion": resource_version},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "acquireTime": ACQUIRED_AT,
+                     "renewTime": RENEWED_AT, "leaseTransitions": 3},
+        })
+    }
+
+    /// Answers a GET of the Lease with `lease`.
+    async fn answer_get(api: &mut ApiHandle, lease: Value) {
+        let (_, answer) = mock_api::next(api, Method::GET, LEASE).await;
+        mock_api::respond_json(answer, lease);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absent_lease_is_created_with_this_identity() {
+        let (mut elector, mut api) = new_elector();
+        let script = async move {
+            let (_, answer) = mock_api::next(&mut api, Method::GET, LEASE).await;
+            mock_api::respond_status(answer, StatusCode::NOT_FOUND);
+            let (created, answer) = mock_api::next_json(&mut api, Method::POST, LEASES).await;
+            let spec = &created["spec"];
+            assert_eq!((&created["metadata"]["name"], &spec["holderIdentity"]), (&json!("op"), &json!("op-a")));
+            assert_eq!((&spec["leaseDurationSeconds"], &spec["leaseTransitions"]), (&json!(15), &json!(0)));
+            assert_eq!(spec["acquireTime"], spec["renewTime"]);
+            mock_api::respond_json(answer, created);
+        };
+        mock_api::run_against(elector.acquire(), script).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_whose_holder_stopped_renewing_is_taken_over_after_its_duration() {
+        let (mut elector, mut api) = new_elector();
+        let script = async move {
+            let first_seen = Instant::now();
+            // The same record on every read: op-b no longer renews.
+            loop {
+                let (req, answer) = mock_api::next_request(&mut api).await;
+                if req.method() == Method::GET {
+                    mock_api::respond_json(answer, lease(Some("op-b"), "7"));
+                    continue;
+                }
+                assert_eq!((req.method(), req.uri().path()), (&Method::PUT, LEASE));
+                let waited = first_seen.elapsed();
+                assert!(
+                    waited >= Duration::from_secs(15) && waited < Duration::from_secs(17),
+                    "took over after {waited:?}"
+                );
+                let taken = mock_api::body_json(req).await;
+                let spec = &taken["spec"];
+                assert_eq!(taken["metadata"]["resourceVersion"], "7", "the update carries the version read");
+                assert_eq!((&spec["holderIdentity"], &spec["leaseTransitions"]), (&json!("op-a"), &json!(4)));
+                assert_ne!(spec["acquireTime"], ACQUIRED_AT);
+                mock_api::respond_json(answer, taken);
+                return;
+            }
+        };
+        mock_api::run_against(elector.acquire(), script).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_holder_renews_with_its_own_identity_until_another_replica_holds_the_lease() {
+        let (mut elector, mut api) = new_elector();
+        let script = async move {
+            answer_get(&mut api, lease(Some("op-a"), "8")).await;
+            let (renewed, answer) = mock_api::next_json(&mut api, Method::PUT, LEASE).await;
+            let spec = &renewed["spec"];
+            assert_eq!(renewed["metadata"]["resourceVersion"], "8");
+            assert_eq!((&spec["holderIdentity"], &spec["acquireTime"]), (&json!("op-a"), &json!(ACQUIRED_AT)));
+            assert_eq!(spec["leaseTransitions"], 3, "a renewal is no transition");
+            assert_ne!(spec["renewTime"], RENEWED_AT);
+            mock_api::respond_json(answer, renewed);
+            answer_get(&mut api, lease(Some("op-b"), "10")).await;
+        };
+        let lost = mock_api::run_against(elector.hold(), script).await;
+        assert_eq!(lost.to_string(), "lost the leader lease ops/op: another replica holds it");
+        assert_eq!(lost.category(), "LostLease");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_the_api_server_does_not_answer_ends_the_leadership_at_the_renew_deadline() {
+        let (mut elector, mut api) = new_elector();
+        let started = Instant::now();
+        // The renewal's read arrives and is never answered (its answer slot
+        // stays open until the end of the test).
+        let hold = tokio::time::timeout(Duration::from_secs(600), elector.hold());
+        let (lost, _unanswered) = tokio::join!(hold, mock_api::next(&mut api, Method::GET, LEASE));
+        let lost = lost.expect("hold() gave up");
+        assert_eq!(started.elapsed(), Duration::from_secs(10), "gave up exactly at the renew deadline");
+        assert_eq!(
+            lost.to_string(),
+            "lost the leader lease ops/op: not renewed within 10s: the API server did not answer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflicting_update_is_not_leadership_and_is_retried() {
+        let (mut elector, mut api) = new_elector();
+        let script = async move {
+            // Released (no holder): the elector takes it, but another
+            // replica's update lands first.
+            answer_get(&mut api, lease(None, "5")).await;
+            let (refused, answer) = mock_api::next_json(&mut api, Method::PUT, LEASE).await;
+            assert_eq!(refused["metadata"]["resourceVersion"], "5");
+            mock_api::respond_status(answer, StatusCode::CONFLICT);
+            let conflict_at = Instant::now();
+
+            answer_get(&mut api, lease(None, "6")).await;
+            assert_eq!(conflict_at.elapsed(), Duration::from_secs(2), "retried after the retry period");
+            let (taken, answer) = mock_api::next_json(&mut api, Method::PUT, LEASE).await;
+            assert_eq!(
+                (&taken["metadata"]["resourceVersion"], &taken["spec"]["holderIdentity"]),
+                (&json!("6"), &json!("op-a"))
+            );
+            mock_api::respond_json(answer, taken);
+        };
+        mock_api::run_against(elector.acquire(), script).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflicting_renewal_ends_the_leadership_at_once() {
+        let (mut elector, mut api) = new_elector();
+        let script = async move {
+            answer_get(&mut api, lease(Some("op-a"), "11")).await;
+            let (_, answer) = mock_api::next(&mut api, Method::PUT, LEASE).await;
+            // Someone wrote the Lease since it was read: only a replica that
+            // saw it unrenewed for a whole lease duration does.
+            mock_api::respond_status(answer, StatusCode::CONFLICT);
+        };
+        let lost = mock_api::run_against(elector.hold(), script).await;
+        assert_eq!(lost.to_string(), "lost the leader lease ops/op: another replica holds it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_clears_the_holder_only_when_this_replica_holds_the_lease() {
+        let (mut elector, mut api) = new_elector();
+        let script = async move {
+            answer_get(&mut api, lease(Some("op-a"), "8")).await;
+            let (released, answer) = mock_api::next_json(&mut api, Method::PUT, LEASE).await;
+            assert_eq!(released["metadata"]["resourceVersion"], "8");
+            assert_eq!(released["spec"].get("holderIdentity"), None, "no holder: {released}");
+            assert_eq!(released["spec"]["leaseDurationSeconds"], 1, "expires at once for the followers");
+            mock_api::respond_json(answer, released);
+        };
+        mock_api::run_against(elector.release(), script).await;
+
+        // Held by another replica: read, and nothing written (a write would
+        // wait for an answer the script does not give).
+        let (mut elector, mut api) = new_elector();
+        let script = async move { answer_get(&mut api, lease(Some("op-b"), "9")).await };
+        mock_api::run_against(elector.release(), script).await;
     }
 }

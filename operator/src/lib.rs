@@ -2,15 +2,18 @@
 //! ConnectionHealth reports the agents write, and turns verdicts into
 //! Events, pod annotations and status.
 //!
-//! Rooms:
+//! Modules:
 //! - [`evaluate`]: the decisions, as pure functions (no kube, no clock).
 //! - [`cli`]: settings and the `run` command.
 //! - [`controller`]: watches, reconcile, and the writes it performs.
 //! - [`leader`]: leader election on a Lease.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`error`]: errors with stable categories.
+//! - [`error`]: the one error type, each variant with a stable category.
 //! - [`plan`]: what one reconcile must write, pure.
 //! - [`status`]: policy status and conditions, pure.
+//!
+//! Unit tests of the modules that call the API server run against a
+//! scripted API (`mock_api`, test builds only).
 
 pub mod cli;
 pub mod controller;
@@ -18,5 +21,7 @@ pub mod error;
 pub mod evaluate;
 pub mod leader;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod plan;
 pub mod status;

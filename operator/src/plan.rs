@@ -17,16 +17,17 @@ use connhealth_crds::names::annotations;
 use connhealth_crds::policy::ConnectionHealthPolicySpec;
 use jiff::Timestamp;
 
-use crate::evaluate::{self, EventIntent, GrowthHistory, InvalidSpec, PolicyRef};
+use crate::error::Error;
+use crate::evaluate::{self, EventIntent, GrowthHistory, PolicyRef};
 use crate::status::PodVerdict;
 
 /// A policy of the namespace, as read.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PolicyInput {
     /// Policy name.
     pub name: String,
     /// The spec, or why it cannot be used.
-    pub spec: Result<ConnectionHealthPolicySpec, InvalidSpec>,
+    pub spec: Result<ConnectionHealthPolicySpec, Error>,
 }
 
 /// A pod of the namespace, as read (metadata only).
@@ -287,7 +288,7 @@ mod tests {
         let mut reports = [report("api-1", 50)];
         let first = plan("a", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
         reports[0].status.verdict = first.writes[0].verdict.clone().unwrap();
-        policies[0].spec = Err(InvalidSpec::Empty("broken"));
+        policies[0].spec = Err(Error::NothingEnabled("broken"));
         let p = plan("a", true, &policies, &pods, &reports, &HashMap::new(), ts(700));
         let verdict = p.writes[0].verdict.clone().unwrap().unwrap();
         assert_eq!((verdict.policy.as_str(), verdict.result), ("b", Verdict::Leaking));

@@ -28,6 +28,11 @@
 //! refresh, proxy, request tracing all stay kube's); kube's boxed stack is
 //! put behind a `Buffer` (as `kube::Client` itself does) so that the retry
 //! can clone it.
+//!
+//! How the client's errors read: kube's errors repeat their cause in their
+//! own message (`ServiceError: {0}` with the cause as source too), so a
+//! chain printed naively says each cause twice; [`crate::error_chain`]
+//! says each once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,6 +55,8 @@ use tower::buffer::BufferLayer;
 use tower::retry::RetryLayer;
 use tower::{BoxError, Layer, Service};
 
+use crate::error::Error;
+
 /// At most this many retries of a 429/503/504 answer within one call.
 pub const RETRIES: u32 = 3;
 
@@ -69,17 +76,12 @@ pub fn parse_api_timeout(s: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
-/// Could not build a client.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")]
-pub struct ConnectError(#[source] pub kube::Error);
-
 /// Infers the configuration (in-cluster, else `KUBECONFIG`) and builds a
 /// client whose every call ends within `timeout`, recording writes in
 /// `health`.
-pub async fn connect(timeout: Duration, health: &ApiHealth) -> Result<Client, ConnectError> {
-    let config = Config::infer().await.map_err(|e| ConnectError(kube::Error::InferConfig(e)))?;
-    client_from_config(config, timeout, health).map_err(ConnectError)
+pub async fn connect(timeout: Duration, health: &ApiHealth) -> Result<Client, Error> {
+    let config = Config::infer().await.map_err(|e| Error::Connect(kube::Error::InferConfig(e)))?;
+    client_from_config(config, timeout, health).map_err(Error::Connect)
 }
 
 /// [`connect`] for a given configuration. Needs a Tokio runtime (the
@@ -97,22 +99,31 @@ pub fn client_from_config(mut config: Config, timeout: Duration, health: &ApiHea
     Ok(client)
 }
 
-/// No answer in time: what the caller's `kube::Error::Service` carries.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("no answer from the API server within {timeout:?} ({method} {path})")]
-pub struct DeadlineExceeded {
-    /// The request's method.
-    pub method: Method,
-    /// The request's path (without the query).
-    pub path: String,
-    /// The deadline it missed.
-    pub timeout: Duration,
+/// A request and its deadline: what [`Error::DeadlineExceeded`] (the error
+/// the caller's `kube::Error::Service` carries when it is missed) says.
+#[derive(Debug, Clone)]
+struct Deadline {
+    method: Method,
+    path: String,
+    timeout: Duration,
 }
 
-/// Whether `error` is a call that ran out of time ([`DeadlineExceeded`]).
+impl Deadline {
+    fn exceeded(&self) -> BoxError {
+        Box::new(Error::DeadlineExceeded {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// Whether `error` is a call that ran out of time ([`Error::DeadlineExceeded`]).
 pub fn is_deadline_exceeded(error: &kube::Error) -> bool {
     match error {
-        kube::Error::Service(source) => source.downcast_ref::<DeadlineExceeded>().is_some(),
+        kube::Error::Service(source) => {
+            source.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::DeadlineExceeded { .. }))
+        }
         _ => false,
     }
 }
@@ -157,14 +168,14 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let exceeded =
-            DeadlineExceeded { method: req.method().clone(), path: req.uri().path().to_owned(), timeout: self.timeout };
+            Deadline { method: req.method().clone(), path: req.uri().path().to_owned(), timeout: self.timeout };
         let is_watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
         let deadline = tokio::time::Instant::now() + self.timeout;
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = match tokio::time::timeout_at(deadline, response).await {
                 Ok(result) => result.map_err(Into::into)?,
-                Err(_) => return Err(exceeded.into()),
+                Err(_) => return Err(exceeded.exceeded()),
             };
             let limit = (!is_watch).then(|| (Box::pin(tokio::time::sleep_until(deadline)), exceeded));
             Ok(response.map(|inner| DeadlineBody { inner, limit }))
@@ -172,11 +183,11 @@ where
     }
 }
 
-/// A response body that fails with [`DeadlineExceeded`] once its deadline
+/// A response body that fails with [`Error::DeadlineExceeded`] once its deadline
 /// passes (no deadline for watches).
 pub struct DeadlineBody<B> {
     inner: B,
-    limit: Option<(Pin<Box<tokio::time::Sleep>>, DeadlineExceeded)>,
+    limit: Option<(Pin<Box<tokio::time::Sleep>>, Deadline)>,
 }
 
 impl<B> HttpBody for DeadlineBody<B>
@@ -191,7 +202,7 @@ where
         if let Some((sleep, exceeded)) = &mut self.limit
             && sleep.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(Some(Err(exceeded.clone().into())));
+            return Poll::Ready(Some(Err(exceeded.exceeded())));
         }
         Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
     }
@@ -252,8 +263,8 @@ where
                     }
                     Ok(_) => {} // answered: the server is there, the request was wrong
                     // A missed deadline names the request itself.
-                    Err(error) if error.is::<DeadlineExceeded>() => health.record_failure(error.to_string()),
-                    Err(error) => health.record_failure(format!("{write}: {error}")),
+                    Err(error) if error.is::<Error>() => health.record_failure(error.to_string()),
+                    Err(error) => health.record_failure(format!("{write}: {}", crate::error_chain(&**error))),
                 }
             }
             result
@@ -444,7 +455,27 @@ mod tests {
         assert_eq!(parse_api_timeout("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_api_timeout("50ms").unwrap_err(), "\"50ms\" is out of range: use between 100ms and 10m");
         assert!(parse_api_timeout("20m").unwrap_err().contains("out of range"));
-        assert!(parse_api_timeout("10").unwrap_err().contains("not a duration"));
+        assert!(parse_api_timeout("10").unwrap_err().contains("has no unit"));
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once_on_one_line() {
+        let exceeded =
+            Error::DeadlineExceeded { method: Method::PATCH, path: "/x".into(), timeout: Duration::from_millis(300) };
+        // kube's message already ends with its cause's text.
+        let timed_out = kube::Error::Service(Box::new(exceeded));
+        assert_eq!(
+            crate::error_chain(&timed_out),
+            "ServiceError: no answer from the API server within 300ms (PATCH /x)"
+        );
+        // A message that does not say its cause gets it appended.
+        let no_config =
+            Error::Connect(kube::Error::Service(Box::new(std::io::Error::other("no such file\nor directory"))));
+        assert_eq!(no_config.to_string(), "cannot configure a Kubernetes client (in-cluster or KUBECONFIG)");
+        assert_eq!(
+            crate::error_chain(&no_config),
+            "cannot configure a Kubernetes client (in-cluster or KUBECONFIG): ServiceError: no such file or directory"
+        );
     }
 
     #[tokio::test]

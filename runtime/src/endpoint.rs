@@ -16,6 +16,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::apiclient::ApiHealth;
+use crate::error::Error;
+use crate::error_chain;
 
 /// Readiness as the component reports it, and (when given) whether its
 /// writes reach the API server: `/readyz` answers 200 only while the
@@ -49,15 +51,6 @@ impl Readiness {
     }
 }
 
-/// Could not serve the endpoint.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} for /metrics, /healthz and /readyz: {source}")]
-pub struct BindError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
 /// A bound endpoint; [`Endpoint::serve`] answers requests until the task is
 /// dropped.
 pub struct Endpoint {
@@ -68,8 +61,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Binds `addr` (port 0 picks a free port; see [`Endpoint::local_addr`]).
-    pub async fn bind(addr: SocketAddr, registry: Registry, readiness: Readiness) -> Result<Self, BindError> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
+    pub async fn bind(addr: SocketAddr, registry: Registry, readiness: Readiness) -> Result<Self, Error> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
         Ok(Self { listener, registry: Arc::new(registry), readiness })
     }
 
@@ -84,7 +77,7 @@ impl Endpoint {
             let (stream, _) = match self.listener.accept().await {
                 Ok(conn) => conn,
                 Err(error) => {
-                    tracing::warn!(%error, "accepting a metrics connection failed");
+                    tracing::warn!(error = %error_chain(&error), "accepting a metrics connection failed");
                     continue;
                 }
             };
@@ -93,7 +86,7 @@ impl Endpoint {
             tokio::spawn(async move {
                 let service = service_fn(move |req| respond(req, registry.clone(), readiness.clone()));
                 if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
-                    tracing::debug!(%error, "metrics connection ended with an error");
+                    tracing::debug!(error = %error_chain(&error), "metrics connection ended with an error");
                 }
             });
         }
@@ -176,6 +169,19 @@ mod tests {
         assert!(metrics.contains("demo_things_total 3"), "{metrics}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_named_once_with_its_cause() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let Err(error) = Endpoint::bind(addr, Registry::default(), Readiness::default()).await else {
+            panic!("bound {addr} twice");
+        };
+        let cause = std::error::Error::source(&error).expect("the OS error is the source").to_string();
+        assert!(cause.contains("in use"), "{cause}");
+        assert_eq!(error.to_string(), format!("cannot listen on {addr} for /metrics, /healthz and /readyz"));
+        assert_eq!(error_chain(&error), format!("{error}: {cause}"));
     }
 
     #[tokio::test]

@@ -1,16 +1,27 @@
 //! What connhealth's two binaries share at run time, so neither writes it
-//! again: logging setup ([`logging`]), the Kubernetes client with a
-//! deadline on every call ([`apiclient`]), the small HTTP endpoint that
-//! serves `/metrics`, `/healthz` and `/readyz` ([`endpoint`]), the shutdown
-//! signal ([`shutdown_signal`]), the duration syntax of flags
-//! ([`parse_duration`]) and the rule for root-only tests
-//! ([`can_run_privileged_test`]).
+//! again: logging setup ([`logging`]), the duration syntax of flags
+//! ([`parse_duration`]), the short form durations are shown in
+//! ([`human_duration`]) and the one-line form of an error and its causes
+//! ([`error_chain`]); with the `client` feature (cluster mode) also the
+//! Kubernetes client with a deadline on every call (`apiclient`), the
+//! small HTTP endpoint that serves `/metrics`, `/healthz` and `/readyz`
+//! (`endpoint`) and the shutdown signal (`shutdown_signal`).
 
+#[cfg(feature = "client")]
 pub mod apiclient;
+#[cfg(feature = "client")]
 pub mod endpoint;
+#[cfg(feature = "client")]
+pub mod error;
 pub mod logging;
 
+#[cfg(feature = "client")]
+pub use error::Error;
+
+use std::time::Duration;
+
 /// Completes on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+#[cfg(feature = "client")]
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
@@ -28,42 +39,148 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Parses a Go-style duration as Kubernetes writes them (`30s`, `5m`,
-/// `1h30m`), for flags; negative durations are refused.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d: kube::core::Duration = s.parse().map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
-    if d.is_negative() {
-        return Err(format!("{s:?} is negative"));
+/// Parses a duration of a flag in Go's syntax, the one the CRDs and the
+/// chart use: decimal numbers, each with a unit (`ns`, `us`, `µs`, `ms`,
+/// `s`, `m`, `h`), e.g. `500ms`, `30s`, `1.5h`, `1h30m`; `0` alone is
+/// allowed. Every duration flag of both binaries takes it. A bare number is
+/// refused with a hint (is `5` seconds or minutes?), and so is a negative
+/// duration. Written here rather than taken from kube so that
+/// `connhealth-agent scan` needs no Kubernetes crate; a test checks it
+/// against kube's parser.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    let unsigned = text.strip_prefix('+').unwrap_or(text);
+    if unsigned.starts_with('-') && unsigned != "-0" {
+        return Err(format!("{text:?} is negative"));
     }
-    Ok(d.into())
+    let mut rest = unsigned.strip_prefix('-').unwrap_or(unsigned);
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("{text:?} has no unit: write e.g. {rest}s or {rest}m (units: ms, s, m, h)"));
+    }
+    let invalid = || format!("{text:?} is not a duration like 30s or 5m (units: ns, us, ms, s, m, h)");
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return Err(invalid());
+        }
+        let value: f64 = number.parse().map_err(|_| invalid())?;
+        let seconds_per_unit = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(invalid()),
+        };
+        total += value * seconds_per_unit;
+        rest = tail;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| invalid())
 }
 
-/// Whether a root-only test may run: true as root. Otherwise it prints why
-/// it skips — or, when `CI` is set, panics, so CI can never skip silently.
-pub fn can_run_privileged_test(test: &str) -> bool {
-    let euid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|u| u.parse::<u32>().ok());
-    if euid == Some(0) {
-        return true;
+/// A duration as people read it, in whole seconds and at most two units:
+/// `42s`, `2m`, `5m3s`, `3h`, `3h2m`, `2d`, `2d1h`. Used wherever a
+/// duration is shown: Event notes, the `scan` table.
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (days, hours, minutes, seconds) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let pair = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
+        if small == 0 { format!("{big}{big_unit}") } else { format!("{big}{big_unit}{small}{small_unit}") }
+    };
+    if days > 0 {
+        pair(days, "d", hours, "h")
+    } else if hours > 0 {
+        pair(hours, "h", minutes, "m")
+    } else if minutes > 0 {
+        pair(minutes, "m", seconds, "s")
+    } else {
+        format!("{seconds}s")
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: needs root (network namespaces, setns, cgroups) and CI is set: refusing to skip (euid {euid:?})"
-    );
-    eprintln!("skipping {test}: needs root (network namespaces, setns, cgroups); euid {euid:?}");
-    false
+}
+
+/// One line for logs, Events and exit messages: `error` and its causes,
+/// joined by `: `, each said once. A cause whose text the message before it
+/// already contains is skipped: kube's errors (and kube-runtime's) print
+/// their cause in their own message as well as returning it as `source`.
+/// Line breaks inside a message become spaces.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut previous = line.clone();
+    let mut cause = error.source();
+    while let Some(source) = cause {
+        let text = source.to_string();
+        if !previous.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        previous = text;
+        cause = source.source();
+    }
+    line.replace(['\r', '\n'], " ")
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn durations() {
-        assert_eq!(super::parse_duration("1m30s"), Ok(std::time::Duration::from_secs(90)));
-        assert!(super::parse_duration("-5s").unwrap_err().contains("negative"));
-        assert!(super::parse_duration("soon").unwrap_err().contains("not a duration"));
+    fn durations_take_go_syntax_and_refuse_bare_numbers() {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5x").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("5").unwrap_err(), "\"5\" has no unit: write e.g. 5s or 5m (units: ms, s, m, h)");
+    }
+
+    /// The CRDs' durations are parsed by kube (Go's syntax): flags must
+    /// read every one of these the same way.
+    #[cfg(feature = "client")]
+    #[test]
+    fn durations_parse_as_kube_parses_them() {
+        for text in ["0", "30s", "1h30m", "1.5h", "500ms", "2h45m30.5s", "1us", "100ns", "90m", "0.5s", "+5s", "10s5m"]
+        {
+            let kube: kube::core::Duration = text.parse().unwrap_or_else(|e| panic!("kube refuses {text}: {e}"));
+            let ours = parse_duration(text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(ours.as_nanos(), Duration::from(kube).as_nanos(), "{text}");
+        }
+        for text in ["s", "5x", "1..5s", "m5", "five seconds", "1h 30m"] {
+            assert!(text.parse::<kube::core::Duration>().is_err(), "kube accepts {text:?}");
+            assert!(parse_duration(text).is_err(), "we accept {text:?}");
+        }
+    }
+
+    #[test]
+    fn human_durations() {
+        let s = Duration::from_secs;
+        let cases = [
+            (0, "0s"),
+            (42, "42s"),
+            (120, "2m"),
+            (303, "5m3s"),
+            (3600, "1h"),
+            (3 * 3600 + 120, "3h2m"),
+            (3 * 3600 + 59, "3h"),
+            (86_400, "1d"),
+            (2 * 86_400 + 3600, "2d1h"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(human_duration(s(secs)), want, "{secs}s");
+        }
+        assert_eq!(human_duration(Duration::from_millis(1999)), "1s", "rounded down: never overstated");
     }
 }

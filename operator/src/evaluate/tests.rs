@@ -396,7 +396,7 @@ fn invalid_specs_are_explained() {
                 port_pressure: PortPressureThresholds { warning_percent: 101, ..Default::default() },
                 ..spec()
             },
-            "spec.portPressure.warningPercent: must be at least 1, got 101",
+            "spec.portPressure.warningPercent: must be between 1 and 100, got 101",
         ),
         (
             ConnectionHealthPolicySpec {
@@ -429,14 +429,8 @@ fn invalid_specs_are_explained() {
         ),
     ];
     for (spec, message) in cases {
-        assert_eq!(validate_spec(&spec).unwrap_err().to_string(), message);
+        let error = validate_spec(&spec).unwrap_err();
+        assert_eq!((error.to_string().as_str(), error.category()), (message, "InvalidSpec"));
     }
-    assert_eq!(validate_spec(&spec()), Ok(()));
-}
-
-#[test]
-fn human_durations() {
-    for (secs, s) in [(0, "0s"), (45, "45s"), (120, "2m"), (150, "2m30s"), (3600, "1h"), (5400, "1h30m")] {
-        assert_eq!(human_duration(StdDuration::from_secs(secs)), s);
-    }
+    assert!(validate_spec(&spec()).is_ok());
 }

@@ -302,3 +302,48 @@ fn seeded_first_sightings_carry_ages_over_a_restart() {
     let s = dump(&mut t, &cfg, t0, &socks[..1]);
     assert_eq!((s.close_wait.count, s.close_wait.stuck), (1, 1));
 }
+
+#[test]
+fn first_seen_groups_are_bounded_and_never_older_than_the_truth() {
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs);
+    let times: Vec<(SystemTime, u64)> = (0..100).map(|i| (at(i * 7), 1)).collect();
+    let groups = group_first_seen(&times, 32);
+    assert!(groups.len() <= 32, "{}", groups.len());
+    assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), 100);
+    // Every socket's reported time is at or after its true time: walk both
+    // in order.
+    let mut truth = times.iter().map(|t| t.0);
+    for g in &groups {
+        for _ in 0..g.count {
+            assert!(g.since >= truth.next().unwrap());
+        }
+    }
+    // Few distinct times stay exact.
+    let few = [(at(5), 2), (at(5), 1), (at(9), 4)];
+    let group = |since, count| FirstSeenGroup { since, count };
+    assert_eq!(group_first_seen(&few, 32), vec![group(at(5), 3), group(at(9), 4)]);
+    assert!(group_first_seen(&[], 32).is_empty());
+}
+
+#[test]
+fn state_counts_are_indexed_by_the_state_table() {
+    let mut counts = StateCounts::default();
+    for (i, state) in TcpState::ALL.into_iter().enumerate() {
+        for _ in 0..=i {
+            counts.add(state);
+        }
+    }
+    let json = serde_json::to_value(counts).unwrap();
+    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 11);
+    for (i, state) in TcpState::ALL.into_iter().enumerate() {
+        assert_eq!(state.index(), i);
+        assert_eq!(TcpState::from_kernel(i as u8 + 1), Some(state), "kernel order");
+        assert_eq!(TcpState::from_ss_name(state.ss_name()), Some(state));
+        assert_eq!(counts.get(state), i as u64 + 1);
+        assert_eq!(json[state.key()], i as u64 + 1, "{}", state.key());
+    }
+    assert_eq!(counts.total(), 66);
+    assert_eq!(TcpState::from_ss_name("CLOSE"), Some(TcpState::Close));
+    assert_eq!(TcpState::from_ss_name("ESTABLISHED"), None);
+}

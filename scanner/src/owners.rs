@@ -23,9 +23,12 @@ use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
-use crate::discovery::{BootClock, ProcReadError, ProcessInfo, SkippedCounts, read_cgroup, read_process};
+use crate::error::ScanError;
+use crate::procfs::{
+    BootClock, ProcessInfo, RlimitValue, SkippedCounts, read_cgroup, read_nofile_limits, read_process,
+};
 
 /// How to walk.
 #[derive(Debug, Clone)]
@@ -39,25 +42,6 @@ pub struct OwnersOptions {
 impl Default for OwnersOptions {
     fn default() -> Self {
         Self { proc_root: PathBuf::from("/proc"), stop_when_all_found: true }
-    }
-}
-
-/// A resource limit value from `/proc/<pid>/limits`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RlimitValue {
-    /// A finite limit.
-    Limited(u64),
-    /// `unlimited` (`RLIM_INFINITY`).
-    Unlimited,
-}
-
-impl Serialize for RlimitValue {
-    /// A number, or the string `"unlimited"`.
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            RlimitValue::Limited(n) => s.serialize_u64(*n),
-            RlimitValue::Unlimited => s.serialize_str("unlimited"),
-        }
     }
 }
 
@@ -178,7 +162,7 @@ fn walk_fds(proc_root: &Path, pid: u32, wanted: &mut HashMap<u64, u32>, result: 
     let entries = match std::fs::read_dir(&fd_dir) {
         Ok(entries) => entries,
         Err(e) => {
-            result.skipped.record(&ProcReadError::from_io(&fd_dir, e));
+            result.skipped.record(&ScanError::from_proc_io(&fd_dir, e));
             return None;
         }
     };
@@ -189,7 +173,7 @@ fn walk_fds(proc_root: &Path, pid: u32, wanted: &mut HashMap<u64, u32>, result: 
             Ok(entry) => entry,
             Err(e) => {
                 // The process exited mid-listing; what was counted stays.
-                result.skipped.record(&ProcReadError::from_io(&fd_dir, e));
+                result.skipped.record(&ScanError::from_proc_io(&fd_dir, e));
                 break;
             }
         };
@@ -200,7 +184,7 @@ fn walk_fds(proc_root: &Path, pid: u32, wanted: &mut HashMap<u64, u32>, result: 
             // The fd was closed between listing and reading: normal.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                result.skipped.record(&ProcReadError::from_io(&entry.path(), e));
+                result.skipped.record(&ScanError::from_proc_io(&entry.path(), e));
                 continue;
             }
         };
@@ -228,47 +212,17 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 
 /// Reads the soft and hard `RLIMIT_NOFILE` of a process from
 /// `<proc_root>/<pid>/limits`.
-pub fn read_nofile_limits(proc_root: &Path, pid: u32) -> Result<(RlimitValue, RlimitValue), ProcReadError> {
-    let path = proc_root.join(pid.to_string()).join("limits");
-    let bytes = std::fs::read(&path).map_err(|e| ProcReadError::from_io(&path, e))?;
-    parse_nofile_limits(&String::from_utf8_lossy(&bytes))
-        .ok_or(ProcReadError::Malformed { path, reason: "no parsable \"Max open files\" line" })
-}
-
-/// `(soft, hard)` from the `Max open files` line of `/proc/<pid>/limits`:
-///
-/// ```text
-/// Limit                     Soft Limit           Hard Limit           Units
-/// Max open files            1024                 524288               files
-/// ```
-pub fn parse_nofile_limits(text: &str) -> Option<(RlimitValue, RlimitValue)> {
-    let rest = text.lines().find_map(|line| line.strip_prefix("Max open files"))?;
-    let mut values = rest.split_whitespace().map(|v| match v {
-        "unlimited" => Some(RlimitValue::Unlimited),
-        n => n.parse().ok().map(RlimitValue::Limited),
-    });
-    Some((values.next()??, values.next()??))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::test_support::{Child, NamedNetns, TempDir, can_run_privileged_test, wait_for_comm};
     use crate::discovery::{DiscoveryOptions, discover};
+    use crate::procfs;
+    use crate::testing::{Child, PROC_LIMITS, TempDir, TestNetns, can_run_privileged_test, wait_for_comm};
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::fs::symlink;
 
     const UID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
     const CID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
-
-    const LIMITS: &str = "\
-Limit                     Soft Limit           Hard Limit           Units     
-Max cpu time              unlimited            unlimited            seconds   
-Max file size             unlimited            unlimited            bytes     
-Max processes             63471                63471                processes 
-Max open files            1024                 524288               files     
-Max locked memory         8388608              8388608              bytes     
-";
 
     fn fake_process(root: &Path, pid: u32, comm: &str, fds: &[&str], limits: &str) {
         let dir = root.join(pid.to_string());
@@ -297,14 +251,14 @@ Max locked memory         8388608              8388608              bytes
                 "pipe:[5]",
                 "anon_inode:[eventpoll]",
             ],
-            LIMITS,
+            PROC_LIMITS,
         );
         fake_process(
             root,
             20,
             "sidecar",
             &["socket:[333]", "socket:[111]"],
-            &LIMITS.replace(
+            &PROC_LIMITS.replace(
                 "Max open files            1024                 524288",
                 "Max open files            unlimited            unlimited",
             ),
@@ -386,17 +340,6 @@ Max locked memory         8388608              8388608              bytes
         assert_eq!(socket_inode(b"socket:[99999999999999999999999]"), None);
     }
 
-    #[test]
-    fn limits_parsing() {
-        use RlimitValue::*;
-        assert_eq!(parse_nofile_limits(LIMITS), Some((Limited(1024), Limited(524288))));
-        assert_eq!(parse_nofile_limits("Max open files  unlimited  unlimited  files\n"), Some((Unlimited, Unlimited)));
-        assert_eq!(parse_nofile_limits("Max open files  1024\n"), None);
-        assert_eq!(parse_nofile_limits("Max open files  x y files\n"), None);
-        assert_eq!(parse_nofile_limits(""), None);
-        assert!(Limited(u64::MAX) < Unlimited);
-    }
-
     fn inode_of(fd: &impl AsRawFd) -> u64 {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
         socket_inode(link.as_os_str().as_bytes()).expect("a socket")
@@ -441,14 +384,14 @@ Max locked memory         8388608              8388608              bytes
         if !can_run_privileged_test("real_owner_in_named_netns") {
             return;
         }
-        let netns = NamedNetns::add();
+        let netns = TestNetns::new("disc");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let inode = inode_of(&listener);
         // The child holds the socket as its stdin (dup2 clears CLOEXEC), runs
         // in the namespace, with a soft fd limit we choose; we let go of it.
         let child = Child(
             std::process::Command::new("ip")
-                .args(["netns", "exec", &netns.0])
+                .args(["netns", "exec", &netns.name])
                 .args(["sh", "-c", "ulimit -S -n 777 && exec sleep 60"])
                 .stdin(OwnedFd::from(listener))
                 .spawn()
@@ -458,7 +401,7 @@ Max locked memory         8388608              8388608              bytes
         wait_for_comm(pid, "sleep");
 
         let d = discover(&DiscoveryOptions::default()).unwrap();
-        let ns = d.by_name(&netns.0).expect("named namespace found");
+        let ns = d.by_name(&netns.name).expect("named namespace found");
         assert_eq!(ns.pids, [pid]);
 
         let got = find_owners(&OwnersOptions::default(), &[inode], &ns.pids);
@@ -473,9 +416,7 @@ Max locked memory         8388608              8388608              bytes
         assert_eq!(owner.open_fds, fds);
         assert_eq!(
             owner.process.start_ticks,
-            crate::discovery::read_process(Path::new("/proc"), pid, &BootClock::read(Path::new("/proc")))
-                .unwrap()
-                .start_ticks
+            procfs::read_process(Path::new("/proc"), pid, &BootClock::read(Path::new("/proc"))).unwrap().start_ticks
         );
     }
 }

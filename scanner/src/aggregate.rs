@@ -44,11 +44,11 @@
 //! ESTABLISHED sockets whose local port lies in the ephemeral range, per
 //! remote `address:port`, against the size of that range.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -195,77 +195,42 @@ impl std::hash::Hasher for FxHasher {
 type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 type FxMap<K, V> = HashMap<K, V, FxBuild>;
 
-/// Socket count per TCP state; every state always present (zeros
-/// included). JSON keys are the camelCase state names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StateCounts {
-    /// ESTABLISHED.
-    pub established: u64,
-    /// SYN_SENT.
-    pub syn_sent: u64,
-    /// SYN_RECV (request sockets included).
-    pub syn_recv: u64,
-    /// FIN_WAIT1.
-    pub fin_wait1: u64,
-    /// FIN_WAIT2 (orphans in their time-wait form included).
-    pub fin_wait2: u64,
-    /// TIME_WAIT.
-    pub time_wait: u64,
-    /// CLOSE.
-    pub close: u64,
-    /// CLOSE_WAIT.
-    pub close_wait: u64,
-    /// LAST_ACK.
-    pub last_ack: u64,
-    /// LISTEN.
-    pub listen: u64,
-    /// CLOSING.
-    pub closing: u64,
-}
+/// Socket count per TCP state, indexed by state; every state always present
+/// (zeros included). JSON: an object keyed by [`TcpState::key`], in kernel
+/// order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts([u64; 11]);
 
 impl StateCounts {
-    fn slot(&mut self, state: TcpState) -> &mut u64 {
-        match state {
-            TcpState::Established => &mut self.established,
-            TcpState::SynSent => &mut self.syn_sent,
-            TcpState::SynRecv => &mut self.syn_recv,
-            TcpState::FinWait1 => &mut self.fin_wait1,
-            TcpState::FinWait2 => &mut self.fin_wait2,
-            TcpState::TimeWait => &mut self.time_wait,
-            TcpState::Close => &mut self.close,
-            TcpState::CloseWait => &mut self.close_wait,
-            TcpState::LastAck => &mut self.last_ack,
-            TcpState::Listen => &mut self.listen,
-            TcpState::Closing => &mut self.closing,
-        }
-    }
-
     /// Counts one socket in `state`.
     pub fn add(&mut self, state: TcpState) {
-        *self.slot(state) += 1;
+        self.0[state.index()] += 1;
     }
 
     /// The count for `state`.
     pub fn get(&self, state: TcpState) -> u64 {
-        match state {
-            TcpState::Established => self.established,
-            TcpState::SynSent => self.syn_sent,
-            TcpState::SynRecv => self.syn_recv,
-            TcpState::FinWait1 => self.fin_wait1,
-            TcpState::FinWait2 => self.fin_wait2,
-            TcpState::TimeWait => self.time_wait,
-            TcpState::Close => self.close,
-            TcpState::CloseWait => self.close_wait,
-            TcpState::LastAck => self.last_ack,
-            TcpState::Listen => self.listen,
-            TcpState::Closing => self.closing,
-        }
+        self.0[state.index()]
+    }
+
+    /// Every state with its count, in kernel order.
+    pub fn iter(&self) -> impl Iterator<Item = (TcpState, u64)> + '_ {
+        TcpState::ALL.into_iter().map(|state| (state, self.get(state)))
     }
 
     /// All sockets.
     pub fn total(&self) -> u64 {
-        TcpState::ALL.iter().map(|s| self.get(*s)).sum()
+        self.0.iter().sum()
+    }
+}
+
+impl Serialize for StateCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(TcpState::ALL.len()))?;
+        for (state, count) in self.iter() {
+            map.serialize_entry(state.key(), &count)?;
+        }
+        map.end()
     }
 }
 
@@ -278,11 +243,14 @@ pub struct Limits {
     pub max_distinct_keys: usize,
     /// Entries in each top list.
     pub top_n: usize,
+    /// Groups of CLOSE_WAIT first sightings reported (see
+    /// [`group_first_seen`]).
+    pub first_seen_groups: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_tracked_close_wait: 8192, max_distinct_keys: 4096, top_n: 5 }
+        Self { max_tracked_close_wait: 8192, max_distinct_keys: 4096, top_n: 5, first_seen_groups: 32 }
     }
 }
 
@@ -364,6 +332,47 @@ pub struct CloseWaitSummary {
     pub top_local_ports: Vec<PortCount>,
     /// Distinct local ports counted.
     pub distinct_local_ports: u64,
+    /// When the aged ones were first seen in CLOSE_WAIT, oldest first, in at
+    /// most [`Limits::first_seen_groups`] groups (see [`group_first_seen`]).
+    /// Filled by the scanner, which knows the wall clock.
+    pub first_seen: Vec<FirstSeenGroup>,
+}
+
+/// CLOSE_WAIT sockets first seen at (or, grouped, after) one time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FirstSeenGroup {
+    /// First sighting, whole seconds; serialised as `sinceUnixMs`.
+    #[serde(rename = "sinceUnixMs", serialize_with = "crate::json::unix_ms")]
+    pub since: SystemTime,
+    /// How many sockets.
+    pub count: u64,
+}
+
+/// Groups first-sighting times into at most `max` groups, oldest first.
+/// Times are whole seconds; when there are more distinct seconds than
+/// `max`, times are rounded *up* to coarser and coarser steps (2 s, 4 s,
+/// ...) until they fit, so an age is never overstated.
+pub fn group_first_seen(times: &[(SystemTime, u64)], max: usize) -> Vec<FirstSeenGroup> {
+    let secs: Vec<(u64, u64)> = times
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(t, n)| (t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), *n))
+        .collect();
+    let mut step = 1u64;
+    loop {
+        let mut groups: BTreeMap<u64, u64> = BTreeMap::new();
+        for (s, n) in &secs {
+            *groups.entry(s.div_ceil(step) * step).or_default() += n;
+        }
+        if groups.len() <= max.max(1) || step > u64::MAX / 4 {
+            return groups
+                .into_iter()
+                .map(|(s, count)| FirstSeenGroup { since: UNIX_EPOCH + Duration::from_secs(s), count })
+                .collect();
+        }
+        step *= 2;
+    }
 }
 
 /// TIME_WAIT against the namespace's bucket limit.
@@ -703,7 +712,7 @@ impl DumpAggregator<'_> {
 
     /// Whether this dump has seen a SYN_RECV socket so far.
     pub fn saw_syn_recv(&self) -> bool {
-        self.states.syn_recv > 0
+        self.states.get(TcpState::SynRecv) > 0
     }
 
     /// The listeners this dump has seen so far.
@@ -809,7 +818,7 @@ impl DumpAggregator<'_> {
             states,
             total: states.total(),
             close_wait: CloseWaitSummary {
-                count: states.close_wait,
+                count: states.get(TcpState::CloseWait),
                 recv_queue_bytes: cw_rqueue,
                 stuck: 0,
                 stuck_after_seconds: 0,
@@ -819,11 +828,15 @@ impl DumpAggregator<'_> {
                 distinct_peers,
                 top_local_ports,
                 distinct_local_ports,
+                first_seen: Vec::new(),
             },
             time_wait: TimeWaitSummary {
-                count: states.time_wait,
+                count: states.get(TcpState::TimeWait),
                 max_buckets: params.max_tw_buckets,
-                buckets_percent: params.max_tw_buckets.filter(|m| *m > 0).map(|m| states.time_wait * 100 / m as u64),
+                buckets_percent: params
+                    .max_tw_buckets
+                    .filter(|m| *m > 0)
+                    .map(|m| states.get(TcpState::TimeWait) * 100 / m as u64),
             },
             port_pressure: PortPressure {
                 ephemeral_ports: range_len,

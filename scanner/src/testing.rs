@@ -1,20 +1,39 @@
-//! Shared helpers of the root tests: the privilege gate, uniquely named test
-//! namespaces that clean up after themselves, `ss` as the reference, and
-//! builders for sockets in given TCP states.
-#![allow(dead_code)]
+//! Helpers for tests and the benchmark that need real namespaces and
+//! sockets (this crate's, the agent's and the e2e harness's): the rule for root-only tests, uniquely named test namespaces
+//! that clean up after themselves, `ss` as the reference, builders for
+//! sockets in given TCP states, temporary directories and child processes.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use connhealth_agent::aggregate::StateCounts;
-use connhealth_agent::netns::{NetnsHandle, NetnsId};
-use connhealth_agent::scan::Target;
+use crate::aggregate::StateCounts;
+use crate::netns::{NetnsHandle, NetnsId};
+use crate::scan::Target;
+use crate::sockdiag::TcpState;
 
-pub use connhealth_runtime::can_run_privileged_test;
+/// Whether a root-only test may run: true as root. Otherwise it prints why
+/// it skips — or, when `CI` is set, panics, so CI can never skip silently.
+pub fn can_run_privileged_test(test: &str) -> bool {
+    let euid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|u| u.parse::<u32>().ok());
+    if euid == Some(0) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root (network namespaces, setns, cgroups) and CI is set: refusing to skip (euid {euid:?})"
+    );
+    eprintln!("skipping {test}: needs root (network namespaces, setns, cgroups); euid {euid:?}");
+    false
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -120,22 +139,12 @@ pub fn ss_to_counts(out: &str) -> StateCounts {
     let mut c = StateCounts::default();
     let mut other = BTreeMap::new();
     for line in out.lines() {
-        let Some(state) = line.split_whitespace().next() else {
+        let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        match state {
-            "ESTAB" => c.established += 1,
-            "SYN-SENT" => c.syn_sent += 1,
-            "SYN-RECV" => c.syn_recv += 1,
-            "FIN-WAIT-1" => c.fin_wait1 += 1,
-            "FIN-WAIT-2" => c.fin_wait2 += 1,
-            "TIME-WAIT" => c.time_wait += 1,
-            "UNCONN" | "CLOSE" => c.close += 1,
-            "CLOSE-WAIT" => c.close_wait += 1,
-            "LAST-ACK" => c.last_ack += 1,
-            "LISTEN" => c.listen += 1,
-            "CLOSING" => c.closing += 1,
-            s => *other.entry(s.to_owned()).or_insert(0) += 1,
+        match TcpState::from_ss_name(name) {
+            Some(state) => c.add(state),
+            None => *other.entry(name.to_owned()).or_insert(0) += 1,
         }
     }
     assert!(other.is_empty(), "unknown ss states: {other:?}");
@@ -191,4 +200,96 @@ pub fn time_wait(l: &TcpListener) {
     let mut c = &client;
     assert_eq!(c.read(&mut buf).unwrap(), 0, "client sees the FIN");
     drop(client);
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "connhealth-{tag}-{}-{}-{}",
+            std::process::id(),
+            unique(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A value unlikely to repeat across runs (for names of host objects).
+pub fn unique() -> u64 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    (u64::from(std::process::id()) << 32) | u64::from(nanos)
+}
+
+/// A child killed and reaped on drop.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `pid` runs `comm` (an `exec` chain has finished).
+pub fn wait_for_comm(pid: u32, comm: &str) {
+    for _ in 0..500 {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if now.trim_end() == comm {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("pid {pid} never became {comm}");
+}
+
+/// A `/proc/<pid>/stat` line for fixture proc trees.
+pub fn proc_stat_line(pid: u32, comm: &str, start: u64) -> String {
+    // Fields 3..=21, then starttime (22), then a few more. Pids 1 and 2
+    // have parent 0, like init and kthreadd.
+    let ppid = if pid <= 2 { 0 } else { 1 };
+    format!(
+        "{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10 18446744073709551615 0 0 0\n"
+    )
+}
+
+/// A `/proc/<pid>/limits` text for fixture proc trees: soft 1024, hard
+/// 524288 open files.
+pub const PROC_LIMITS: &str = "\
+Limit                     Soft Limit           Hard Limit           Units     
+Max cpu time              unlimited            unlimited            seconds   
+Max file size             unlimited            unlimited            bytes     
+Max processes             63471                63471                processes 
+Max open files            1024                 524288               files     
+Max locked memory         8388608              8388608              bytes     
+";
+
+/// `cargo tree ARGS` run in `dir` (a crate's `CARGO_MANIFEST_DIR`), offline,
+/// one `name version` per line: for tests that hold a crate's dependencies
+/// to a rule.
+pub fn cargo_tree(dir: &str, args: &[&str]) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["tree", "--offline", "--prefix", "none", "-f", "{p}"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run cargo tree");
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }

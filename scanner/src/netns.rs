@@ -1,4 +1,5 @@
-//! Network namespaces, and the crate's only syscalls.
+//! Network namespaces: their identity, handles to them, running code inside
+//! one, and the `NETLINK_SOCK_DIAG` socket that reads one.
 //!
 //! This module owns:
 //! - [`NetnsId`], the identity of a network namespace (device and inode of
@@ -10,26 +11,19 @@
 //!   `.await` and no other work can ever run while a thread is elsewhere;
 //! - [`DiagSocket`], a `NETLINK_SOCK_DIAG` socket. A netlink socket keeps
 //!   the namespace it was created in, so it is created once inside the
-//!   namespace and used from outside for every later dump;
-//! - the few process-resource calls the agent and its benchmark need
-//!   (`getrusage`, `RLIMIT_NOFILE`).
+//!   namespace and used from outside for every later dump.
 //!
-//! It is the only module allowed to use `unsafe`; every block says why it is
-//! sound. The syscall surface is deliberately small: `setns`, `socket`,
-//! `send`, `recv`, `capget`/`capset` (to create diag sockets without
-//! `CAP_NET_ADMIN`), `getrusage`, `getrlimit`, `setrlimit`.
-#![allow(unsafe_code)]
+//! The syscalls themselves live in [`crate::sys`].
 
-use std::ffi::c_void;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::error::ScanError;
+use crate::sys::{self, ThreadCaps};
 
 /// Identity of a network namespace: the (device, inode) pair of its nsfs
 /// file. Two paths name the same namespace exactly when these are equal.
@@ -140,7 +134,7 @@ impl NetnsHandle {
                 .name("netns-enter".into())
                 .spawn_scoped(scope, move || {
                     if !own {
-                        setns_net(fd).map_err(|source| ScanError::Setns { id, source })?;
+                        sys::setns_net(fd).map_err(|source| ScanError::Setns { inode: id.ino, source })?;
                     }
                     Ok(f())
                 })
@@ -148,16 +142,6 @@ impl NetnsHandle {
             thread.join().map_err(|_| ScanError::ThreadPanicked)?
         })
     }
-}
-
-/// `setns(fd, CLONE_NEWNET)` for the calling thread.
-fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: `fd` is a live descriptor borrowed for the duration of the
-    // call; setns only reads it. It changes the network namespace of the
-    // calling thread alone, which is a thread created for this purpose and
-    // discarded afterwards (see `run_in`).
-    let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// A `NETLINK_SOCK_DIAG` socket, bound to the network namespace it was
@@ -171,16 +155,7 @@ impl DiagSocket {
     /// Creates a socket in the calling thread's network namespace. Call it
     /// inside [`NetnsHandle::run_in`] for another namespace.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2) with constant arguments; no pointers.
-        let fd =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by socket(2), is valid and owned by
-        // nobody else; OwnedFd takes over closing it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd })
+        sys::sock_diag_socket().map(|fd| Self { fd })
     }
 
     /// Like [`DiagSocket::open`], but the socket is created while the
@@ -196,7 +171,7 @@ impl DiagSocket {
             return Self::open();
         };
         let mut reduced = saved;
-        reduced.data[0].effective &= !(1 << CAP_NET_ADMIN);
+        reduced.data[0].effective &= !(1 << sys::CAP_NET_ADMIN);
         if reduced.data[0].effective == saved.data[0].effective || reduced.set().is_err() {
             return Self::open();
         }
@@ -214,101 +189,21 @@ impl DiagSocket {
     /// creator (see [`DiagSocket::open_without_net_admin`]). Retries on
     /// `EINTR`.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is valid for `buf.len()` bytes for the duration
-            // of the call; the kernel only reads it.
-            let n = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast::<c_void>(), buf.len(), 0) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        sys::send(self.fd.as_fd(), buf)
     }
 
     /// Receives one datagram into `buf`. Retries on `EINTR`. A datagram
     /// larger than `buf` is an error (`MSG_TRUNC` makes the kernel report its
     /// real size), never silently cut.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the
-            // duration of the call; the kernel writes at most that many.
-            let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast::<c_void>(), buf.len(), libc::MSG_TRUNC)
-            };
-            if n >= 0 {
-                let n = n as usize;
-                if n > buf.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("netlink datagram of {n} bytes exceeds the {}-byte buffer", buf.len()),
-                    ));
-                }
-                return Ok(n);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+        let n = sys::recv_truncating(self.fd.as_fd(), buf)?;
+        if n > buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("netlink datagram of {n} bytes exceeds the {}-byte buffer", buf.len()),
+            ));
         }
-    }
-}
-
-const CAP_NET_ADMIN: u32 = 12;
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// The calling thread's capability sets (version 3: two 32-bit words).
-#[derive(Debug, Clone, Copy)]
-struct ThreadCaps {
-    data: [CapData; 2],
-}
-
-impl ThreadCaps {
-    fn header() -> CapHeader {
-        CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0, // the calling thread
-        }
-    }
-
-    fn get() -> io::Result<Self> {
-        let mut hdr = Self::header();
-        let mut data = [CapData::default(); 2];
-        // SAFETY: capget(2) reads `hdr` and writes two `CapData` (the v3
-        // layout) into `data`; both are valid, writable and live for the
-        // call.
-        let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()) };
-        if rc == 0 { Ok(Self { data }) } else { Err(io::Error::last_os_error()) }
-    }
-
-    /// Sets the calling thread's capabilities (capset only ever acts on the
-    /// calling thread).
-    fn set(&self) -> io::Result<()> {
-        let mut hdr = Self::header();
-        // SAFETY: capset(2) reads `hdr` and two `CapData` from `self.data`;
-        // both are valid for the call. It changes only the calling thread's
-        // sets, within what its permitted set allows.
-        let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut hdr, self.data.as_ptr()) };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        Ok(n)
     }
 }
 
@@ -316,77 +211,6 @@ impl AsFd for DiagSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// CPU time and peak memory of this process, or of its waited-for children.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ResourceUsage {
-    /// User CPU time.
-    pub user: Duration,
-    /// System (kernel) CPU time.
-    pub system: Duration,
-    /// Peak resident set size, in KiB (`ru_maxrss`).
-    pub max_rss_kib: u64,
-}
-
-impl ResourceUsage {
-    /// User plus system time.
-    pub fn cpu(&self) -> Duration {
-        self.user + self.system
-    }
-}
-
-/// Whose resources [`resource_usage`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Who {
-    /// This process (all its threads).
-    SelfProcess,
-    /// Children that have terminated and been waited for.
-    Children,
-}
-
-/// `getrusage(2)`.
-pub fn resource_usage(who: Who) -> io::Result<ResourceUsage> {
-    let who = match who {
-        Who::SelfProcess => libc::RUSAGE_SELF,
-        Who::Children => libc::RUSAGE_CHILDREN,
-    };
-    // SAFETY: rusage is plain old data; all-zero is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
-    let rc = unsafe { libc::getrusage(who, &mut ru) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    Ok(ResourceUsage { user: tv(ru.ru_utime), system: tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss as u64 })
-}
-
-/// Raises this process's soft `RLIMIT_NOFILE` to at least `want` open files,
-/// raising the hard limit too when allowed (`CAP_SYS_RESOURCE`), and
-/// returns the soft limit now in force. Each cached namespace costs the agent
-/// four descriptors (the diag socket and three counter files).
-pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
-    // SAFETY: rlimit is plain old data; all-zero is a valid value.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur >= want {
-        return Ok(lim.rlim_cur);
-    }
-    let mut new = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max.max(want) };
-    // SAFETY: `new` is a valid rlimit read by the kernel during the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        // Not allowed to raise the hard limit: go as far as it allows.
-        new = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(new.rlim_cur)
 }
 
 #[cfg(test)]
@@ -421,17 +245,6 @@ mod tests {
         assert_eq!(err.category(), "NetnsThread");
     }
 
-    #[test]
-    fn resource_usage_reports_something() {
-        let ru = resource_usage(Who::SelfProcess).unwrap();
-        assert!(ru.max_rss_kib > 0);
-    }
-}
-
-#[cfg(test)]
-mod cap_tests {
-    use super::*;
-
     fn cap_eff() -> u64 {
         let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
         let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap();
@@ -444,14 +257,14 @@ mod cap_tests {
             let before = cap_eff();
             let saved = ThreadCaps::get().unwrap();
             let mut reduced = saved;
-            reduced.data[0].effective &= !(1 << CAP_NET_ADMIN);
-            if before & (1 << CAP_NET_ADMIN) == 0 {
+            reduced.data[0].effective &= !(1 << sys::CAP_NET_ADMIN);
+            if before & (1 << sys::CAP_NET_ADMIN) == 0 {
                 // Unprivileged run: nothing to drop; the socket opens anyway.
                 DiagSocket::open_without_net_admin().unwrap();
                 return;
             }
             reduced.set().unwrap();
-            assert_eq!(cap_eff(), before & !(1 << CAP_NET_ADMIN), "only CAP_NET_ADMIN dropped");
+            assert_eq!(cap_eff(), before & !(1 << sys::CAP_NET_ADMIN), "only CAP_NET_ADMIN dropped");
             saved.set().unwrap();
             assert_eq!(cap_eff(), before);
             DiagSocket::open_without_net_admin().unwrap();

@@ -4,11 +4,9 @@
 //!
 //! Alone in its test binary: it counts this process's open descriptors.
 
-mod common;
-
-use common::*;
-use connhealth_agent::discovery::{DiscoveryOptions, discover};
-use connhealth_agent::scan::{ScanConfig, Scanner, Target};
+use connhealth_scan::discovery::{DiscoveryOptions, discover};
+use connhealth_scan::scan::{ScanConfig, Scanner, Target};
+use connhealth_scan::testing::*;
 
 fn fd_links() -> Vec<String> {
     std::fs::read_dir("/proc/self/fd")

@@ -8,11 +8,9 @@
 //! CONNHEALTH_PRINT_GOLDEN=1 cargo test -p connhealth-agent --test golden_capture -- --nocapture
 //! ```
 
-mod common;
-
-use common::*;
-use connhealth_agent::aggregate::StateCounts;
-use connhealth_agent::sockdiag::{Flow, StateSet, encode_legacy_request, parse_datagram};
+use connhealth_scan::aggregate::StateCounts;
+use connhealth_scan::sockdiag::{Flow, StateSet, TcpState, encode_legacy_request, parse_datagram};
+use connhealth_scan::testing::*;
 
 /// `TCPDIAG_GETSOCK`: the legacy request, answered with messages of its type.
 const TCPDIAG_GETSOCK: u16 = 18;
@@ -31,7 +29,7 @@ fn live_legacy_dump_parses_to_what_ss_sees() {
         (l4, l6, est, cw)
     });
     std::thread::sleep(std::time::Duration::from_millis(50));
-    let sock = ns.run(|| connhealth_agent::netns::DiagSocket::open().unwrap());
+    let sock = ns.run(|| connhealth_scan::netns::DiagSocket::open().unwrap());
     let req = encode_legacy_request(StateSet::ALL, 1);
     sock.send(&req).unwrap();
     let mut buf = vec![0u8; 32768];
@@ -50,7 +48,11 @@ fn live_legacy_dump_parses_to_what_ss_sees() {
     }
     let ss = ns.ss_counts();
     assert_eq!(parsed, ss, "parsed from the raw reply vs ss");
-    assert_eq!((parsed.listen, parsed.close_wait, parsed.fin_wait2), (2, 1, 1), "{parsed:?}");
+    assert_eq!(
+        (parsed.get(TcpState::Listen), parsed.get(TcpState::CloseWait), parsed.get(TcpState::FinWait2)),
+        (2, 1, 1),
+        "{parsed:?}"
+    );
     if std::env::var_os("CONNHEALTH_PRINT_GOLDEN").is_some() {
         println!("request: {}", hex(&req));
         println!("reply ({} bytes):", all.len());

@@ -3,19 +3,17 @@
 //! (`chtest-...`), uses only addresses inside them, and deletes them when
 //! done. Not root: skipped with a message; with `CI` set: they fail.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
-use connhealth_agent::aggregate::StateCounts;
-use connhealth_agent::gate::{CounterFiles, DumpReason};
-use connhealth_agent::netns::DiagSocket;
-use connhealth_agent::scan::{ScanConfig, Scanner, Source, SweepReport, Target};
-use connhealth_agent::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
+use connhealth_scan::aggregate::StateCounts;
+use connhealth_scan::gate::{CounterFiles, DumpReason};
+use connhealth_scan::netns::DiagSocket;
+use connhealth_scan::scan::{ScanConfig, Scanner, Source, SweepReport, Target};
+use connhealth_scan::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
+use connhealth_scan::testing::*;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 fn scanner() -> Scanner {
@@ -104,12 +102,16 @@ fn every_state_ipv4_and_ipv6_equals_ss() {
     let syn_sent_peer =
         peer.run(|| [connect_nonblocking("192.0.2.1:7100"), connect_nonblocking("[2001:db8:1::1]:7100")]);
     // Wait for both SYN_RECV request sockets.
-    assert!(wait_until(Duration::from_secs(5), || main.ss_counts().syn_recv == 2), "SYN_RECV: {:?}", main.ss_counts());
+    assert!(
+        wait_until(Duration::from_secs(5), || main.ss_counts().get(TcpState::SynRecv) == 2),
+        "SYN_RECV: {:?}",
+        main.ss_counts()
+    );
 
     assert!(
         wait_until(Duration::from_secs(5), || {
             let c = main.ss_counts();
-            (c.close_wait, c.fin_wait2, c.time_wait) == (4, 4, 2)
+            (c.get(TcpState::CloseWait), c.get(TcpState::FinWait2), c.get(TcpState::TimeWait)) == (4, 4, 2)
         }),
         "{:?}",
         main.ss_counts()
@@ -117,14 +119,14 @@ fn every_state_ipv4_and_ipv6_equals_ss() {
     let mut s = scanner();
     let counts = assert_counts_equal_ss(&mut s, &[&main, &peer]);
     let m = counts[0];
-    assert_eq!(m.listen, 4);
-    assert_eq!(m.established, 12, "3 pairs per family");
-    assert_eq!(m.close_wait, 4);
-    assert_eq!(m.fin_wait2, 4);
-    assert_eq!(m.time_wait, 2);
-    assert_eq!(m.syn_sent, 2);
-    assert_eq!(m.syn_recv, 2);
-    assert_eq!(counts[1].syn_sent, 2);
+    assert_eq!(m.get(TcpState::Listen), 4);
+    assert_eq!(m.get(TcpState::Established), 12, "3 pairs per family");
+    assert_eq!(m.get(TcpState::CloseWait), 4);
+    assert_eq!(m.get(TcpState::FinWait2), 4);
+    assert_eq!(m.get(TcpState::TimeWait), 2);
+    assert_eq!(m.get(TcpState::SynSent), 2);
+    assert_eq!(m.get(TcpState::SynRecv), 2);
+    assert_eq!(counts[1].get(TcpState::SynSent), 2);
 
     // Legacy one-walk and per-family dumps see the same sockets.
     let sock = main.run(|| DiagSocket::open().unwrap());
@@ -166,14 +168,14 @@ fn close_wait_ages_grow_across_sweeps_and_vanish_on_close() {
         (l, cw, fw2)
     });
     let mut s = Scanner::new(ScanConfig {
-        aggregate: connhealth_agent::aggregate::AggregateConfig {
+        aggregate: connhealth_scan::aggregate::AggregateConfig {
             min_age: Duration::from_secs(1),
             ..Default::default()
         },
         ..ScanConfig::default()
     });
     // The FIN is acknowledged (delayed ACK) once the peer is in FIN_WAIT2.
-    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().fin_wait2 == 1));
+    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().get(TcpState::FinWait2) == 1));
     let t = [ns.target()];
     let r1 = s.sweep(&t);
     let c1 = &r1.namespaces[0].summary.close_wait;
@@ -194,7 +196,7 @@ fn close_wait_ages_grow_across_sweeps_and_vanish_on_close() {
 
     // The application finally closes it: gone on the next sweep.
     drop(cw);
-    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().close_wait == 0));
+    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().get(TcpState::CloseWait) == 0));
     let r4 = s.sweep(&t);
     let c4 = &r4.namespaces[0].summary.close_wait;
     assert_eq!((c4.count, c4.stuck, c4.tracked, c4.oldest_age_seconds), (0, 0, 0, None));
@@ -214,20 +216,25 @@ fn close_wait_ages_survive_a_restart_when_seeded() {
         let b = close_wait(&l);
         (l, a, b)
     });
-    let t = [ns.target()];
-    // A fresh scanner (a restarted agent), told what the last report said.
-    let mut s = scanner();
+    // A fresh scanner (a restarted agent); the target carries what the
+    // last report said.
     let then = std::time::SystemTime::now() - Duration::from_secs(120);
-    s.seed_close_wait_first_seen(ns.id(), &[(then, 2)]);
+    let t = [Target { close_wait_seeds: vec![(then, 2)], ..ns.target() }];
+    let mut s = scanner();
     let r = s.sweep(&t);
     let cw = &r.namespaces[0].summary.close_wait;
     assert_eq!((cw.count, cw.stuck), (2, 2));
     assert!(cw.oldest_age_seconds >= Some(119));
-    let groups = s.close_wait_first_seen(ns.id(), std::time::SystemTime::now());
-    assert_eq!(groups.len(), 1);
-    assert_eq!(groups[0].1, 2);
-    let off = groups[0].0.duration_since(then).unwrap_or_else(|e| e.duration());
+    // The sweep's result carries the first sightings a report needs.
+    assert_eq!(cw.first_seen.len(), 1);
+    assert_eq!(cw.first_seen[0].count, 2);
+    let off = cw.first_seen[0].since.duration_since(then).unwrap_or_else(|e| e.duration());
     assert!(off < Duration::from_secs(2), "{off:?}");
+    // Seeds count only when a namespace is first cached: a later sweep
+    // with other seeds changes nothing.
+    let later = [Target { close_wait_seeds: vec![(then - Duration::from_secs(600), 2)], ..ns.target() }];
+    let again = &s.sweep(&later).namespaces[0].summary.close_wait;
+    assert_eq!(again.first_seen, cw.first_seen);
     drop(held);
 }
 
@@ -251,11 +258,11 @@ fn gated_namespace_that_starts_leaking_is_caught_on_the_next_sweep() {
             .collect()
     });
     let servers: Vec<TcpStream> = (0..5).map(|i| l[i % 2].accept().unwrap().0).collect();
-    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().established == 5));
+    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().get(TcpState::Established) == 5));
     let mut s = scanner();
     let t = [ns.target()];
     let r = s.sweep(&t);
-    assert_eq!(r.namespaces[0].summary.states.established, 5);
+    assert_eq!(r.namespaces[0].summary.states.get(TcpState::Established), 5);
     // Idle: the next sweep reuses the dump.
     let r = s.sweep(&t);
     assert_eq!(r.namespaces[0].source, Source::Reused);
@@ -272,7 +279,7 @@ fn gated_namespace_that_starts_leaking_is_caught_on_the_next_sweep() {
     // CLOSE_WAIT on our side, and our (delayed) ACK of the FINs sent: the
     // clients are in FIN_WAIT2.
     assert!(wait_until(Duration::from_secs(2), || {
-        ns.ss_counts().close_wait == 2 && peer.ss_counts().fin_wait2 == 2
+        ns.ss_counts().get(TcpState::CloseWait) == 2 && peer.ss_counts().get(TcpState::FinWait2) == 2
     }));
     let after = counters.read(&mut scratch).unwrap();
     assert_eq!(after.tcp.curr_estab, before.tcp.curr_estab, "CurrEstab counts CLOSE_WAIT too");
@@ -285,7 +292,7 @@ fn gated_namespace_that_starts_leaking_is_caught_on_the_next_sweep() {
     let r = s.sweep(&t);
     assert_eq!(r.namespaces[0].source, Source::Dump(DumpReason::CountersChanged));
     let states = r.namespaces[0].summary.states;
-    assert_eq!((states.close_wait, states.established), (2, 3));
+    assert_eq!((states.get(TcpState::CloseWait), states.get(TcpState::Established)), (2, 3));
     assert_eq!(states, ns.ss_counts());
 
     // A new listener sends nothing; `inuse` (and the listener check behind
@@ -295,17 +302,17 @@ fn gated_namespace_that_starts_leaking_is_caught_on_the_next_sweep() {
     let extra = ns.run(|| listen("127.0.0.1:7301"));
     let r = s.sweep(&t);
     assert!(matches!(r.namespaces[0].source, Source::Dump(_)));
-    assert_eq!(r.namespaces[0].summary.states.listen, 3);
+    assert_eq!(r.namespaces[0].summary.states.get(TcpState::Listen), 3);
     drop((l, clients, servers, extra));
 }
 
-/// A holder process inside the namespace: `connhealth-bench hold`.
+/// A holder process inside the namespace: `connhealth-hold`.
 struct Holder(std::process::Child);
 
 impl Holder {
     fn start(ns: &TestNetns, args: &[&str]) -> Self {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_connhealth-bench"), "hold"])
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_connhealth-hold")])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -333,7 +340,7 @@ fn owner_process_is_found() {
     let ns = TestNetns::new("owner");
     let holder = Holder::start(&ns, &["--close-wait", "3"]);
     let pid = holder.0.id();
-    let d = connhealth_agent::discovery::discover(&Default::default()).unwrap();
+    let d = connhealth_scan::discovery::discover(&Default::default()).unwrap();
     let info = d.by_name(&ns.name).expect("discovered");
     assert!(info.pids.contains(&pid));
     let mut s = Scanner::new(ScanConfig { owners_threshold: Some(3), ..ScanConfig::default() });
@@ -346,7 +353,7 @@ fn owner_process_is_found() {
     assert_eq!(owners.inodes_found, 3);
     let o = &owners.owners[0];
     assert_eq!(o.process.pid, pid);
-    assert_eq!(o.process.comm, "connhealth-benc");
+    assert_eq!(o.process.comm, "connhealth-hold");
     assert_eq!(o.held, 3);
     assert!(o.open_fds >= 6);
     assert!(o.nofile_soft.is_some());
@@ -368,7 +375,13 @@ fn leak_added_by_a_holder_is_counted_sweep_after_sweep() {
     let t = [ns.target()];
     let states = assert_counts_equal_ss(&mut s, &[&ns])[0];
     assert_eq!(
-        (states.established, states.close_wait, states.fin_wait2, states.time_wait, states.listen),
+        (
+            states.get(TcpState::Established),
+            states.get(TcpState::CloseWait),
+            states.get(TcpState::FinWait2),
+            states.get(TcpState::TimeWait),
+            states.get(TcpState::Listen)
+        ),
         (492, 200, 200, 100, 8)
     );
     let mut stdin = holder.0.stdin.take().unwrap();
@@ -383,124 +396,4 @@ fn leak_added_by_a_holder_is_counted_sweep_after_sweep() {
         assert!(matches!(r.namespaces[0].source, Source::Dump(_)));
     }
     drop(stdin);
-}
-
-#[test]
-fn cli_json_contract_and_watch_ages() {
-    if !can_run_privileged_test("cli_json_contract_and_watch_ages") {
-        return;
-    }
-    let ns = TestNetns::new("cli");
-    let (l, cw, fw2) = ns.run(|| {
-        let l = listen("127.0.0.1:7400");
-        let (cw, fw2) = close_wait(&l);
-        (l, cw, fw2)
-    });
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_connhealth-agent"))
-        .args(["scan", "--netns"])
-        .arg(&ns.path)
-        .args(["--output", "json", "--watch", "1s", "--count", "3", "--min-age", "1s"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(started.elapsed() < Duration::from_secs(30));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 3, "one JSON document per sweep");
-    let mut ages = Vec::new();
-    for doc in &lines {
-        let nss = doc["namespaces"].as_array().unwrap();
-        assert_eq!(nss.len(), 1);
-        let n = &nss[0];
-        assert_eq!(n["inode"].as_u64(), Some(ns.id().ino));
-        assert!(n["podUid"].is_null());
-        assert_eq!(n["name"], ns.name.as_str());
-        let states = n["states"].as_object().unwrap();
-        for key in [
-            "established",
-            "synSent",
-            "synRecv",
-            "finWait1",
-            "finWait2",
-            "timeWait",
-            "close",
-            "closeWait",
-            "lastAck",
-            "listen",
-            "closing",
-        ] {
-            assert!(states[key].is_u64(), "states.{key}");
-        }
-        assert_eq!(states.len(), 11);
-        assert_eq!(n["states"]["closeWait"], 1);
-        assert_eq!(n["closeWait"]["count"], 1);
-        assert_eq!(n["closeWait"]["topPeers"][0]["endpoint"], "127.0.0.1");
-        assert_eq!(n["closeWait"]["topLocalPorts"][0]["port"], 7400);
-        assert!(n["timeWait"]["count"].is_u64());
-        assert!(n["portPressure"]["ephemeralPorts"].is_u64());
-        assert!(n["sysctls"]["ipLocalPortRange"].is_string());
-        ages.push(n["closeWait"]["oldestAgeSeconds"].as_u64().unwrap());
-        assert!(doc["errors"].as_array().unwrap().is_empty());
-    }
-    // Sweeps start one second apart (less the time each took to start).
-    assert_eq!(ages[0], 0);
-    assert!(ages[0] <= ages[1] && ages[1] <= ages[2] && ages[2] >= 1, "ages grow: {ages:?}");
-    assert_eq!(lines[2]["namespaces"][0]["closeWait"]["stuck"], 1);
-
-    // The table names the namespace and its CLOSE_WAIT figures.
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_connhealth-agent")).args(["scan", "--netns"]).arg(&ns.path).output().unwrap();
-    assert!(out.status.success());
-    let table = String::from_utf8(out.stdout).unwrap();
-    let header = table.lines().next().unwrap();
-    for col in ["POD/PROCESS", "ESTAB", "CLOSE-WAIT", "STUCK", "OLDEST", "TIME-WAIT", "PORT-PRESSURE", "OWNER"] {
-        assert!(header.contains(col), "{header}");
-    }
-    assert!(table.contains(&format!("netns/{}", ns.name)), "{table}");
-    drop((l, cw, fw2));
-}
-
-#[test]
-fn unprivileged_scan_names_the_missing_capability_in_one_line() {
-    if !can_run_privileged_test("unprivileged_scan_names_the_missing_capability_in_one_line") {
-        return;
-    }
-    let ns = TestNetns::new("unpriv");
-    // As nobody, without capabilities.
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
-        .arg(env!("CARGO_BIN_EXE_connhealth-agent"))
-        .args(["scan", "--netns"])
-        .arg(&ns.path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let first = stderr.lines().next().unwrap_or_default();
-    assert!(first.contains("missing capabilities CAP_SYS_ADMIN"), "{stderr}");
-    assert!(first.contains("CAP_SYS_PTRACE"), "{stderr}");
-    assert!(!out.status.success(), "the namespace could not be scanned");
-    // The report names the capability for the failed namespace too.
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
-        .arg(env!("CARGO_BIN_EXE_connhealth-agent"))
-        .args(["scan", "--output", "json", "--netns"])
-        .arg(&ns.path)
-        .output()
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["errors"][0]["missingCapability"], "CAP_SYS_ADMIN");
-    assert_eq!(doc["errors"][0]["category"], "NetnsEnter");
-
-    // Without arguments it still scans its own namespace.
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
-        .arg(env!("CARGO_BIN_EXE_connhealth-agent"))
-        .args(["scan", "--output", "json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["namespaces"].as_array().unwrap().len(), 1);
 }

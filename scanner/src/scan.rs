@@ -11,7 +11,9 @@
 //!
 //! 1. each target not yet cached is opened (its path must still name the
 //!    namespace discovery saw), entered once on a dedicated thread to create
-//!    its diag socket, open its counter files and read its sysctls;
+//!    its diag socket, open its counter files and read its sysctls, and its
+//!    CLOSE_WAIT tracker is seeded with the target's
+//!    [`Target::close_wait_seeds`] (what a caller remembers from before);
 //! 2. the gate ([`crate::gate`]) decides from the counters whether to dump
 //!    it or reuse its last dump;
 //! 3. a dump streams every socket of every state into the namespace's
@@ -19,7 +21,10 @@
 //! 4. namespaces with at least [`ScanConfig::owners_threshold`] CLOSE_WAIT
 //!    sockets get their owners looked up ([`crate::owners`]), among the
 //!    namespace's own processes, after each dump;
-//! 5. cached namespaces that are no longer targets are reported once in
+//! 5. the CLOSE_WAIT first sightings go into the result as wall-clock times
+//!    (`closeWait.firstSeen`), so a caller has everything it reports
+//!    without asking again;
+//! 6. cached namespaces that are no longer targets are reported once in
 //!    [`SweepReport::gone`] and dropped, which closes their socket and files
 //!    (an open socket would keep a deleted namespace alive, reporting zeros
 //!    forever).
@@ -31,16 +36,20 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
-use crate::aggregate::{AggregateConfig, NamespaceParams, NamespaceSummary, NamespaceTracker};
-use crate::discovery::{NamespaceInfo, ProcessInfo};
+use crate::aggregate::{AggregateConfig, NamespaceParams, NamespaceSummary, NamespaceTracker, group_first_seen};
+use crate::discovery::NamespaceInfo;
+use connhealth_runtime::error_chain;
+
 use crate::error::ScanError;
 use crate::gate::{self, CounterFiles, DumpReason, GateConfig, GateMemory, ListenPrint, Verdict};
+use crate::json;
 use crate::netns::{DiagSocket, NetnsHandle, NetnsId};
 use crate::owners::{self, Owners, OwnersOptions};
+use crate::procfs::ProcessInfo;
 use crate::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
 use crate::sysctls::{self, NetnsSysctls};
 
@@ -101,6 +110,11 @@ pub struct Target {
     pub paths: Vec<PathBuf>,
     /// What is known about it.
     pub label: NamespaceLabel,
+    /// CLOSE_WAIT first sightings from before this scanner existed (e.g. an
+    /// agent's last report before a restart): `(first seen, count)`. Used
+    /// only when the namespace is first cached, see
+    /// [`NamespaceTracker::seed_first_seen`]; empty for none.
+    pub close_wait_seeds: Vec<(SystemTime, u64)>,
 }
 
 impl Target {
@@ -119,6 +133,7 @@ impl Target {
                 container_ids: ns.container_ids.clone(),
                 pids: ns.pids.clone(),
             },
+            close_wait_seeds: Vec::new(),
         }
     }
 
@@ -130,7 +145,12 @@ impl Target {
         let name = (path.parent() == Some(Path::new("/run/netns")))
             .then(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
             .flatten();
-        Ok(Self { id, paths: vec![path.to_owned()], label: NamespaceLabel { name, ..NamespaceLabel::default() } })
+        Ok(Self {
+            id,
+            paths: vec![path.to_owned()],
+            label: NamespaceLabel { name, ..NamespaceLabel::default() },
+            close_wait_seeds: Vec::new(),
+        })
     }
 }
 
@@ -154,7 +174,7 @@ pub struct NamespaceReport {
     /// The nsfs device.
     pub dev: u64,
     /// The path it was opened from.
-    #[serde(serialize_with = "lossy_path")]
+    #[serde(serialize_with = "json::lossy_path")]
     pub path: PathBuf,
     /// Discovery's labels (`name`, `podUid`, `host`, `process`,
     /// `containerIds`).
@@ -180,7 +200,7 @@ pub struct NamespaceError {
     /// Its inode.
     pub inode: u64,
     /// The first path tried.
-    #[serde(serialize_with = "lossy_path")]
+    #[serde(serialize_with = "json::lossy_path")]
     pub path: PathBuf,
     /// Discovery's labels.
     #[serde(flatten)]
@@ -233,7 +253,7 @@ pub struct SweepReport {
     /// Sweep number of this scanner, from 1.
     pub sweep: u64,
     /// When the sweep started, milliseconds since the Unix epoch.
-    #[serde(serialize_with = "unix_ms")]
+    #[serde(serialize_with = "json::unix_ms")]
     pub observed_at_unix_ms: SystemTime,
     /// The host's `net.ipv4.tcp_child_ehash_entries` (0: new namespaces
     /// share the host's TCP hash table), read in pid 1's namespace; `null`
@@ -250,27 +270,6 @@ pub struct SweepReport {
     pub gone: Vec<GoneNamespace>,
     /// What the sweep cost.
     pub stats: SweepStats,
-}
-
-fn unix_ms<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    s.serialize_u64(ms)
-}
-
-fn lossy_path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&p.to_string_lossy())
-}
-
-/// One line: the error and its causes.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 struct Cached {
@@ -337,8 +336,6 @@ pub struct Scanner {
     scratch: Vec<u8>,
     host_child_ehash_entries: Option<i64>,
     sweeps: u64,
-    /// First sightings to seed namespaces with when they are first cached.
-    seeds: HashMap<NetnsId, Vec<(Instant, u64)>>,
 }
 
 /// The host's `tcp_child_ehash_entries`, read inside the host's namespace
@@ -371,36 +368,7 @@ impl Scanner {
             scratch: Vec::with_capacity(4096),
             host_child_ehash_entries: host_child_ehash_entries(),
             sweeps: 0,
-            seeds: HashMap::new(),
         }
-    }
-
-    /// Carries CLOSE_WAIT ages over a restart: `groups` of `(first seen,
-    /// count)` (e.g. from the namespace's last report) are given to the
-    /// CLOSE_WAIT sockets the namespace's next dump finds for the first time;
-    /// see [`NamespaceTracker::seed_first_seen`]. Seeds for a namespace not
-    /// scanned in the next sweep are dropped.
-    pub fn seed_close_wait_first_seen(&mut self, id: NetnsId, groups: &[(SystemTime, u64)]) {
-        let (now_sys, now) = (SystemTime::now(), Instant::now());
-        let seeds: Vec<(Instant, u64)> =
-            groups.iter().filter_map(|(t, n)| Some((to_instant(*t, now_sys, now)?, *n))).collect();
-        match self.cache.get_mut(&id) {
-            Some(c) => c.tracker.seed_first_seen(seeds),
-            None => {
-                self.seeds.insert(id, seeds);
-            }
-        }
-    }
-
-    /// When the tracked CLOSE_WAIT sockets of a namespace were first seen,
-    /// as wall-clock times given that `now` is now: `(time, count)`, oldest
-    /// first. Empty for a namespace not cached.
-    pub fn close_wait_first_seen(&self, id: NetnsId, now: SystemTime) -> Vec<(SystemTime, u64)> {
-        let Some(c) = self.cache.get(&id) else {
-            return Vec::new();
-        };
-        let mono = Instant::now();
-        c.tracker.first_seen_groups().into_iter().map(|(t, n)| (now - mono.saturating_duration_since(t), n)).collect()
     }
 
     /// The configuration.
@@ -432,7 +400,8 @@ impl Scanner {
             }
             stats.namespaces += 1;
             let now = Instant::now();
-            match self.scan_one(target, now, &mut stats) {
+            let wall_now = SystemTime::now();
+            match self.scan_one(target, now, wall_now, &mut stats) {
                 Ok(report) => {
                     match report.source {
                         Source::Dump(_) => stats.dumped += 1,
@@ -469,7 +438,6 @@ impl Scanner {
             }
         }
         gone.sort_by_key(|g| g.inode);
-        self.seeds.clear();
 
         stats.wall_micros = started.elapsed().as_micros() as u64;
         SweepReport {
@@ -491,9 +459,10 @@ impl Scanner {
         &mut self,
         target: &Target,
         now: Instant,
+        wall_now: SystemTime,
         stats: &mut SweepStats,
     ) -> Result<NamespaceReport, ScanError> {
-        let Self { cfg, dumper, cache, scratch, seeds, .. } = self;
+        let Self { cfg, dumper, cache, scratch, .. } = self;
 
         let c = match cache.entry(target.id) {
             Entry::Occupied(e) => e.into_mut(),
@@ -502,7 +471,12 @@ impl Scanner {
                 let entered = enter(&handle)?;
                 stats.entered += 1;
                 let mut tracker = NamespaceTracker::new();
-                if let Some(seeds) = seeds.remove(&target.id) {
+                if !target.close_wait_seeds.is_empty() {
+                    let seeds = target
+                        .close_wait_seeds
+                        .iter()
+                        .filter_map(|(t, n)| Some((to_instant(*t, wall_now, now)?, *n)))
+                        .collect();
                     tracker.seed_first_seen(seeds);
                 }
                 v.insert(Cached {
@@ -549,7 +523,7 @@ impl Scanner {
             verdict = gate::confirm_listeners(memory, &listen);
         }
 
-        let (summary, source) = match verdict {
+        let (mut summary, source) = match verdict {
             Verdict::Reuse => match c.tracker.reuse(&cfg.aggregate, now) {
                 Some(s) => (s, Source::Reused),
                 None => unreachable!("the gate reuses only after a dump"),
@@ -590,6 +564,16 @@ impl Scanner {
             let opts = OwnersOptions { proc_root: cfg.proc_root.clone(), ..OwnersOptions::default() };
             c.owners = Some(owners::find_owners(&opts, &inodes, &c.label.pids));
         }
+
+        // First sightings as wall-clock times (what a report carries, so a
+        // reader computes ages without further writes), bounded in number.
+        let first_seen: Vec<(SystemTime, u64)> = c
+            .tracker
+            .first_seen_groups()
+            .into_iter()
+            .filter_map(|(t, n)| Some((wall_now.checked_sub(now.saturating_duration_since(t))?, n)))
+            .collect();
+        summary.close_wait.first_seen = group_first_seen(&first_seen, cfg.aggregate.limits.first_seen_groups);
 
         let dumped_at = c.gate.as_ref().map_or(now, |g| g.dumped_at);
         Ok(NamespaceReport {

@@ -1,14 +1,13 @@
-//! `connhealth-bench`: the scanner's benchmark, and the socket holder it
-//! (and the root tests) run inside network namespaces.
+//! `connhealth-bench`: the scanner's benchmark.
 //!
 //! ```text
-//! sudo cargo run --release -p connhealth-agent --bin connhealth-bench -- run
+//! sudo cargo run --release -p connhealth-scan --bin connhealth-bench -- run
 //! ```
 //!
 //! `run` builds network namespaces (`ip netns add chbench-<pid>-<n>`) with a
 //! fixed socket mix per 1,000 sockets — 492 ESTABLISHED, 200 CLOSE_WAIT,
 //! 200 FIN_WAIT2, 100 TIME_WAIT, 8 LISTEN, half of each over IPv6 — held by
-//! one `hold` process per namespace, at 1×1k, 1×10k, 1×100k and 100×1k
+//! one `connhealth-hold` process per namespace, at 1×1k, 1×10k, 1×100k and 100×1k
 //! sockets, and reports side by side, per sweep over all namespaces:
 //!
 //! - connhealth: a full sweep (every namespace dumped), CPU (`getrusage`
@@ -26,25 +25,22 @@
 //! everything it created when it ends (also on panic), and stops after a
 //! bounded number of sweeps. TIME_WAIT sockets live 60 s: a scenario's
 //! timings are taken within about a minute of building it.
-//!
-//! `hold --sockets N` (N a multiple of 1000) builds that mix in the
-//! current network namespace, prints `ready`, then serves commands on
-//! stdin, one per line, answering `ok`: `leak` adds one CLOSE_WAIT socket
-//! (and its FIN_WAIT2 peer); end of input exits.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use connhealth_agent::aggregate::StateCounts;
-use connhealth_agent::gate::GateConfig;
-use connhealth_agent::netns::{DiagSocket, NetnsHandle, ResourceUsage, Who, raise_nofile_limit, resource_usage};
-use connhealth_agent::scan::{ScanConfig, Scanner, SweepReport, Target};
-use connhealth_agent::sockdiag::{DumpMode, Dumper, StateSet};
+use connhealth_scan::aggregate::StateCounts;
+use connhealth_scan::gate::GateConfig;
+use connhealth_scan::netns::{DiagSocket, NetnsHandle};
+use connhealth_scan::scan::{ScanConfig, Scanner, SweepReport, Target};
+use connhealth_scan::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
+use connhealth_scan::sys::{ResourceUsage, Who, raise_nofile_limit, resource_usage};
+use connhealth_scan::testing::ss_to_counts;
 
 #[derive(Debug, Parser)]
 #[command(name = "connhealth-bench", about = "connhealth scanner benchmark")]
@@ -57,8 +53,6 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark (root).
     Run(RunArgs),
-    /// Hold a socket mix in the current namespace until stdin closes.
-    Hold(HoldArgs),
     /// Build one namespace and dump it in a loop (for `perf`).
     Profile(ProfileArgs),
 }
@@ -90,25 +84,10 @@ struct RunArgs {
     reps: usize,
 }
 
-#[derive(Debug, Args)]
-struct HoldArgs {
-    /// Number of sockets, a multiple of 1000.
-    #[arg(long, default_value_t = 1000)]
-    sockets: u64,
-    /// Only this many CLOSE_WAIT sockets (and their FIN_WAIT2 peers), IPv4,
-    /// instead of the mix.
-    #[arg(long)]
-    close_wait: Option<u64>,
-    /// First listening port (several holders can share a namespace).
-    #[arg(long, default_value_t = 5000)]
-    port_base: u16,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(a) => run(&a),
-        Cmd::Hold(a) => hold(&a),
         Cmd::Profile(a) => profile(&a),
     };
     match result {
@@ -122,101 +101,6 @@ fn main() -> ExitCode {
 
 type Res<T> = Result<T, String>;
 
-// ---------------------------------------------------------------- holder
-
-/// Per family and per 1,000 sockets of the mix (both families: twice this).
-const LISTEN: u64 = 4;
-const ESTAB_PAIRS: u64 = 123; // 246 ESTABLISHED
-const CW_PAIRS: u64 = 100; // 100 CLOSE_WAIT + 100 FIN_WAIT2
-const TIME_WAIT: u64 = 50;
-
-struct Holder {
-    listeners: Vec<TcpListener>,
-    kept: Vec<TcpStream>,
-    next: usize,
-}
-
-impl Holder {
-    fn listener(&mut self) -> &TcpListener {
-        self.next = (self.next + 1) % self.listeners.len();
-        &self.listeners[self.next]
-    }
-
-    fn pair(&mut self) -> Res<(TcpStream, TcpStream)> {
-        let l = self.listener();
-        let addr = l.local_addr().map_err(|e| e.to_string())?;
-        let client = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        let (server, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
-        Ok((client, server))
-    }
-
-    fn close_wait(&mut self) -> Res<()> {
-        let (client, server) = self.pair()?;
-        client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        self.kept.push(client);
-        self.kept.push(server);
-        Ok(())
-    }
-
-    fn time_wait(&mut self) -> Res<()> {
-        let (client, server) = self.pair()?;
-        client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 1];
-        (&server).read(&mut buf).map_err(|e| e.to_string())?;
-        drop(server);
-        (&client).read(&mut buf).map_err(|e| e.to_string())?;
-        Ok(())
-    }
-}
-
-fn hold(args: &HoldArgs) -> Res<()> {
-    raise_nofile_limit(2 * args.sockets + 4096).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
-    let mut holders = Vec::new();
-    for host in ["127.0.0.1", "[::1]"] {
-        let k = if args.close_wait.is_some() { 1 } else { args.sockets / 1000 };
-        let listeners = (0..LISTEN * k.max(1))
-            .map(|i| {
-                let addr = format!("{host}:{}", u64::from(args.port_base) + i);
-                TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))
-            })
-            .collect::<Res<Vec<_>>>()?;
-        let mut h = Holder { listeners, kept: Vec::new(), next: 0 };
-        if let Some(n) = args.close_wait {
-            if host == "127.0.0.1" {
-                for _ in 0..n {
-                    h.close_wait()?;
-                }
-            }
-        } else {
-            for _ in 0..ESTAB_PAIRS * k {
-                let (c, s) = h.pair()?;
-                h.kept.push(c);
-                h.kept.push(s);
-            }
-            for _ in 0..CW_PAIRS * k {
-                h.close_wait()?;
-            }
-            for _ in 0..TIME_WAIT * k {
-                h.time_wait()?;
-            }
-        }
-        holders.push(h);
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "ready").map_err(|e| e.to_string())?;
-    out.flush().map_err(|e| e.to_string())?;
-    for line in std::io::stdin().lock().lines() {
-        match line.map_err(|e| e.to_string())?.trim() {
-            "leak" => holders[0].close_wait()?,
-            "" => {}
-            other => return Err(format!("unknown command {other:?}")),
-        }
-        writeln!(out, "ok").map_err(|e| e.to_string())?;
-        out.flush().map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------- runner
 
 /// A benchmark namespace with its holder process; removed on drop.
@@ -226,7 +110,7 @@ struct BenchNs {
     holders: Vec<HolderProc>,
 }
 
-/// A `hold` process. One process may not hold more than `RLIMIT_NOFILE`
+/// A `connhealth-hold` process. One process may not hold more than `RLIMIT_NOFILE`
 /// descriptors, and without `CAP_SYS_RESOURCE` the hard limit cannot be
 /// raised, so a namespace gets one holder per [`PER_HOLDER`] sockets.
 struct HolderProc {
@@ -252,7 +136,8 @@ impl BenchNs {
     }
 
     fn start_holders(&mut self, sockets: u64) -> Res<()> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // `connhealth-hold` is built beside this binary (same package).
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("connhealth-hold");
         let mut left = sockets;
         while left > 0 {
             let n = left.min(PER_HOLDER);
@@ -261,7 +146,7 @@ impl BenchNs {
             let mut child = Command::new("ip")
                 .args(["netns", "exec", &self.name])
                 .arg(&exe)
-                .args(["hold", "--sockets", &n.to_string(), "--port-base", &port_base.to_string()])
+                .args(["--sockets", &n.to_string(), "--port-base", &port_base.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -319,27 +204,6 @@ fn ip(args: &[&str]) -> Res<()> {
     if st.success() { Ok(()) } else { Err(format!("ip {args:?}: {st}")) }
 }
 
-fn counts_from_ss(out: &str) -> StateCounts {
-    let mut c = StateCounts::default();
-    for line in out.lines() {
-        match line.split_whitespace().next() {
-            Some("ESTAB") => c.established += 1,
-            Some("SYN-SENT") => c.syn_sent += 1,
-            Some("SYN-RECV") => c.syn_recv += 1,
-            Some("FIN-WAIT-1") => c.fin_wait1 += 1,
-            Some("FIN-WAIT-2") => c.fin_wait2 += 1,
-            Some("TIME-WAIT") => c.time_wait += 1,
-            Some("UNCONN") => c.close += 1,
-            Some("CLOSE-WAIT") => c.close_wait += 1,
-            Some("LAST-ACK") => c.last_ack += 1,
-            Some("LISTEN") => c.listen += 1,
-            Some("CLOSING") => c.closing += 1,
-            _ => {}
-        }
-    }
-    c
-}
-
 fn ss(name: &str) -> Res<String> {
     let out = Command::new("ss").args(["-tanH", "-N", name]).output().map_err(|e| format!("ss: {e}"))?;
     if !out.status.success() {
@@ -379,19 +243,8 @@ fn proc_counts(pid: u32, full: bool) -> Res<StateCounts> {
                 let inode: u64 = f.nth(4).ok_or("no inode")?.parse().map_err(|_| "bad inode")?;
                 check = check.wrapping_add(u64::from(l.port()) ^ u64::from(r.port()) ^ u64::from(rx) ^ inode);
             }
-            match u8::from_str_radix(st, 16).map_err(|e| e.to_string())? {
-                1 => c.established += 1,
-                2 => c.syn_sent += 1,
-                3 | 12 => c.syn_recv += 1,
-                4 => c.fin_wait1 += 1,
-                5 => c.fin_wait2 += 1,
-                6 => c.time_wait += 1,
-                7 => c.close += 1,
-                8 => c.close_wait += 1,
-                9 => c.last_ack += 1,
-                10 => c.listen += 1,
-                11 => c.closing += 1,
-                _ => {}
+            if let Some(state) = TcpState::from_kernel(u8::from_str_radix(st, 16).map_err(|e| e.to_string())?) {
+                c.add(state);
             }
         }
     }
@@ -570,7 +423,7 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let r = settle.sweep(&targets);
-        if r.namespaces.iter().all(|n| n.summary.states.fin_wait1 == 0) {
+        if r.namespaces.iter().all(|n| n.summary.states.get(TcpState::FinWait1) == 0) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -591,7 +444,7 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
         let ours = Scanner::new(full_config(DumpMode::Auto)).sweep(std::slice::from_ref(target));
         check_sweep(&ours, 1)?;
         let ours = ours.namespaces[0].summary.states;
-        let theirs = counts_from_ss(&ss(&ns.name)?);
+        let theirs = ss_to_counts(&ss(&ns.name)?);
         let procs = proc_counts(ns.pid(), true)?;
         if ours != theirs || ours != procs {
             mismatches += 1;
@@ -604,7 +457,11 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
         "mix (est/cw/fw2/tw/listen)",
         format!(
             "{}/{}/{}/{}/{}",
-            expected.established, expected.close_wait, expected.fin_wait2, expected.time_wait, expected.listen
+            expected.get(TcpState::Established),
+            expected.get(TcpState::CloseWait),
+            expected.get(TcpState::FinWait2),
+            expected.get(TcpState::TimeWait),
+            expected.get(TcpState::Listen)
         ),
     );
 
@@ -705,7 +562,7 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
         leak_cpu += cpu;
         leak_wall += wall;
         leak_dumped += r.stats.dumped;
-        caught &= r.namespaces[0].summary.close_wait.count == expected.close_wait + u64::from(k) + 1;
+        caught &= r.namespaces[0].summary.close_wait.count == expected.get(TcpState::CloseWait) + u64::from(k) + 1;
     }
     cells.insert(
         "gated 1 leaking ms/sweep",

@@ -104,21 +104,35 @@ pub enum TcpState {
     Closing = 11,
 }
 
+/// The eleven states in kernel order with their spellings: the state, the
+/// name `ss` prints, and the camelCase key of JSON output and the API's
+/// `TcpStateCounts`. The one place the states are spelled out.
+const STATE_TABLE: [(TcpState, &str, &str); 11] = [
+    (TcpState::Established, "ESTAB", "established"),
+    (TcpState::SynSent, "SYN-SENT", "synSent"),
+    (TcpState::SynRecv, "SYN-RECV", "synRecv"),
+    (TcpState::FinWait1, "FIN-WAIT-1", "finWait1"),
+    (TcpState::FinWait2, "FIN-WAIT-2", "finWait2"),
+    (TcpState::TimeWait, "TIME-WAIT", "timeWait"),
+    // `ss` prints UNCONN for a TCP socket in CLOSE.
+    (TcpState::Close, "UNCONN", "close"),
+    (TcpState::CloseWait, "CLOSE-WAIT", "closeWait"),
+    (TcpState::LastAck, "LAST-ACK", "lastAck"),
+    (TcpState::Listen, "LISTEN", "listen"),
+    (TcpState::Closing, "CLOSING", "closing"),
+];
+
 impl TcpState {
     /// All eleven states, in kernel order.
-    pub const ALL: [TcpState; 11] = [
-        TcpState::Established,
-        TcpState::SynSent,
-        TcpState::SynRecv,
-        TcpState::FinWait1,
-        TcpState::FinWait2,
-        TcpState::TimeWait,
-        TcpState::Close,
-        TcpState::CloseWait,
-        TcpState::LastAck,
-        TcpState::Listen,
-        TcpState::Closing,
-    ];
+    pub const ALL: [TcpState; 11] = {
+        let mut all = [TcpState::Established; 11];
+        let mut i = 0;
+        while i < 11 {
+            all[i] = STATE_TABLE[i].0;
+            i += 1;
+        }
+        all
+    };
 
     /// The state with kernel number `n`. `TCP_NEW_SYN_RECV` (12, a request
     /// socket) maps to [`TcpState::SynRecv`], as `ss` shows it.
@@ -130,21 +144,28 @@ impl TcpState {
         }
     }
 
+    /// Position in kernel order, from 0: the index of [`TcpState::ALL`]
+    /// and of per-state tables.
+    pub fn index(self) -> usize {
+        self as usize - 1
+    }
+
     /// The name `ss` prints (`ESTAB`, `CLOSE-WAIT`, …; `UNCONN` for CLOSE).
     pub fn ss_name(self) -> &'static str {
-        match self {
-            Self::Established => "ESTAB",
-            Self::SynSent => "SYN-SENT",
-            Self::SynRecv => "SYN-RECV",
-            Self::FinWait1 => "FIN-WAIT-1",
-            Self::FinWait2 => "FIN-WAIT-2",
-            Self::TimeWait => "TIME-WAIT",
-            Self::Close => "UNCONN",
-            Self::CloseWait => "CLOSE-WAIT",
-            Self::LastAck => "LAST-ACK",
-            Self::Listen => "LISTEN",
-            Self::Closing => "CLOSING",
+        STATE_TABLE[self.index()].1
+    }
+
+    /// The state `ss` names so (`CLOSE` accepted for `UNCONN`).
+    pub fn from_ss_name(name: &str) -> Option<Self> {
+        if name == "CLOSE" {
+            return Some(Self::Close);
         }
+        STATE_TABLE.iter().find(|(_, ss, _)| *ss == name).map(|(state, _, _)| *state)
+    }
+
+    /// The camelCase key of JSON output and the API (`closeWait`, …).
+    pub fn key(self) -> &'static str {
+        STATE_TABLE[self.index()].2
     }
 }
 

@@ -1,0 +1,186 @@
+//! `connhealth-agent scan`: the privilege pre-flight (which capability is
+//! missing, said in one line), this sweep's targets from discovery or
+//! `--netns` paths, the sweep loop of `--watch`, and the choice of output
+//! (the JSON contract, documented in `node-agent/README.md`, or
+//! [`crate::table`]).
+
+use std::io::{self, IsTerminal, Write};
+use std::time::Instant;
+
+use connhealth_runtime::error_chain;
+use connhealth_scan::discovery::{self, DiscoveryOptions};
+use connhealth_scan::netns::NetnsId;
+use connhealth_scan::scan::{Scanner, Target};
+
+use crate::args::{Output, ScanArgs};
+use crate::error::Error;
+use crate::table;
+
+/// Capabilities from `CapEff` of `/proc/self/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities(u64);
+
+impl Capabilities {
+    const DAC_READ_SEARCH: u32 = 2;
+    const SYS_PTRACE: u32 = 19;
+    const SYS_ADMIN: u32 = 21;
+
+    /// This process's effective set (all, if it cannot be read: then the
+    /// kernel's errors will say what is missing).
+    pub fn effective() -> Self {
+        std::fs::read_to_string("/proc/self/status").ok().and_then(|s| Self::parse_status(&s)).unwrap_or(Self(u64::MAX))
+    }
+
+    /// `CapEff:` of a `/proc/<pid>/status` text.
+    pub fn parse_status(status: &str) -> Option<Self> {
+        let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+        u64::from_str_radix(hex.trim(), 16).ok().map(Self)
+    }
+
+    fn has(self, cap: u32) -> bool {
+        self.0 & (1 << cap) != 0
+    }
+
+    /// Whether `setns` into other namespaces is allowed.
+    pub fn can_enter(self) -> bool {
+        self.has(Self::SYS_ADMIN)
+    }
+
+    /// Whether other users' `/proc/<pid>/ns/net` and `fd` are readable.
+    pub fn can_read_other_procs(self) -> bool {
+        self.has(Self::SYS_PTRACE) || self.has(Self::DAC_READ_SEARCH)
+    }
+
+    /// The one-line warning for what is missing, if anything.
+    pub fn warning(self) -> Option<String> {
+        match (self.can_enter(), self.can_read_other_procs()) {
+            (true, true) => None,
+            (false, true) => Some(
+                "missing capability CAP_SYS_ADMIN (setns into other network namespaces): \
+                 only this process's own network namespace can be scanned"
+                    .into(),
+            ),
+            (true, false) => Some(
+                "missing capability CAP_SYS_PTRACE (or CAP_DAC_READ_SEARCH) to read other \
+                 processes' /proc/<pid>/ns/net and fd: their namespaces and sockets' owners are missed"
+                    .into(),
+            ),
+            (false, false) => Some(
+                "missing capabilities CAP_SYS_ADMIN (setns into other network namespaces) and \
+                 CAP_SYS_PTRACE (other processes' /proc/<pid>/ns/net and fd): \
+                 only this process's own network namespace can be scanned"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// Builds this sweep's targets: every discovered namespace, or the
+/// `--netns` paths (labelled from discovery when it knows them). Without
+/// `CAP_SYS_ADMIN`, only the own namespace. Paths that cannot be resolved
+/// come back as errors.
+fn targets(args: &ScanArgs, caps: Capabilities) -> Result<(Vec<Target>, Vec<String>), Error> {
+    let own = NetnsId::current_thread().ok();
+    let discovered = match discovery::discover(&DiscoveryOptions::default()) {
+        Ok(d) => Some(d),
+        Err(e) if !args.netns.is_empty() => {
+            tracing::debug!(error = %error_chain(&e), "discovery failed; using bare paths");
+            None
+        }
+        Err(e) => return Err(Error::Discovery(e)),
+    };
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    if args.netns.is_empty() {
+        for ns in discovered.iter().flat_map(|d| &d.namespaces) {
+            if caps.can_enter() || Some(ns.id) == own {
+                out.push(Target::from_discovery(ns));
+            }
+        }
+    } else {
+        for path in &args.netns {
+            match Target::from_path(path) {
+                Ok(mut t) => {
+                    if let Some(info) = discovered.as_ref().and_then(|d| d.get(t.id)) {
+                        let named = t.label.name.take();
+                        t.label = Target::from_discovery(info).label;
+                        t.label.name = named.or(t.label.name.take());
+                    }
+                    out.push(t);
+                }
+                Err(e) => problems.push(format!("{}: {}", path.display(), error_chain(&e))),
+            }
+        }
+    }
+    Ok((out, problems))
+}
+
+/// `connhealth-agent scan`: writes to `out`, warnings to `err`.
+pub fn run(args: &ScanArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
+    let caps = Capabilities::effective();
+    if let Some(w) = caps.warning() {
+        writeln!(err, "connhealth-agent: {w}").map_err(Error::Output)?;
+    }
+    // Each cached namespace holds a socket, three counter files and its
+    // handle open.
+    if let Err(e) = connhealth_scan::sys::raise_nofile_limit(65536) {
+        tracing::debug!(error = %e, "cannot raise RLIMIT_NOFILE");
+    }
+    let mut scanner = Scanner::new(args.scan_config());
+    let clear = args.watch.is_some() && args.output == Output::Table && io::stdout().is_terminal();
+    let mut sweeps = 0u64;
+    loop {
+        let started = Instant::now();
+        let (targets, problems) = targets(args, caps)?;
+        for p in &problems {
+            writeln!(err, "connhealth-agent: {p}").map_err(Error::Output)?;
+        }
+        let report = scanner.sweep(&targets);
+        sweeps += 1;
+        match args.output {
+            Output::Json => {
+                serde_json::to_writer(&mut *out, &report).map_err(|e| Error::Output(io::Error::other(e)))?;
+                writeln!(out).map_err(Error::Output)?;
+            }
+            Output::Table => {
+                if clear {
+                    write!(out, "\x1b[H\x1b[2J").map_err(Error::Output)?;
+                }
+                table::write(out, &report).map_err(Error::Output)?;
+            }
+        }
+        out.flush().map_err(Error::Output)?;
+        let Some(interval) = args.watch else {
+            let failed = report.errors.len() as u64 + problems.len() as u64;
+            if failed > 0 {
+                return Err(Error::Incomplete { failed, total: report.stats.namespaces + problems.len() as u64 });
+            }
+            return Ok(());
+        };
+        if args.count.is_some_and(|n| sweeps >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(interval.saturating_sub(started.elapsed()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities() {
+        let root = Capabilities::parse_status("Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
+        assert_eq!(root.warning(), None);
+        let none = Capabilities::parse_status("CapEff:\t0000000000000000\n").unwrap();
+        assert!(none.warning().unwrap().contains("CAP_SYS_ADMIN"));
+        assert!(none.warning().unwrap().contains("CAP_SYS_PTRACE"));
+        let admin_only = Capabilities::parse_status(&format!("CapEff:\t{:016x}\n", 1u64 << 21)).unwrap();
+        let w = admin_only.warning().unwrap();
+        assert!(w.contains("CAP_SYS_PTRACE") && !w.contains("CAP_SYS_ADMIN"));
+        let no_admin = Capabilities::parse_status(&format!("CapEff:\t{:016x}\n", 1u64 << 19)).unwrap();
+        let w = no_admin.warning().unwrap();
+        assert!(w.contains("CAP_SYS_ADMIN") && !w.contains("PTRACE"));
+        assert!(!w.contains('\n'));
+    }
+}
