@@ -20,3 +20,8 @@ scan:
 # Regenerate the CRD YAML from the Rust types in crds/src.
 crds:
 	cargo run --locked -p connhealth-crds --bin crdgen
+
+# The scanner's benchmark next to ss and /proc/net/tcp (needs root; see
+# BENCHMARKS.md).
+bench:
+	cargo run --release --locked -p connhealth-scan --bin connhealth-bench -- run
