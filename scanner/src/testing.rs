@@ -10,6 +10,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod holder;
+
 use crate::aggregate::StateCounts;
 use crate::netns::{NetnsHandle, NetnsId};
 use crate::scan::Target;

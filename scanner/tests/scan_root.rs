@@ -306,13 +306,13 @@ fn gated_namespace_that_starts_leaking_is_caught_on_the_next_sweep() {
     drop((l, clients, servers, extra));
 }
 
-/// A holder process inside the namespace: `connhealth-hold`.
+/// A holder process inside the namespace: `connhealth-bench hold`.
 struct Holder(std::process::Child);
 
 impl Holder {
     fn start(ns: &TestNetns, args: &[&str]) -> Self {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_connhealth-hold")])
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_connhealth-bench"), "hold"])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -353,7 +353,7 @@ fn owner_process_is_found() {
     assert_eq!(owners.inodes_found, 3);
     let o = &owners.owners[0];
     assert_eq!(o.process.pid, pid);
-    assert_eq!(o.process.comm, "connhealth-hold");
+    assert_eq!(o.process.comm, "connhealth-benc", "comm is cut at 15 bytes");
     assert_eq!(o.held, 3);
     assert!(o.open_fds >= 6);
     assert!(o.nofile_soft.is_some());

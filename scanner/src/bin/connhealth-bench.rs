@@ -7,7 +7,7 @@
 //! `run` builds network namespaces (`ip netns add chbench-<pid>-<n>`) with a
 //! fixed socket mix per 1,000 sockets — 492 ESTABLISHED, 200 CLOSE_WAIT,
 //! 200 FIN_WAIT2, 100 TIME_WAIT, 8 LISTEN, half of each over IPv6 — held by
-//! one `connhealth-hold` process per namespace, at 1×1k, 1×10k, 1×100k and 100×1k
+//! one `hold` process per namespace ([`connhealth_scan::testing::holder`]), at 1×1k, 1×10k, 1×100k and 100×1k
 //! sockets, and reports side by side, per sweep over all namespaces:
 //!
 //! - connhealth: a full sweep (every namespace dumped), CPU (`getrusage`
@@ -40,6 +40,7 @@ use connhealth_scan::netns::{DiagSocket, NetnsHandle};
 use connhealth_scan::scan::{ScanConfig, Scanner, SweepReport, Target};
 use connhealth_scan::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
 use connhealth_scan::sys::{ResourceUsage, Who, raise_nofile_limit, resource_usage};
+use connhealth_scan::testing::holder::{HoldArgs, hold};
 use connhealth_scan::testing::ss_to_counts;
 
 #[derive(Debug, Parser)]
@@ -53,6 +54,9 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark (root).
     Run(RunArgs),
+    /// Hold a socket mix in the current namespace until stdin closes (what
+    /// the benchmark and the root tests run inside their namespaces).
+    Hold(HoldArgs),
     /// Build one namespace and dump it in a loop (for `perf`).
     Profile(ProfileArgs),
 }
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(a) => run(&a),
+        Cmd::Hold(a) => hold(&a),
         Cmd::Profile(a) => profile(&a),
     };
     match result {
@@ -110,7 +115,7 @@ struct BenchNs {
     holders: Vec<HolderProc>,
 }
 
-/// A `connhealth-hold` process. One process may not hold more than `RLIMIT_NOFILE`
+/// A `hold` process. One process may not hold more than `RLIMIT_NOFILE`
 /// descriptors, and without `CAP_SYS_RESOURCE` the hard limit cannot be
 /// raised, so a namespace gets one holder per [`PER_HOLDER`] sockets.
 struct HolderProc {
@@ -136,8 +141,7 @@ impl BenchNs {
     }
 
     fn start_holders(&mut self, sockets: u64) -> Res<()> {
-        // `connhealth-hold` is built beside this binary (same package).
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("connhealth-hold");
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut left = sockets;
         while left > 0 {
             let n = left.min(PER_HOLDER);
@@ -146,7 +150,7 @@ impl BenchNs {
             let mut child = Command::new("ip")
                 .args(["netns", "exec", &self.name])
                 .arg(&exe)
-                .args(["--sockets", &n.to_string(), "--port-base", &port_base.to_string()])
+                .args(["hold", "--sockets", &n.to_string(), "--port-base", &port_base.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()

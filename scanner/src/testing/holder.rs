@@ -1,45 +1,33 @@
-//! `connhealth-hold`: holds a fixed mix of TCP sockets in the current
-//! network namespace, for the benchmark and the root tests, which run it
-//! inside their namespaces (`ip netns exec NAME connhealth-hold ...`).
+//! The socket holder the benchmark and the root tests run inside their
+//! namespaces (`ip netns exec NAME connhealth-bench hold ...`): a fixed mix
+//! of TCP sockets in the current network namespace, held until stdin
+//! closes.
 //!
-//! `connhealth-hold --sockets N` (N a multiple of 1000) builds, per 1,000
-//! sockets, 492 ESTABLISHED, 200 CLOSE_WAIT, 200 FIN_WAIT2, 100 TIME_WAIT
-//! and 8 LISTEN, half of each over IPv6; `--close-wait N` builds only N
-//! CLOSE_WAIT sockets (and their FIN_WAIT2 peers). It prints `ready`, then
-//! serves commands on stdin, one per line, answering `ok`: `leak` adds one
-//! CLOSE_WAIT socket (and its peer); end of input exits, closing them all.
+//! `hold --sockets N` (N a multiple of 1000) builds, per 1,000 sockets, 492
+//! ESTABLISHED, 200 CLOSE_WAIT, 200 FIN_WAIT2, 100 TIME_WAIT and 8 LISTEN,
+//! half of each over IPv6; `--close-wait N` builds only N CLOSE_WAIT sockets
+//! (and their FIN_WAIT2 peers). It prints `ready`, then serves commands on
+//! stdin, one per line, answering `ok`: `leak` adds one CLOSE_WAIT socket
+//! (and its peer); end of input exits, closing them all.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::ExitCode;
 
-use clap::Parser;
-use connhealth_scan::sys::raise_nofile_limit;
+use crate::sys::raise_nofile_limit;
 
 /// Holds a socket mix in the current network namespace until stdin closes.
-#[derive(Debug, Parser)]
-#[command(name = "connhealth-hold")]
-struct HoldArgs {
+#[derive(Debug, Clone, clap::Args)]
+pub struct HoldArgs {
     /// Number of sockets, a multiple of 1000.
     #[arg(long, default_value_t = 1000)]
-    sockets: u64,
+    pub sockets: u64,
     /// Only this many CLOSE_WAIT sockets (and their FIN_WAIT2 peers), IPv4,
     /// instead of the mix.
     #[arg(long)]
-    close_wait: Option<u64>,
+    pub close_wait: Option<u64>,
     /// First listening port (several holders can share a namespace).
     #[arg(long, default_value_t = 5000)]
-    port_base: u16,
-}
-
-fn main() -> ExitCode {
-    match hold(&HoldArgs::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("connhealth-hold: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    pub port_base: u16,
 }
 
 type Res<T> = Result<T, String>;
@@ -89,7 +77,8 @@ impl Holder {
     }
 }
 
-fn hold(args: &HoldArgs) -> Res<()> {
+/// Builds the mix, says `ready` on stdout, serves stdin until it closes.
+pub fn hold(args: &HoldArgs) -> Res<()> {
     raise_nofile_limit(2 * args.sockets + 4096).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let mut holders = Vec::new();
     for host in ["127.0.0.1", "[::1]"] {
