@@ -40,7 +40,9 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::aggregate::{AggregateConfig, NamespaceParams, NamespaceSummary, NamespaceTracker, group_first_seen};
+use crate::aggregate::{
+    AggregateConfig, FirstSeenGroup, NamespaceParams, NamespaceSummary, NamespaceTracker, group_first_seen,
+};
 use crate::discovery::NamespaceInfo;
 use connhealth_runtime::error_chain;
 
@@ -281,6 +283,8 @@ struct Cached {
     gate: Option<GateMemory>,
     label: NamespaceLabel,
     owners: Option<Owners>,
+    /// The CLOSE_WAIT first sightings of the last dump, as reported.
+    first_seen: Vec<FirstSeenGroup>,
 }
 
 /// What entering a namespace brings back.
@@ -488,6 +492,7 @@ impl Scanner {
                     gate: None,
                     label: target.label.clone(),
                     owners: None,
+                    first_seen: Vec::new(),
                 })
             }
         };
@@ -567,13 +572,18 @@ impl Scanner {
 
         // First sightings as wall-clock times (what a report carries, so a
         // reader computes ages without further writes), bounded in number.
-        let first_seen: Vec<(SystemTime, u64)> = c
-            .tracker
-            .first_seen_groups()
-            .into_iter()
-            .filter_map(|(t, n)| Some((wall_now.checked_sub(now.saturating_duration_since(t))?, n)))
-            .collect();
-        summary.close_wait.first_seen = group_first_seen(&first_seen, cfg.aggregate.limits.first_seen_groups);
+        // They change only when a dump changes the tracked sockets; a reused
+        // dump reuses them (cheaper, and stable to the second).
+        if matches!(source, Source::Dump(_)) {
+            let first_seen: Vec<(SystemTime, u64)> = c
+                .tracker
+                .first_seen_groups()
+                .into_iter()
+                .filter_map(|(t, n)| Some((wall_now.checked_sub(now.saturating_duration_since(t))?, n)))
+                .collect();
+            c.first_seen = group_first_seen(&first_seen, cfg.aggregate.limits.first_seen_groups);
+        }
+        summary.close_wait.first_seen = c.first_seen.clone();
 
         let dumped_at = c.gate.as_ref().map_or(now, |g| g.dumped_at);
         Ok(NamespaceReport {
