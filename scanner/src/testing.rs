@@ -1,7 +1,9 @@
 //! Helpers for tests and the benchmark that need real namespaces and
-//! sockets (this crate's, the agent's and the e2e harness's): the rule for root-only tests, uniquely named test namespaces
-//! that clean up after themselves, `ss` as the reference, builders for
-//! sockets in given TCP states, temporary directories and child processes.
+//! sockets (this crate's, the agent's and the e2e harness's): the rule for
+//! root-only tests, uniquely named test namespaces that clean up after
+//! themselves, `ss` as the reference, builders for sockets in given TCP
+//! states, the socket holder ([`holder`]), fixture `/proc` texts, temporary
+//! directories, child processes and `cargo tree`.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
