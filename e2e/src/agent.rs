@@ -86,6 +86,12 @@ pub fn scrape(addr: &str) -> String {
     http_get(addr, "/metrics")
 }
 
+/// The value of one series in a scrape: `series` as the exposition writes
+/// it, labels included (`name{label="value"}`); `None` when it is absent.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// `GET /readyz` at `addr`: the whole HTTP response (status line and the
 /// reason in the body).
 pub fn readyz(addr: &str) -> String {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use connhealth_crds::ConnectionHealth;
-use connhealth_e2e::agent::{agent_run_args, diagnosis, metrics_addr, scrape, wait_for_readyz};
+use connhealth_e2e::agent::{agent_run_args, diagnosis, metric_value, metrics_addr, scrape, wait_for_readyz};
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
     AgentLock, ChildProcess, Cluster, FakePod, HangingProxy, TestNamespace, eventually, eventually_explained,
@@ -40,10 +40,9 @@ fn agent_with(cluster: &Cluster, kubeconfig: &Path, extra_args: &[&str]) -> Chil
 /// The number of sweeps the agent has finished, from its metrics.
 fn sweeps(addr: &str) -> u64 {
     let metrics = scrape(addr);
-    let line = metrics.lines().find(|l| l.starts_with("connhealth_agent_sweep_duration_seconds_count"));
-    line.and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sweep count in the agent's metrics:\n{metrics}"))
+    let count = metric_value(&metrics, "connhealth_agent_sweep_duration_seconds_count")
+        .unwrap_or_else(|| panic!("no sweep count in the agent's metrics:\n{metrics}"));
+    count as u64
 }
 
 async fn report(client: &Client, ns: &str, name: &str) -> Option<ConnectionHealth> {

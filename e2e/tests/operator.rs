@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use connhealth_e2e::agent::{diagnosis, metrics_addr, scrape, wait_for_readyz};
+use connhealth_e2e::agent::{diagnosis, metric_value, metrics_addr, scrape, wait_for_readyz};
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
     AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, eventually_explained, jsonpath, until,
@@ -405,13 +405,12 @@ async fn a_refused_write_is_a_warning_event_on_the_policy_named_by_its_category(
 
     // The reconcile keeps failing and is retried, but the Event is not
     // repeated (not even as a series) within its interval.
+    // The failure was counted before its Event was published: the series
+    // must be there.
     let failures = || {
         let metrics = scrape(&metrics_addr(&op).expect("metrics address in the log"));
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("connhealth_operator_reconciles_total{result=\"Forbidden\"} "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        metric_value(&metrics, "connhealth_operator_reconciles_total{result=\"Forbidden\"}")
+            .unwrap_or_else(|| panic!("no Forbidden reconciles in the operator's metrics:\n{metrics}"))
     };
     until(WAIT, "a second failed reconcile", || failures() >= 2.0).await;
     assert_eq!(policy_events().unwrap(), events, "no second Event within the interval");
