@@ -227,8 +227,8 @@ pub struct CloseWaitDetail {
     /// The agent's minimum age, in seconds, for a CLOSE_WAIT socket to count
     /// as stuck.
     pub stuck_after_seconds: i64,
-    /// When the agent first saw the oldest CLOSE_WAIT socket that is still
-    /// open. `kubectl get` shows it as an age.
+    /// When the oldest CLOSE_WAIT socket that is still open entered
+    /// CLOSE_WAIT (see `firstSeen`). `kubectl get` shows it as an age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_since: Option<Time>,
     /// Data bytes received and never read by the application, summed over
@@ -238,12 +238,14 @@ pub struct CloseWaitDetail {
     /// Remote endpoints with the most CLOSE_WAIT sockets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_peers: Vec<EndpointCount>,
-    /// When the agent first saw each CLOSE_WAIT socket that is still open,
-    /// as groups of sockets first seen at the same time, oldest first. The
-    /// operator counts stuck sockets from it for any policy's `minAge`
-    /// without the agent rewriting the report as sockets age. At most 32
-    /// groups: when more are needed, neighbouring groups are merged under the
-    /// later time, so ages are never overstated.
+    /// When each CLOSE_WAIT socket that is still open entered CLOSE_WAIT,
+    /// as the kernel dates it (the time since its last ACK arrived, read when
+    /// the agent first saw the socket: never earlier than the truth), in
+    /// groups of sockets with the same time rounded up to the second, oldest
+    /// first. The operator counts stuck sockets from it for any policy's
+    /// `minAge` without the agent rewriting the report as sockets age. At
+    /// most 32 groups: when more are needed, neighbouring groups are merged
+    /// under the later time, so ages are never overstated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub first_seen: Vec<FirstSeenGroup>,
@@ -257,11 +259,11 @@ pub struct CloseWaitDetail {
     pub owners: Vec<SocketOwner>,
 }
 
-/// Sockets first seen in CLOSE_WAIT at (or, after merging, by) one time.
+/// Sockets that entered CLOSE_WAIT at (or, after merging, before) one time.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct FirstSeenGroup {
-    /// When the agent first saw these sockets in CLOSE_WAIT.
+    /// When these sockets entered CLOSE_WAIT (at the latest).
     pub since: Time,
     /// How many sockets.
     pub count: i64,

@@ -11,7 +11,7 @@
 //! shared with `scenario.rs`.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use connhealth_crds::ConnectionHealth;
 use connhealth_e2e::agent::{agent_run_args, diagnosis, metric_value, metrics_addr, scrape, wait_for_readyz};
@@ -194,8 +194,12 @@ async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
     assert!(agent.running(), "{}", agent.logs());
 }
 
+/// A restarted agent remembers nothing, yet rewrites nothing that did not
+/// change, and dates CLOSE_WAIT sockets from the kernel: the old ones keep
+/// their age, the ones that leaked while it was down start from their own
+/// close.
 #[tokio::test]
-async fn a_restarted_agent_keeps_ages_and_does_not_rewrite() {
+async fn a_restarted_agent_takes_ages_from_the_kernel_and_does_not_rewrite() {
     if !require_root() {
         return;
     }
@@ -219,18 +223,48 @@ async fn a_restarted_agent_keeps_ages_and_does_not_rewrite() {
     })
     .await;
     first.stop(Duration::from_secs(10));
-    let oldest = before.status.as_ref().unwrap().close_wait.as_ref().unwrap().oldest_since.clone();
+    let since = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| SystemTime::from(t.0);
+    let oldest_before =
+        since(before.status.as_ref().unwrap().close_wait.as_ref().unwrap().oldest_since.as_ref().unwrap());
 
     let second = agent(cluster, &cluster.kubeconfig);
-    eventually("the restarted agent to sweep", WAIT, || {
-        let swept = second.logs().contains("serving /metrics");
-        async move { swept.then_some(()) }
+    let addr = eventually("the restarted agent's metrics address", WAIT, || {
+        let addr = metrics_addr(&second);
+        async move { addr }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    eventually_explained(
+        "two sweeps of the restarted agent",
+        WAIT,
+        || {
+            let done = sweeps(&addr);
+            async move { (done >= 2).then_some(()) }
+        },
+        || diagnosis(&second),
+    )
+    .await;
     let after = report(&client, &ns.name, "leaky").await.unwrap();
     assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "nothing changed, nothing written");
-    assert_eq!(after.status.unwrap().close_wait.unwrap().oldest_since, oldest, "ages carried over the restart");
+
+    // Six more leak now: a change worth a write, which shows the ages the
+    // restarted agent found.
+    let new_leak = SystemTime::now();
+    leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "6", "--interval-ms", "20"]);
+    wait_for_close_wait(&client, &ns.name, "leaky", 12, &second).await;
+    let cw = report(&client, &ns.name, "leaky").await.unwrap().status.unwrap().close_wait.unwrap();
+    let oldest_after = since(cw.oldest_since.as_ref().unwrap());
+    // The same kernel time read by two processes: equal to the second (each
+    // rounds up to whole seconds on its own).
+    let drift = oldest_after.duration_since(oldest_before).unwrap_or_else(|e| e.duration());
+    assert!(drift <= Duration::from_secs(1), "oldest {oldest_after:?} before the restart {oldest_before:?}");
+    let (old, new): (Vec<_>, Vec<_>) = cw.first_seen.iter().partition(|g| since(&g.since) < new_leak);
+    let count = |groups: &[&connhealth_crds::health::FirstSeenGroup]| groups.iter().map(|g| g.count).sum::<i64>();
+    assert_eq!(
+        (count(&old), count(&new)),
+        (6, 6),
+        "old sockets keep their age, new ones start at their close: {:?}",
+        cw.first_seen
+    );
     drop(second);
 }
 

@@ -13,8 +13,8 @@
 //!   current, `/readyz` says writes are failing, and the newest report per
 //!   pod is written when it is back.
 //! - A restart reads the node's reports back, so unchanged pods are not
-//!   rewritten and CLOSE_WAIT first sightings carry over (conservatively:
-//!   ages are never overstated).
+//!   rewritten. CLOSE_WAIT ages need nothing carried over: the scanner dates
+//!   each socket from the kernel.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -90,8 +90,7 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
     scan_config.aggregate.min_age = config.close_wait_min_age;
     scan_config.aggregate.limits.first_seen_groups = MAX_FIRST_SEEN_GROUPS;
     scan_config.owners_threshold = Some(config.owners_threshold);
-    let mut agent =
-        Agent { scanner: Some(Scanner::new(scan_config.clone())), scan_config, metrics, seeds: HashMap::new() };
+    let mut agent = Agent { scanner: Some(Scanner::new(scan_config.clone())), scan_config, metrics };
 
     let shutdown = connhealth_runtime::shutdown_signal();
     tokio::pin!(shutdown);
@@ -99,7 +98,8 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
         () = &mut shutdown => return Ok(()),
         () = wait_for_pods(&pods) => {}
     }
-    // Carry state over a restart; retried at each sweep until it works.
+    // Learn what was written before a restart, so that unchanged reports are
+    // not rewritten; retried at each sweep until it works.
     let mut restored = false;
     let mut interval = tokio::time::interval(config.scan_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,10 +110,7 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
         }
         if !restored {
             match reporter.restore().await {
-                Ok(seeds) => {
-                    agent.seeds = seeds;
-                    restored = true;
-                }
+                Ok(()) => restored = true,
                 Err(error) => {
                     tracing::warn!(error = %error_chain(&error), "cannot read this node's reports yet; sweeping without them");
                 }
@@ -156,9 +153,6 @@ struct Agent {
     /// `None` only while a sweep runs on the blocking pool.
     scanner: Option<Scanner>,
     metrics: AgentMetrics,
-    /// CLOSE_WAIT first sightings by pod UID, read back from the reports
-    /// at start; each travels with its pod's first target to the scanner.
-    seeds: HashMap<String, Vec<(SystemTime, u64)>>,
 }
 
 /// A pod of this node as the sweep needs it.
@@ -198,11 +192,8 @@ impl Agent {
 
         let mut scanner = self.scanner.take().expect("one sweep at a time");
         let wanted: HashSet<String> = node_pods.iter().filter(|p| !p.host_network).map(|p| p.uid.clone()).collect();
-        // Seeds of pods that left the node are of no use any more.
-        self.seeds.retain(|uid, _| wanted.contains(uid));
-        let seeds = self.seeds.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let targets = pod_targets(&wanted, &seeds);
+            let targets = pod_targets(&wanted);
             let sweep = scanner.sweep(&targets);
             (scanner, sweep)
         })
@@ -216,12 +207,6 @@ impl Agent {
                 return;
             }
         };
-        // A pod's seeds are used when its namespace is first scanned.
-        for ns in &sweep.namespaces {
-            if let Some(uid) = &ns.label.pod_uid {
-                self.seeds.remove(uid);
-            }
-        }
         self.scanner = Some(scanner);
         self.record_sweep(&sweep);
 
@@ -288,18 +273,15 @@ impl Agent {
     }
 }
 
-/// Discovers the node's namespaces and keeps those of the wanted pods, each
-/// with the CLOSE_WAIT first sightings its pod's last report carried.
-fn pod_targets(wanted_uids: &HashSet<String>, seeds: &HashMap<String, Vec<(SystemTime, u64)>>) -> Vec<Target> {
+/// Discovers the node's namespaces and keeps those of the wanted pods.
+fn pod_targets(wanted_uids: &HashSet<String>) -> Vec<Target> {
     match discovery::discover(&DiscoveryOptions::default()) {
         Ok(found) => found
             .namespaces
             .iter()
             .filter_map(|ns| {
-                let uid = ns.pod_uid.as_ref().filter(|uid| !ns.is_host && wanted_uids.contains(*uid))?;
-                let mut target = Target::from_discovery(ns);
-                target.close_wait_seeds = seeds.get(uid).cloned().unwrap_or_default();
-                Some(target)
+                ns.pod_uid.as_ref().filter(|uid| !ns.is_host && wanted_uids.contains(*uid))?;
+                Some(Target::from_discovery(ns))
             })
             .collect(),
         Err(error) => {

@@ -94,7 +94,7 @@ impl AgentMetrics {
         );
         r.register(
             "close_wait_oldest_age_seconds",
-            "Age of a pod's oldest CLOSE_WAIT socket, from the agent's first sighting (0 when none)",
+            "Age of a pod's oldest CLOSE_WAIT socket, as the kernel dates its entry into CLOSE_WAIT (a lower bound; 0 when none)",
             m.close_wait_oldest_age.clone(),
         );
         r.register(

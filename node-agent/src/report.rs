@@ -18,8 +18,8 @@
 //! - nothing of the above for `heartbeat` since the last write.
 //!
 //! Ages need no writes: the report carries *when* each group of CLOSE_WAIT
-//! sockets was first seen (`closeWait.firstSeen`, `oldestSince`), and
-//! readers compute ages from those times.
+//! sockets entered CLOSE_WAIT (`closeWait.firstSeen`, `oldestSince`, dated
+//! by the kernel), and readers compute ages from those times.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

@@ -163,29 +163,19 @@ impl Reporter {
     }
 
     /// Reads the reports this node's agent wrote before (a restart), so that
-    /// unchanged pods are not rewritten, and returns the CLOSE_WAIT first
-    /// sightings they carried, by pod UID, for the scanner to seed ages with.
-    pub async fn restore(&mut self) -> Result<HashMap<String, Vec<(SystemTime, u64)>>, kube::Error> {
+    /// unchanged pods are not rewritten. (CLOSE_WAIT ages need nothing from
+    /// them: the scanner takes them from the kernel.)
+    pub async fn restore(&mut self) -> Result<(), kube::Error> {
         let api: Api<ConnectionHealth> = Api::all(self.client.clone());
         let list = api.list(&ListParams::default().labels(&format!("{}={}", labels::NODE, self.node))).await?;
-        let mut seeds = HashMap::new();
         for report in list {
             let key = PodKey { namespace: report.namespace().unwrap_or_default(), name: report.name_any() };
             let mut status = report.status.unwrap_or_default();
             // The verdict is the operator's; never compare or write it.
             status.verdict = None;
-            let first_seen: Vec<(SystemTime, u64)> = status
-                .close_wait
-                .iter()
-                .flat_map(|cw| &cw.first_seen)
-                .map(|g| (SystemTime::from(g.since.0), g.count.max(0) as u64))
-                .collect();
-            if !first_seen.is_empty() {
-                seeds.insert(report.spec.pod_uid.clone(), first_seen);
-            }
             self.book.written(&key, &report.spec.pod_uid, status);
         }
-        Ok(seeds)
+        Ok(())
     }
 
     /// Starts a sweep's writes: the API server gets another chance.

@@ -7,8 +7,8 @@
 //! - A policy selects a pod when its `podSelector` matches the pod's labels
 //!   (empty selector: every pod of the namespace).
 //! - Each selecting policy assesses the report: CLOSE_WAIT count ≥
-//!   `warningCount` → Warning; stuck sockets (first seen at least `minAge`
-//!   ago) ≥ `stuckCount` → Leaking; count grown by ≥ `growth.count` within
+//!   `warningCount` → Warning; stuck sockets (in CLOSE_WAIT for at least
+//!   `minAge`) ≥ `stuckCount` → Leaking; count grown by ≥ `growth.count` within
 //!   `growth.window` → Leaking; port pressure ≥ `warningPercent` → Warning.
 //! - **Several policies on one pod: the strictest verdict wins**
 //!   (Leaking > Warning > Healthy); among equals, the policy whose name sorts
@@ -223,7 +223,8 @@ pub struct Assessment {
     pub recheck_at: Option<Timestamp>,
 }
 
-/// Number of CLOSE_WAIT sockets first seen at least `min_age` before `now`,
+/// Number of CLOSE_WAIT sockets that entered CLOSE_WAIT at least `min_age`
+/// before `now`,
 /// and the earliest future moment another group becomes stuck.
 pub fn stuck_sockets(detail: &CloseWaitDetail, min_age: StdDuration, now: Timestamp) -> (i64, Option<Timestamp>) {
     if detail.first_seen.is_empty() {

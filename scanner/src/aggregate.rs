@@ -16,10 +16,20 @@
 //! ## Ages
 //!
 //! The inet_diag cookie is unique and stable for a socket's life. A
-//! CLOSE_WAIT socket is aged from the first dump that saw it in CLOSE_WAIT
-//! (so ages are lower bounds: a socket already in CLOSE_WAIT when the agent
-//! started is aged from the agent's first sweep). It is forgotten when a
-//! dump no longer sees it in CLOSE_WAIT.
+//! CLOSE_WAIT socket is aged from the moment it entered CLOSE_WAIT as the
+//! kernel tells it, at the first dump that sees it: the caller looks up the
+//! sockets of [`DumpAggregator::take_fresh_close_wait`] and passes each one's
+//! `tcpi_last_ack_recv` to [`DumpAggregator::entered_close_wait`]. The
+//! peer's FIN carried the last ACK that mattered, so the time since the
+//! last ACK is a lower bound of the time in CLOSE_WAIT (an ACK for data this
+//! side sends later makes it smaller, never larger); it is shortened by one
+//! jiffy at the coarsest tick rate ([`KERNEL_CLOCK_STEP`]) so that the
+//! kernel's tick never rounds an age up. A socket whose lookup gave nothing
+//! (it closed meanwhile) is aged from the dump. The age found first is kept
+//! for the socket's life; it is forgotten when a dump no longer sees the
+//! socket in CLOSE_WAIT. A fresh process (a one-shot scan, a restarted
+//! agent) therefore reports the same ages as one that has watched all
+//! along, and a socket opened later never inherits an older one's age.
 //!
 //! ## Memory bounds
 //!
@@ -53,7 +63,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::gate::ListenPrint;
-use crate::sockdiag::{DiagMsg, TcpState};
+use crate::sockdiag::{DiagMsg, SockId, TcpState};
 use crate::sysctls::PortRange;
 
 /// The fields of one socket that aggregation uses.
@@ -107,6 +117,8 @@ pub trait SocketView {
     fn inode(&self) -> u32;
     /// inet_diag cookie.
     fn cookie(&self) -> u64;
+    /// The identity for an exact lookup.
+    fn sock_id(&self) -> SockId;
 }
 
 impl SocketView for Socket {
@@ -131,6 +143,9 @@ impl SocketView for Socket {
     fn cookie(&self) -> u64 {
         self.cookie
     }
+    fn sock_id(&self) -> SockId {
+        SockId::new(self.local, self.remote, self.cookie)
+    }
 }
 
 impl SocketView for DiagMsg<'_> {
@@ -154,6 +169,9 @@ impl SocketView for DiagMsg<'_> {
     }
     fn cookie(&self) -> u64 {
         DiagMsg::cookie(self)
+    }
+    fn sock_id(&self) -> SockId {
+        DiagMsg::sock_id(self)
     }
 }
 
@@ -243,7 +261,7 @@ pub struct Limits {
     pub max_distinct_keys: usize,
     /// Entries in each top list.
     pub top_n: usize,
-    /// Groups of CLOSE_WAIT first sightings reported (see
+    /// Groups of CLOSE_WAIT entry times reported (see
     /// [`group_first_seen`]).
     pub first_seen_groups: usize,
 }
@@ -332,17 +350,19 @@ pub struct CloseWaitSummary {
     pub top_local_ports: Vec<PortCount>,
     /// Distinct local ports counted.
     pub distinct_local_ports: u64,
-    /// When the aged ones were first seen in CLOSE_WAIT, oldest first, in at
-    /// most [`Limits::first_seen_groups`] groups (see [`group_first_seen`]).
+    /// When the aged ones entered CLOSE_WAIT (at the latest: see the
+    /// module's "Ages"), oldest first, in at most
+    /// [`Limits::first_seen_groups`] groups (see [`group_first_seen`]).
     /// Filled by the scanner, which knows the wall clock.
     pub first_seen: Vec<FirstSeenGroup>,
 }
 
-/// CLOSE_WAIT sockets first seen at (or, grouped, after) one time.
+/// CLOSE_WAIT sockets that entered CLOSE_WAIT at (or, grouped, before) one
+/// time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FirstSeenGroup {
-    /// First sighting, whole seconds; serialised as `sinceUnixMs`.
+    /// Entry into CLOSE_WAIT, whole seconds; serialised as `sinceUnixMs`.
     #[serde(rename = "sinceUnixMs", serialize_with = "crate::json::unix_ms")]
     pub since: SystemTime,
     /// How many sockets.
@@ -350,14 +370,16 @@ pub struct FirstSeenGroup {
 }
 
 /// Groups first-sighting times into at most `max` groups, oldest first.
-/// Times are whole seconds; when there are more distinct seconds than
+/// Times are rounded up to whole seconds; when there are more distinct seconds than
 /// `max`, times are rounded *up* to coarser and coarser steps (2 s, 4 s,
 /// ...) until they fit, so an age is never overstated.
 pub fn group_first_seen(times: &[(SystemTime, u64)], max: usize) -> Vec<FirstSeenGroup> {
     let secs: Vec<(u64, u64)> = times
         .iter()
         .filter(|(_, n)| *n > 0)
-        .map(|(t, n)| (t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), *n))
+        // Whole seconds, rounded up: a time in the middle of a second is
+        // reported at its end, never at its start.
+        .map(|(t, n)| (t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)), *n))
         .collect();
     let mut step = 1u64;
     loop {
@@ -446,21 +468,24 @@ pub struct NamespaceSummary {
 
 #[derive(Debug, Clone, Copy)]
 struct CwEntry {
-    first_seen: Instant,
+    /// When it entered CLOSE_WAIT (the kernel's time, or the dump that first saw it).
+    entered: Instant,
     generation: u32,
     inode: u32,
 }
 
+/// The step of the kernel's clock behind `tcp_info`'s times: one jiffy at
+/// the lowest tick rate a kernel is built with (`CONFIG_HZ=100`). A time the
+/// kernel reports in jiffies may be up to one step longer than the truth.
+pub const KERNEL_CLOCK_STEP: Duration = Duration::from_millis(10);
+
 /// What a namespace's tracking remembers between sweeps: CLOSE_WAIT cookies
-/// with their first sighting, and the last dump's figures.
+/// with the time each entered CLOSE_WAIT, and the last dump's figures.
 #[derive(Debug, Default)]
 pub struct NamespaceTracker {
     cookies: FxMap<u64, CwEntry>,
     generation: u32,
     last: Option<LastDump>,
-    /// First sightings carried over from before a restart, for the next
-    /// dump (see [`NamespaceTracker::seed_first_seen`]).
-    seeds: Vec<(Instant, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -493,6 +518,8 @@ impl NamespaceTracker {
             cw_rqueue: 0,
             cw_pending: Vec::new(),
             cw_untracked: 0,
+            cw_fresh: Vec::new(),
+            cw_entered: FxMap::default(),
             peers: Bounded::new(cfg.limits.max_distinct_keys),
             local_ports: Bounded::new(cfg.limits.max_distinct_keys),
             destinations: Bounded::new(cfg.limits.max_distinct_keys),
@@ -515,25 +542,12 @@ impl NamespaceTracker {
         self.cookies.values().filter(|e| e.inode != 0).map(|e| u64::from(e.inode))
     }
 
-    /// Carries ages over a restart of the tracking (e.g. of the agent, from
-    /// its last report): "`n` CLOSE_WAIT sockets have been seen since `t`".
-    /// The next dump gives these first sightings, oldest first, to the
-    /// CLOSE_WAIT sockets it sees for the first time, at most `n` per group
-    /// and never later than the dump itself. Cookies do not survive the
-    /// restart, so which socket gets which age is arbitrary; the number of
-    /// sockets per age is right as long as the sockets reported then are
-    /// still open.
-    pub fn seed_first_seen(&mut self, mut groups: Vec<(Instant, u64)>) {
-        groups.sort();
-        self.seeds = groups;
-    }
-
-    /// First sightings of the tracked CLOSE_WAIT sockets: `(when, how many)`,
-    /// oldest first (sockets first seen by the same dump share one entry).
+    /// When the tracked CLOSE_WAIT sockets entered CLOSE_WAIT: `(when, how
+    /// many)`, oldest first (sockets with the same time share one entry).
     pub fn first_seen_groups(&self) -> Vec<(Instant, u64)> {
         let mut by_time: HashMap<Instant, u64> = HashMap::new();
         for e in self.cookies.values() {
-            *by_time.entry(e.first_seen).or_default() += 1;
+            *by_time.entry(e.entered).or_default() += 1;
         }
         let mut v: Vec<_> = by_time.into_iter().collect();
         v.sort();
@@ -549,7 +563,7 @@ impl NamespaceTracker {
         let mut stuck = 0;
         let mut oldest: Option<Duration> = None;
         for e in self.cookies.values() {
-            let age = now.saturating_duration_since(e.first_seen);
+            let age = now.saturating_duration_since(e.entered);
             if age >= cfg.min_age {
                 stuck += 1;
             }
@@ -637,6 +651,11 @@ pub struct DumpAggregator<'a> {
     /// were still in the table; admitted after the sweep of stale entries.
     cw_pending: Vec<(u64, u32)>,
     cw_untracked: u64,
+    /// CLOSE_WAIT sockets this dump saw for the first time (tracked or
+    /// pending), for the caller to look up their kernel age.
+    cw_fresh: Vec<(u64, SockId)>,
+    /// When fresh sockets entered CLOSE_WAIT, as the kernel told the caller.
+    cw_entered: FxMap<u64, Instant>,
     peers: Bounded<Peer, PeerAcc>,
     local_ports: Bounded<u16, u64, FxBuild>,
     destinations: Bounded<SocketAddr, DestAcc, FxBuild>,
@@ -684,11 +703,13 @@ impl DumpAggregator<'_> {
                 }
             }
             Entry::Vacant(e) if len < cap => {
-                e.insert(CwEntry { first_seen: self.now, generation, inode });
+                e.insert(CwEntry { entered: self.now, generation, inode });
+                self.cw_fresh.push((cookie, s.sock_id()));
             }
             Entry::Vacant(_) => {
                 if self.cw_pending.len() < cap {
                     self.cw_pending.push((cookie, inode));
+                    self.cw_fresh.push((cookie, s.sock_id()));
                 } else {
                     self.cw_untracked += 1;
                 }
@@ -708,6 +729,25 @@ impl DumpAggregator<'_> {
         if let Some(c) = self.local_ports.slot(local.port()) {
             *c += 1;
         }
+    }
+
+    /// The CLOSE_WAIT sockets this dump saw for the first time, as
+    /// `(cookie, identity)`: look each up and pass what the kernel says to
+    /// [`DumpAggregator::entered_close_wait`] before [`finish`](Self::finish).
+    /// At most [`Limits::max_tracked_close_wait`] twice over (tracked and
+    /// waiting for room).
+    pub fn take_fresh_close_wait(&mut self) -> Vec<(u64, SockId)> {
+        std::mem::take(&mut self.cw_fresh)
+    }
+
+    /// The kernel's word on a fresh CLOSE_WAIT socket: at `measured_at` it
+    /// had received no ACK for `since_last_ack` (`tcpi_last_ack_recv`). It
+    /// entered CLOSE_WAIT no later than that (see the module's "Ages"),
+    /// less one [`KERNEL_CLOCK_STEP`] so that an age is never overstated.
+    pub fn entered_close_wait(&mut self, cookie: u64, measured_at: Instant, since_last_ack: Duration) {
+        let age = since_last_ack.saturating_sub(KERNEL_CLOCK_STEP);
+        let at = measured_at.checked_sub(age).unwrap_or(measured_at);
+        self.cw_entered.insert(cookie, at);
     }
 
     /// Whether this dump has seen a SYN_RECV socket so far.
@@ -734,6 +774,8 @@ impl DumpAggregator<'_> {
             cw_rqueue,
             cw_pending,
             mut cw_untracked,
+            cw_fresh: _,
+            cw_entered,
             peers,
             local_ports,
             destinations,
@@ -744,26 +786,24 @@ impl DumpAggregator<'_> {
         tracker.cookies.retain(|_, e| e.generation == generation);
         for (cookie, inode) in cw_pending {
             if tracker.cookies.len() < limits.max_tracked_close_wait {
-                tracker.cookies.insert(cookie, CwEntry { first_seen: now, generation, inode });
+                tracker.cookies.insert(cookie, CwEntry { entered: now, generation, inode });
             } else {
                 cw_untracked += 1;
             }
         }
-        if !tracker.seeds.is_empty() {
-            let seeds = std::mem::take(&mut tracker.seeds);
-            let mut fresh: Vec<&mut CwEntry> = tracker.cookies.values_mut().filter(|e| e.first_seen == now).collect();
-            let mut fresh = fresh.iter_mut();
-            'groups: for (when, n) in seeds {
-                for _ in 0..n {
-                    let Some(e) = fresh.next() else { break 'groups };
-                    e.first_seen = when.min(now);
-                }
+        // Only sockets first seen by this dump (aged `now` so far) take the
+        // kernel's time: an age once found is kept.
+        for (cookie, entered) in cw_entered {
+            if let Some(e) = tracker.cookies.get_mut(&cookie)
+                && e.entered == now
+            {
+                e.entered = entered;
             }
         }
         if tracker.cookies.len() > limits.max_tracked_close_wait {
             // Only when the cap was lowered between sweeps: keep the oldest.
             let mut entries: Vec<_> = tracker.cookies.drain().collect();
-            entries.sort_by_key(|(c, e)| (e.first_seen, *c));
+            entries.sort_by_key(|(c, e)| (e.entered, *c));
             cw_untracked += (entries.len() - limits.max_tracked_close_wait) as u64;
             entries.truncate(limits.max_tracked_close_wait);
             tracker.cookies.extend(entries);

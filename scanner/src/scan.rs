@@ -11,17 +11,20 @@
 //!
 //! 1. each target not yet cached is opened (its path must still name the
 //!    namespace discovery saw), entered once on a dedicated thread to create
-//!    its diag socket, open its counter files and read its sysctls, and its
-//!    CLOSE_WAIT tracker is seeded with the target's
-//!    [`Target::close_wait_seeds`] (what a caller remembers from before);
+//!    its diag socket, open its counter files and read its sysctls;
 //! 2. the gate ([`crate::gate`]) decides from the counters whether to dump
 //!    it or reuse its last dump;
 //! 3. a dump streams every socket of every state into the namespace's
-//!    [`DumpAggregator`](crate::aggregate::DumpAggregator);
+//!    [`DumpAggregator`](crate::aggregate::DumpAggregator); each CLOSE_WAIT
+//!    socket it sees for the first time is then looked up by its identity
+//!    (one hash lookup in the kernel, not a walk) for the kernel's
+//!    `tcpi_last_ack_recv`, which dates its entry into CLOSE_WAIT (see
+//!    [`crate::aggregate`]'s "Ages"): ages are as old in a fresh process as
+//!    in one that has watched all along;
 //! 4. namespaces with at least [`ScanConfig::owners_threshold`] CLOSE_WAIT
 //!    sockets get their owners looked up ([`crate::owners`]), among the
 //!    namespace's own processes, after each dump;
-//! 5. the CLOSE_WAIT first sightings go into the result as wall-clock times
+//! 5. the CLOSE_WAIT entry times go into the result as wall-clock times
 //!    (`closeWait.firstSeen`), so a caller has everything it reports
 //!    without asking again;
 //! 6. cached namespaces that are no longer targets are reported once in
@@ -112,11 +115,6 @@ pub struct Target {
     pub paths: Vec<PathBuf>,
     /// What is known about it.
     pub label: NamespaceLabel,
-    /// CLOSE_WAIT first sightings from before this scanner existed (e.g. an
-    /// agent's last report before a restart): `(first seen, count)`. Used
-    /// only when the namespace is first cached, see
-    /// [`NamespaceTracker::seed_first_seen`]; empty for none.
-    pub close_wait_seeds: Vec<(SystemTime, u64)>,
 }
 
 impl Target {
@@ -135,7 +133,6 @@ impl Target {
                 container_ids: ns.container_ids.clone(),
                 pids: ns.pids.clone(),
             },
-            close_wait_seeds: Vec::new(),
         }
     }
 
@@ -147,12 +144,7 @@ impl Target {
         let name = (path.parent() == Some(Path::new("/run/netns")))
             .then(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
             .flatten();
-        Ok(Self {
-            id,
-            paths: vec![path.to_owned()],
-            label: NamespaceLabel { name, ..NamespaceLabel::default() },
-            close_wait_seeds: Vec::new(),
-        })
+        Ok(Self { id, paths: vec![path.to_owned()], label: NamespaceLabel { name, ..NamespaceLabel::default() } })
     }
 }
 
@@ -244,6 +236,11 @@ pub struct SweepStats {
     pub sockets_parsed: u64,
     /// LISTEN-only dumps (gate step 5).
     pub listen_checks: u64,
+    /// Exact lookups of CLOSE_WAIT sockets seen for the first time, for
+    /// their kernel age.
+    pub age_lookups: u64,
+    /// Of those, failed (the sockets keep the dump's time, a lower bound).
+    pub age_lookup_failures: u64,
     /// Wall-clock time of the sweep, microseconds.
     pub wall_micros: u64,
 }
@@ -283,7 +280,7 @@ struct Cached {
     gate: Option<GateMemory>,
     label: NamespaceLabel,
     owners: Option<Owners>,
-    /// The CLOSE_WAIT first sightings of the last dump, as reported.
+    /// The CLOSE_WAIT entry times of the last dump, as reported.
     first_seen: Vec<FirstSeenGroup>,
 }
 
@@ -351,15 +348,6 @@ fn host_child_ehash_entries() -> Option<i64> {
         .ok()
         .flatten()
         .or_else(sysctls::read_child_ehash_entries)
-}
-
-/// `t` as an `Instant`, given that `now_sys` is now; `None` if it lies
-/// before the monotonic clock's origin.
-fn to_instant(t: SystemTime, now_sys: SystemTime, now: Instant) -> Option<Instant> {
-    match now_sys.duration_since(t) {
-        Ok(age) => now.checked_sub(age),
-        Err(ahead) => now.checked_add(ahead.duration()),
-    }
 }
 
 impl Scanner {
@@ -474,21 +462,12 @@ impl Scanner {
                 let handle = open_target(target)?;
                 let entered = enter(&handle)?;
                 stats.entered += 1;
-                let mut tracker = NamespaceTracker::new();
-                if !target.close_wait_seeds.is_empty() {
-                    let seeds = target
-                        .close_wait_seeds
-                        .iter()
-                        .filter_map(|(t, n)| Some((to_instant(*t, wall_now, now)?, *n)))
-                        .collect();
-                    tracker.seed_first_seen(seeds);
-                }
                 v.insert(Cached {
                     handle,
                     socket: Some(entered.socket),
                     counters: entered.counters,
                     sysctls: entered.sysctls,
-                    tracker,
+                    tracker: NamespaceTracker::new(),
                     gate: None,
                     label: target.label.clone(),
                     owners: None,
@@ -528,6 +507,7 @@ impl Scanner {
             verdict = gate::confirm_listeners(memory, &listen);
         }
 
+        let mut reset_socket = false;
         let (mut summary, source) = match verdict {
             Verdict::Reuse => match c.tracker.reuse(&cfg.aggregate, now) {
                 Some(s) => (s, Source::Reused),
@@ -550,6 +530,24 @@ impl Scanner {
                     }
                 };
                 stats.sockets_parsed += dumped.sockets;
+                // Kernel ages for the CLOSE_WAIT sockets not seen before.
+                for (cookie, id) in agg.take_fresh_close_wait() {
+                    stats.age_lookups += 1;
+                    match dumper.since_last_ack(socket, &id) {
+                        Ok(Some(since)) => agg.entered_close_wait(cookie, Instant::now(), since),
+                        // Closed since the dump: aged from the dump, and
+                        // gone from the next one.
+                        Ok(None) => {}
+                        Err(error) => {
+                            // The rest keep the dump's time (a lower bound);
+                            // a fresh socket next sweep.
+                            tracing::debug!(netns = %target.id, error = %error_chain(&error), "CLOSE_WAIT age lookup failed");
+                            stats.age_lookup_failures += 1;
+                            reset_socket = true;
+                            break;
+                        }
+                    }
+                }
                 let listen = agg.listen_print();
                 let saw_syn_recv = agg.saw_syn_recv();
                 let summary = agg.finish();
@@ -584,6 +582,9 @@ impl Scanner {
             c.first_seen = group_first_seen(&first_seen, cfg.aggregate.limits.first_seen_groups);
         }
         summary.close_wait.first_seen = c.first_seen.clone();
+        if reset_socket {
+            c.socket = None;
+        }
 
         let dumped_at = c.gate.as_ref().map_or(now, |g| g.dumped_at);
         Ok(NamespaceReport {

@@ -22,9 +22,18 @@
 //!
 //! Both carry a state bitmask (`idiag_states`, bit `1 << state`) so that the
 //! kernel filters; a request for `LISTEN` only never touches the
-//! established hash. No extensions are requested (`idiag_ext = 0`): every
-//! field used here (state, addresses, ports, Recv-Q, inode, cookie, uid) is
+//! established hash. Dumps request no extensions (`idiag_ext = 0`): every
+//! field they use (state, addresses, ports, Recv-Q, inode, cookie, uid) is
 //! in the fixed `inet_diag_msg`.
+//!
+//! - **Exact lookup of one socket** (`SOCK_DIAG_BY_FAMILY` without
+//!   `NLM_F_DUMP`, the socket's [`SockId`] — ports, addresses, interface,
+//!   cookie — copied verbatim from the dump that saw it): the kernel finds
+//!   it with one hash lookup (`inet_diag_find_one_icsk`), checks the cookie,
+//!   and answers with one message carrying the requested `INET_DIAG_INFO`
+//!   (`struct tcp_info`). [`Dumper::since_last_ack`] uses it for
+//!   `tcpi_last_ack_recv`, where CLOSE_WAIT ages come from; a socket that
+//!   closed meanwhile answers `ENOENT`.
 //!
 //! ## Replies
 //!
@@ -38,6 +47,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use crate::error::ScanError;
 use crate::netns::DiagSocket;
@@ -70,6 +80,17 @@ pub const INET_DIAG_REQ_V2_LEN: usize = 56;
 /// `sizeof(struct inet_diag_msg)`: the fixed part of every reply.
 pub const INET_DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_NOCOOKIE: u32 = !0;
+/// `INET_DIAG_INFO`: the `struct tcp_info` attribute of a reply.
+const INET_DIAG_INFO: u16 = 2;
+/// Offset of `tcpi_last_ack_recv` (ms since the last ACK arrived) in
+/// `struct tcp_info` (stable uapi: eight `__u8`, then `__u32` fields from
+/// `tcpi_rto`; `last_ack_recv` is the 13th of them).
+const TCPI_LAST_ACK_RECV_OFFSET: usize = 56;
+/// Offset and length of `struct inet_diag_sockid` in `inet_diag_msg` (after
+/// family, state, timer, retrans) and in `inet_diag_req_v2` (after family,
+/// protocol, ext, pad, states).
+const SOCKID_MSG_OFFSET: usize = 4;
+const SOCKID_LEN: usize = 48;
 
 /// Size of the receive buffer. The kernel's dump datagrams follow the
 /// reader's buffer size up to 32 KiB (`netlink_recvmsg` caps
@@ -213,10 +234,64 @@ pub enum DumpMode {
     PerFamily,
 }
 
+/// A socket's identity as sock_diag knows it: its family and
+/// `struct inet_diag_sockid` (ports, addresses, interface, cookie) in wire
+/// order, copied from the dump message that reported it so that an exact
+/// lookup asks for precisely that socket.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SockId {
+    family: u8,
+    raw: [u8; SOCKID_LEN],
+}
+
+impl std::fmt::Debug for SockId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SockId").field("family", &self.family).field("raw", &&self.raw[..]).finish()
+    }
+}
+
+impl SockId {
+    /// The identity of a socket from its addresses and cookie (interface
+    /// 0: not bound to a device). IPv6 addresses give an `AF_INET6` id.
+    pub fn new(local: SocketAddr, remote: SocketAddr, cookie: u64) -> Self {
+        let mut raw = [0u8; SOCKID_LEN];
+        raw[0..2].copy_from_slice(&local.port().to_be_bytes());
+        raw[2..4].copy_from_slice(&remote.port().to_be_bytes());
+        let family = match (local.ip(), remote.ip()) {
+            (IpAddr::V4(l), IpAddr::V4(r)) => {
+                raw[4..8].copy_from_slice(&l.octets());
+                raw[20..24].copy_from_slice(&r.octets());
+                AF_INET
+            }
+            (l, r) => {
+                let v6 = |ip: IpAddr| match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                };
+                raw[4..20].copy_from_slice(&v6(l).octets());
+                raw[20..36].copy_from_slice(&v6(r).octets());
+                AF_INET6
+            }
+        };
+        raw[40..44].copy_from_slice(&(cookie as u32).to_ne_bytes());
+        raw[44..48].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        Self { family, raw }
+    }
+
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub fn family(&self) -> u8 {
+        self.family
+    }
+}
+
 fn put_nlmsghdr(out: &mut Vec<u8>, len: usize, ty: u16, seq: u32) {
+    put_nlmsghdr_flags(out, len, ty, NLM_F_REQUEST | NLM_F_DUMP, seq);
+}
+
+fn put_nlmsghdr_flags(out: &mut Vec<u8>, len: usize, ty: u16, flags: u16, seq: u32) {
     out.extend_from_slice(&(len as u32).to_ne_bytes()); // nlmsg_len
     out.extend_from_slice(&ty.to_ne_bytes()); // nlmsg_type
-    out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes()); // nlmsg_flags
+    out.extend_from_slice(&flags.to_ne_bytes()); // nlmsg_flags
     out.extend_from_slice(&seq.to_ne_bytes()); // nlmsg_seq
     out.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: 0, the kernel fills it
 }
@@ -264,6 +339,42 @@ pub fn encode_family_request(family: u8, states: StateSet, seq: u32) -> Vec<u8> 
     put_wildcard_sockid(&mut out); // id
     debug_assert_eq!(out.len(), len);
     out
+}
+
+/// Encodes an exact lookup of one socket (`SOCK_DIAG_BY_FAMILY` without
+/// `NLM_F_DUMP`) asking for its `struct tcp_info` (`INET_DIAG_INFO`).
+pub fn encode_lookup_request(id: &SockId, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN;
+    let mut out = Vec::with_capacity(len);
+    put_nlmsghdr_flags(&mut out, len, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq);
+    out.push(id.family); // sdiag_family
+    out.push(IPPROTO_TCP); // sdiag_protocol
+    out.push(1 << (INET_DIAG_INFO - 1)); // idiag_ext: tcp_info
+    out.push(0); // pad
+    out.extend_from_slice(&StateSet::ALL.bits().to_ne_bytes()); // idiag_states (unused by a lookup)
+    out.extend_from_slice(&id.raw); // id: the socket, cookie included
+    debug_assert_eq!(out.len(), len);
+    out
+}
+
+/// `tcpi_last_ack_recv` of a lookup reply's payload (`inet_diag_msg`, then
+/// attributes); `None` when it carries no `INET_DIAG_INFO` long enough.
+pub fn last_ack_recv_ms(payload: &[u8]) -> Option<u32> {
+    let mut at = INET_DIAG_MSG_LEN;
+    // struct rtattr { __u16 rta_len; __u16 rta_type; }, 4-byte aligned.
+    while payload.len().saturating_sub(at) >= 4 {
+        let len = usize::from(ne_u16(payload, at));
+        let ty = ne_u16(payload, at + 2);
+        if len < 4 || len > payload.len() - at {
+            return None;
+        }
+        if ty == INET_DIAG_INFO {
+            let info = &payload[at + 4..at + len];
+            return (info.len() >= TCPI_LAST_ACK_RECV_OFFSET + 4).then(|| ne_u32(info, TCPI_LAST_ACK_RECV_OFFSET));
+        }
+        at += (len + 3) & !3;
+    }
+    None
 }
 
 /// A zero-copy view of one `struct inet_diag_msg` inside the receive
@@ -373,6 +484,12 @@ impl<'a> DiagMsg<'a> {
     /// time-wait and request sockets).
     pub fn inode(&self) -> u32 {
         self.u32_ne(68)
+    }
+
+    /// The socket's identity, for an exact lookup.
+    pub fn sock_id(&self) -> SockId {
+        let raw = self.0[SOCKID_MSG_OFFSET..SOCKID_MSG_OFFSET + SOCKID_LEN].try_into().expect("48 bytes");
+        SockId { family: self.family(), raw }
     }
 }
 
@@ -569,6 +686,82 @@ impl Dumper {
         }
     }
 }
+
+impl Dumper {
+    /// Time since the socket `id` last received an ACK
+    /// (`tcpi_last_ack_recv`), by an exact lookup; `None` when the socket
+    /// is gone (closed since it was dumped) or the kernel gave no
+    /// `tcp_info`.
+    pub fn since_last_ack(&mut self, sock: &DiagSocket, id: &SockId) -> Result<Option<Duration>, ScanError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        sock.send(&encode_lookup_request(id, seq)).map_err(|source| ScanError::DiagIo { source })?;
+        loop {
+            let n = sock.recv(&mut self.buf).map_err(|source| ScanError::DiagIo { source })?;
+            if n == 0 {
+                return Err(ScanError::DiagMalformed { what: "empty datagram in reply to a lookup" });
+            }
+            match parse_lookup_reply(&self.buf[..n], seq)? {
+                LookupReply::Other => continue,
+                LookupReply::Gone => return Ok(None),
+                LookupReply::Found(ms) => return Ok(ms.map(|ms| Duration::from_millis(u64::from(ms)))),
+            }
+        }
+    }
+}
+
+/// What a datagram said about a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupReply {
+    /// Nothing for this lookup (messages of an earlier request).
+    Other,
+    /// `ENOENT`: no such socket (any more).
+    Gone,
+    /// The socket, with its `tcpi_last_ack_recv` if the reply had it.
+    Found(Option<u32>),
+}
+
+/// Parses a datagram received after an exact lookup with sequence `seq`.
+pub fn parse_lookup_reply(buf: &[u8], seq: u32) -> Result<LookupReply, ScanError> {
+    let mut at = 0;
+    while buf.len() - at >= NLMSG_HDR_LEN {
+        let len = ne_u32(buf, at) as usize;
+        let ty = ne_u16(buf, at + 4);
+        let msg_seq = ne_u32(buf, at + 8);
+        if len < NLMSG_HDR_LEN || len > buf.len() - at {
+            return Err(ScanError::DiagMalformed { what: "netlink message length out of bounds" });
+        }
+        let payload = &buf[at + NLMSG_HDR_LEN..at + len];
+        at += (len + 3) & !3;
+        if msg_seq != seq {
+            continue;
+        }
+        match ty {
+            SOCK_DIAG_BY_FAMILY => {
+                if payload.len() < INET_DIAG_MSG_LEN {
+                    return Err(ScanError::DiagMalformed { what: "inet_diag_msg shorter than 72 bytes" });
+                }
+                return Ok(LookupReply::Found(last_ack_recv_ms(payload)));
+            }
+            NLMSG_ERROR => {
+                if payload.len() < 4 {
+                    return Err(ScanError::DiagMalformed { what: "NLMSG_ERROR without an error code" });
+                }
+                let code = ne_u32(payload, 0) as i32;
+                if code == -ENOENT {
+                    return Ok(LookupReply::Gone);
+                }
+                if code < 0 {
+                    return Err(kernel_error(code));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(LookupReply::Other)
+}
+
+const ENOENT: i32 = 2;
 
 #[derive(Debug, Clone, Copy)]
 enum Request {

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use connhealth_scan::aggregate::StateCounts;
 use connhealth_scan::gate::{CounterFiles, DumpReason};
@@ -156,17 +156,122 @@ fn every_state_ipv4_and_ipv6_equals_ss() {
     drop((held, syn_sent_peer));
 }
 
+/// A CLOSE_WAIT socket made now in `ns` (which holds `before` CLOSE_WAIT
+/// sockets already): returns (close_wait, fin_wait2, the wall-clock times
+/// just before the peer's FIN and just after the kernel showed the socket
+/// in CLOSE_WAIT). Its true entry into CLOSE_WAIT lies between the two.
+fn close_wait_now(
+    ns: &TestNetns,
+    l: &std::net::TcpListener,
+    before: u64,
+) -> (TcpStream, TcpStream, SystemTime, SystemTime) {
+    let (client, server) = ns.run(|| established(l));
+    let sent = SystemTime::now();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || ns.ss_counts().get(TcpState::CloseWait) == before + 1));
+    (server, client, sent, SystemTime::now())
+}
+
+fn close_wait_of(report: &SweepReport) -> &connhealth_scan::aggregate::CloseWaitSummary {
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    &report.namespaces[0].summary.close_wait
+}
+
+/// Seconds from `t` to now, rounded down and up.
+fn secs_since(t: SystemTime) -> (u64, u64) {
+    let d = t.elapsed().unwrap();
+    (d.as_secs(), d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// `since` (a first-seen time, whole seconds rounded up) dates an entry into
+/// CLOSE_WAIT that happened between `from` and `to`: never earlier than the
+/// truth (an age is never overstated) and less than a second after it.
+fn assert_dates(since: SystemTime, from: SystemTime, to: SystemTime) {
+    assert!(since >= from, "{since:?} is before the truth (no earlier than {from:?}): an overstated age");
+    assert!(since <= to + Duration::from_secs(1), "{since:?} is more than 1 s after the truth (no later than {to:?})");
+}
+
+#[test]
+fn a_fresh_scanner_takes_close_wait_ages_from_the_kernel() {
+    if !can_run_privileged_test("a_fresh_scanner_takes_close_wait_ages_from_the_kernel") {
+        return;
+    }
+    let ns = TestNetns::new("kage");
+    let l = ns.run(|| listen("127.0.0.1:7210"));
+    let (cw, fw2, from, to) = close_wait_now(&ns, &l, 0);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // A process that never saw the socket before (a one-shot `scan`).
+    let (at_least, _) = secs_since(to);
+    let report = scanner().sweep(&[ns.target()]);
+    let (_, at_most) = secs_since(from);
+    let c = close_wait_of(&report);
+    assert_eq!((c.count, c.tracked), (1, 1));
+    let age = c.oldest_age_seconds.expect("aged");
+    assert!(age + 1 >= at_least && age <= at_most, "age {age}s, truth between {at_least}s and {at_most}s");
+    assert_eq!(c.first_seen.len(), 1);
+    assert_dates(c.first_seen[0].since, from, to);
+    assert_eq!(report.stats.age_lookups, 1);
+    assert_eq!(report.stats.age_lookup_failures, 0);
+    drop((cw, fw2, l));
+}
+
+#[test]
+fn an_exact_lookup_finds_one_socket_by_its_identity_and_cookie() {
+    if !can_run_privileged_test("an_exact_lookup_finds_one_socket_by_its_identity_and_cookie") {
+        return;
+    }
+    let ns = TestNetns::new("lookup");
+    let (l4, l6) = ns.run(|| (listen("127.0.0.1:7220"), listen("[::1]:7220")));
+    let (v4, v4_peer, _, _) = close_wait_now(&ns, &l4, 0);
+    let (v6, v6_peer, _, _) = close_wait_now(&ns, &l6, 1);
+    std::thread::sleep(Duration::from_millis(1200));
+    let sock = ns.run(|| DiagSocket::open_without_net_admin().unwrap());
+    let mut dumper = Dumper::new(DumpMode::Auto);
+    let mut ids = Vec::new();
+    dumper.dump(&sock, StateSet::of(&[TcpState::CloseWait]), |m| ids.push((m.local(), m.sock_id()))).unwrap();
+    ids.sort_by_key(|(local, _)| local.is_ipv6());
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    for (local, id) in &ids {
+        let since = dumper.since_last_ack(&sock, id).unwrap().expect("found, with tcp_info");
+        assert!(since >= Duration::from_millis(1100) && since < Duration::from_secs(60), "{local}: {since:?}");
+    }
+    // Another cookie on the same addresses is another socket: not found.
+    let (local, id) = ids[0];
+    let (remote, cookie) = {
+        let mut found = None;
+        dumper
+            .dump(&sock, StateSet::of(&[TcpState::CloseWait]), |m| {
+                if m.local() == local {
+                    found = Some((m.remote(), m.cookie()));
+                }
+            })
+            .unwrap();
+        found.unwrap()
+    };
+    let forged = connhealth_scan::sockdiag::SockId::new(local, remote, cookie ^ 1);
+    assert_eq!(dumper.since_last_ack(&sock, &forged).unwrap(), None);
+    // Closed since the dump (through LAST_ACK, once the peer acknowledged
+    // our FIN): gone.
+    drop(v4);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let now = ns.ss_counts();
+        now.get(TcpState::CloseWait) == 1 && now.get(TcpState::LastAck) == 0
+    }));
+    assert_eq!(dumper.since_last_ack(&sock, &id).unwrap(), None);
+    // The socket answers the next request as before.
+    assert!(dumper.since_last_ack(&sock, &ids[1].1).unwrap().is_some());
+    drop((v4_peer, v6, v6_peer, l4, l6));
+}
+
 #[test]
 fn close_wait_ages_grow_across_sweeps_and_vanish_on_close() {
     if !can_run_privileged_test("close_wait_ages_grow_across_sweeps_and_vanish_on_close") {
         return;
     }
     let ns = TestNetns::new("ages");
-    let (l, cw, fw2) = ns.run(|| {
-        let l = listen("127.0.0.1:7200");
-        let (cw, fw2) = close_wait(&l);
-        (l, cw, fw2)
-    });
+    let l = ns.run(|| listen("127.0.0.1:7200"));
+    let (cw, fw2, from, _) = close_wait_now(&ns, &l, 0);
     let mut s = Scanner::new(ScanConfig {
         aggregate: connhealth_scan::aggregate::AggregateConfig {
             min_age: Duration::from_secs(1),
@@ -174,68 +279,110 @@ fn close_wait_ages_grow_across_sweeps_and_vanish_on_close() {
         },
         ..ScanConfig::default()
     });
-    // The FIN is acknowledged (delayed ACK) once the peer is in FIN_WAIT2.
-    assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().get(TcpState::FinWait2) == 1));
     let t = [ns.target()];
     let r1 = s.sweep(&t);
-    let c1 = &r1.namespaces[0].summary.close_wait;
-    assert_eq!((c1.count, c1.stuck, c1.oldest_age_seconds), (1, 0, Some(0)));
+    let c1 = close_wait_of(&r1);
+    assert_eq!(c1.count, 1);
+    assert!(c1.oldest_age_seconds <= Some(secs_since(from).1));
     assert_eq!(r1.namespaces[0].source, Source::Dump(DumpReason::FirstSweep));
 
     std::thread::sleep(Duration::from_millis(1100));
     let r2 = s.sweep(&t);
-    let c2 = &r2.namespaces[0].summary.close_wait;
+    let c2 = close_wait_of(&r2);
     assert_eq!((c2.count, c2.stuck), (1, 1));
     assert!(c2.oldest_age_seconds >= Some(1));
-    // Nothing moved: the gate reused the dump and only advanced the age.
+    // Nothing moved: the gate reused the dump and only advanced the age,
+    // without asking the kernel again.
     assert_eq!(r2.namespaces[0].source, Source::Reused);
+    assert_eq!(r2.stats.age_lookups, 0);
 
     std::thread::sleep(Duration::from_millis(1000));
     let r3 = s.sweep(&t);
-    assert!(r3.namespaces[0].summary.close_wait.oldest_age_seconds >= Some(2));
+    assert!(close_wait_of(&r3).oldest_age_seconds >= Some(2));
 
     // The application finally closes it: gone on the next sweep.
     drop(cw);
     assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().get(TcpState::CloseWait) == 0));
     let r4 = s.sweep(&t);
-    let c4 = &r4.namespaces[0].summary.close_wait;
+    let c4 = close_wait_of(&r4);
     assert_eq!((c4.count, c4.stuck, c4.tracked, c4.oldest_age_seconds), (0, 0, 0, None));
     assert!(matches!(r4.namespaces[0].source, Source::Dump(_)));
     drop((l, fw2));
 }
 
 #[test]
-fn close_wait_ages_survive_a_restart_when_seeded() {
-    if !can_run_privileged_test("close_wait_ages_survive_a_restart_when_seeded") {
+fn across_a_restart_old_sockets_keep_their_age_and_new_ones_start_near_zero() {
+    if !can_run_privileged_test("across_a_restart_old_sockets_keep_their_age_and_new_ones_start_near_zero") {
         return;
     }
-    let ns = TestNetns::new("seed");
-    let held = ns.run(|| {
-        let l = listen("127.0.0.1:7250");
-        let a = close_wait(&l);
-        let b = close_wait(&l);
-        (l, a, b)
-    });
-    // A fresh scanner (a restarted agent); the target carries what the
-    // last report said.
-    let then = std::time::SystemTime::now() - Duration::from_secs(120);
-    let t = [Target { close_wait_seeds: vec![(then, 2)], ..ns.target() }];
-    let mut s = scanner();
-    let r = s.sweep(&t);
-    let cw = &r.namespaces[0].summary.close_wait;
-    assert_eq!((cw.count, cw.stuck), (2, 2));
-    assert!(cw.oldest_age_seconds >= Some(119));
-    // The sweep's result carries the first sightings a report needs.
-    assert_eq!(cw.first_seen.len(), 1);
-    assert_eq!(cw.first_seen[0].count, 2);
-    let off = cw.first_seen[0].since.duration_since(then).unwrap_or_else(|e| e.duration());
-    assert!(off < Duration::from_secs(2), "{off:?}");
-    // Seeds count only when a namespace is first cached: a later sweep
-    // with other seeds changes nothing.
-    let later = [Target { close_wait_seeds: vec![(then - Duration::from_secs(600), 2)], ..ns.target() }];
-    let again = &s.sweep(&later).namespaces[0].summary.close_wait;
-    assert_eq!(again.first_seen, cw.first_seen);
-    drop(held);
+    let ns = TestNetns::new("restart");
+    let l = ns.run(|| listen("127.0.0.1:7250"));
+    let (kept, kept_peer, kept_from, kept_to) = close_wait_now(&ns, &l, 0);
+    let (closed, closed_peer, _, _) = close_wait_now(&ns, &l, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let cfg = ScanConfig {
+        aggregate: connhealth_scan::aggregate::AggregateConfig {
+            min_age: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..ScanConfig::default()
+    };
+    let before = close_wait_of(&Scanner::new(cfg.clone()).sweep(&[ns.target()])).clone();
+    assert_eq!((before.count, before.stuck), (2, 2));
+
+    // The agent is down: one old socket is closed by its application, a new
+    // one leaks.
+    drop(closed);
+    assert!(wait_until(Duration::from_secs(5), || ns.ss_counts().get(TcpState::CloseWait) == 1));
+    std::thread::sleep(Duration::from_secs(2));
+    let (new, new_peer, new_from, new_to) = close_wait_now(&ns, &l, 1);
+
+    // The restarted agent: a fresh scanner with no memory of the old one.
+    let after = close_wait_of(&Scanner::new(cfg).sweep(&[ns.target()])).clone();
+    assert_eq!((after.count, after.tracked), (2, 2));
+    // Only the old socket is stuck; the new one did not inherit the closed
+    // one's age.
+    assert_eq!(after.stuck, 1, "{after:?}");
+    assert_eq!(after.first_seen.len(), 2, "{:?}", after.first_seen);
+    assert_eq!((after.first_seen[0].count, after.first_seen[1].count), (1, 1));
+    assert_dates(after.first_seen[0].since, kept_from, kept_to);
+    assert_dates(after.first_seen[1].since, new_from, new_to);
+    drop((kept, kept_peer, closed_peer, new, new_peer, l));
+}
+
+#[test]
+fn a_peer_that_keeps_acknowledging_never_makes_an_age_older_than_the_truth() {
+    if !can_run_privileged_test("a_peer_that_keeps_acknowledging_never_makes_an_age_older_than_the_truth") {
+        return;
+    }
+    let ns = TestNetns::new("acks");
+    let l = ns.run(|| listen("127.0.0.1:7260"));
+    let (cw, fw2, from, to) = close_wait_now(&ns, &l, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut watching = scanner();
+    let t = [ns.target()];
+    let first = close_wait_of(&watching.sweep(&t)).clone();
+    assert_dates(first.first_seen[0].since, from, to);
+
+    // This side keeps writing; the peer, in FIN_WAIT2, acknowledges: the
+    // kernel's "last ACK received" becomes recent. Wait for the ACK: the
+    // socket's Send-Q back at 0.
+    (&cw).write_all(b"late reply").unwrap();
+    let send_q_empty = || {
+        let out = run("ip", &["netns", "exec", &ns.name, "ss", "-tnH", "state", "close-wait"]);
+        out.split_whitespace().nth(1) == Some("0")
+    };
+    assert!(wait_until(Duration::from_secs(5), send_q_empty), "the peer never acknowledged");
+
+    // A scanner that saw the socket before keeps the age it found.
+    let again = close_wait_of(&watching.sweep(&t)).clone();
+    assert_eq!(again.first_seen, first.first_seen);
+    // A fresh one can only see the recent ACK: a younger age, never an
+    // older one than the truth.
+    let fresh = close_wait_of(&scanner().sweep(&t)).clone();
+    assert!(fresh.first_seen[0].since > first.first_seen[0].since, "{fresh:?} vs {first:?}");
+    assert!(fresh.oldest_age_seconds <= Some(secs_since(from).1));
+    drop((cw, fw2, l));
 }
 
 #[test]

@@ -281,26 +281,93 @@ fn summary_json_shape() {
 }
 
 #[test]
-fn seeded_first_sightings_carry_ages_over_a_restart() {
+fn kernel_ages_apply_to_fresh_sockets_only_and_are_never_overstated() {
     let cfg = AggregateConfig { min_age: Duration::from_secs(60), ..AggregateConfig::default() };
     // Instants in the future avoid underflow on a freshly booted machine.
     let t0 = Instant::now() + Duration::from_secs(1000);
     let mut t = NamespaceTracker::new();
-    t.seed_first_seen(vec![(t0 - Duration::from_secs(50), 1), (t0 - Duration::from_secs(100), 2)]);
-    let socks: Vec<Socket> = (1..=4).map(|i| cw("10.0.0.1:8080", "10.0.0.9:1", i)).collect();
-    let s = dump(&mut t, &cfg, t0, &socks);
-    assert_eq!(s.close_wait.oldest_age_seconds, Some(100));
-    assert_eq!(s.close_wait.stuck, 2);
-    assert_eq!(t.first_seen_groups(), [(t0 - Duration::from_secs(100), 2), (t0 - Duration::from_secs(50), 1), (t0, 1)]);
-    // Seeds are used once: a socket new in the next dump starts from zero.
-    let more: Vec<Socket> = (1..=5).map(|i| cw("10.0.0.1:8080", "10.0.0.9:1", i)).collect();
-    dump(&mut t, &cfg, t0 + Duration::from_secs(1), &more);
-    assert_eq!(t.first_seen_groups().last(), Some(&(t0 + Duration::from_secs(1), 1)));
-    // More seeds than sockets: only as many sockets as there are get them.
+    let socks: Vec<Socket> = (1..=3).map(|i| cw("10.0.0.1:8080", "10.0.0.9:1", i)).collect();
+
+    let mut agg = t.begin(&cfg, params(), t0);
+    for s in &socks {
+        agg.observe(s);
+    }
+    let fresh = agg.take_fresh_close_wait();
+    let fresh_cookies: Vec<u64> = fresh.iter().map(|(c, _)| *c).collect();
+    assert_eq!(fresh_cookies, [1, 2, 3]);
+    assert_eq!(fresh[0].1, socks[0].sock_id());
+    // Cookie 1 had heard no ACK for 100 s, cookie 2 for 5 s (the lookup ran
+    // 1 s after the dump began); cookie 3's lookup found nothing.
+    let looked_up_at = t0 + Duration::from_secs(1);
+    agg.entered_close_wait(1, looked_up_at, Duration::from_secs(100));
+    agg.entered_close_wait(2, looked_up_at, Duration::from_secs(5));
+    let s = agg.finish();
+    // 100 s less one kernel clock step, seen from the dump's start: 98.99 s.
+    assert_eq!(s.close_wait.oldest_age_seconds, Some(98));
+    assert_eq!(s.close_wait.stuck, 1);
+    let step = KERNEL_CLOCK_STEP;
+    assert_eq!(
+        t.first_seen_groups(),
+        [
+            (looked_up_at - Duration::from_secs(100) + step, 1),
+            (t0, 1),
+            (looked_up_at - Duration::from_secs(5) + step, 1)
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+
+    // Next dump: the known sockets keep their ages whatever the kernel says
+    // now (this side sent data, the peer's ACK reset `last_ack_recv`); only
+    // the new socket takes the kernel's.
+    let t1 = t0 + Duration::from_secs(10);
+    let more: Vec<Socket> = (1..=4).map(|i| cw("10.0.0.1:8080", "10.0.0.9:1", i)).collect();
+    let mut agg = t.begin(&cfg, params(), t1);
+    for s in &more {
+        agg.observe(s);
+    }
+    let fresh: Vec<u64> = agg.take_fresh_close_wait().iter().map(|(c, _)| *c).collect();
+    assert_eq!(fresh, [4]);
+    agg.entered_close_wait(1, t1, Duration::ZERO);
+    agg.entered_close_wait(4, t1, Duration::from_secs(2));
+    let s = agg.finish();
+    assert_eq!(s.close_wait.oldest_age_seconds, Some(108));
+    let groups = t.first_seen_groups();
+    assert_eq!(groups[0], (looked_up_at - Duration::from_secs(100) + step, 1));
+    assert!(groups.contains(&(t1 - Duration::from_secs(2) + step, 1)), "{groups:?}");
+
+    // A kernel time shorter than one clock step ages the socket from the
+    // lookup itself, never from before it.
     let mut t = NamespaceTracker::new();
-    t.seed_first_seen(vec![(t0 - Duration::from_secs(100), 10)]);
-    let s = dump(&mut t, &cfg, t0, &socks[..1]);
-    assert_eq!((s.close_wait.count, s.close_wait.stuck), (1, 1));
+    let mut agg = t.begin(&cfg, params(), t0);
+    agg.observe(&socks[0]);
+    agg.take_fresh_close_wait();
+    agg.entered_close_wait(1, t0 + Duration::from_millis(500), Duration::from_millis(3));
+    agg.finish();
+    assert_eq!(t.first_seen_groups(), [(t0 + Duration::from_millis(500), 1)]);
+}
+
+#[test]
+fn sockets_waiting_for_room_take_their_kernel_age_when_admitted() {
+    let limits = Limits { max_tracked_close_wait: 2, ..Limits::default() };
+    let cfg = AggregateConfig { min_age: Duration::from_secs(60), limits };
+    let t0 = Instant::now() + Duration::from_secs(1000);
+    let mut t = NamespaceTracker::new();
+    dump(&mut t, &cfg, t0, &[cw("10.0.0.1:8080", "10.0.0.9:1", 1), cw("10.0.0.1:8080", "10.0.0.9:1", 2)]);
+    // Both old sockets closed; two new ones arrive while the table is
+    // still full of the old ones: they wait for room, then are admitted.
+    let t1 = t0 + Duration::from_secs(5);
+    let mut agg = t.begin(&cfg, params(), t1);
+    agg.observe(&cw("10.0.0.1:8080", "10.0.0.9:1", 3));
+    agg.observe(&cw("10.0.0.1:8080", "10.0.0.9:1", 4));
+    let fresh: Vec<u64> = agg.take_fresh_close_wait().iter().map(|(c, _)| *c).collect();
+    assert_eq!(fresh, [3, 4]);
+    agg.entered_close_wait(3, t1, Duration::from_secs(4));
+    let s = agg.finish();
+    assert_eq!((s.close_wait.count, s.close_wait.tracked), (2, 2));
+    assert_eq!(t.first_seen_groups(), [(t1 - Duration::from_secs(4) + KERNEL_CLOCK_STEP, 1), (t1, 1)]);
 }
 
 #[test]
@@ -323,6 +390,9 @@ fn first_seen_groups_are_bounded_and_never_older_than_the_truth() {
     let group = |since, count| FirstSeenGroup { since, count };
     assert_eq!(group_first_seen(&few, 32), vec![group(at(5), 3), group(at(9), 4)]);
     assert!(group_first_seen(&[], 32).is_empty());
+    // A time inside a second is reported at the second's end, not its start.
+    let inside = at(5) + Duration::from_millis(836);
+    assert_eq!(group_first_seen(&[(inside, 1)], 32), vec![group(at(6), 1)]);
 }
 
 #[test]

@@ -20,7 +20,8 @@
 //! - the agent's peak RSS (`VmHWM`, reset before each phase).
 //!
 //! Before timing, it checks that connhealth's counts equal `ss` and
-//! `/proc` for every namespace and state. It raises `RLIMIT_NOFILE` and
+//! `/proc` for every namespace and state; when they differ anywhere, it
+//! prints the table and the differences and exits with failure. It raises `RLIMIT_NOFILE` and
 //! widens `ip_local_port_range` inside its own namespaces only, removes
 //! everything it created when it ends (also on panic), and stops after a
 //! bounded number of sweeps. TIME_WAIT sockets live 60 s: a scenario's
@@ -352,6 +353,8 @@ fn check_sweep(report: &SweepReport, n: usize) -> Res<()> {
 struct Row {
     scenario: String,
     cells: BTreeMap<&'static str, String>,
+    /// Namespaces whose counts differed from `ss` or `/proc`: the run fails.
+    mismatches: usize,
 }
 
 fn run(args: &RunArgs) -> Res<()> {
@@ -382,6 +385,12 @@ fn run(args: &RunArgs) -> Res<()> {
         rows.push(scenario(i, n, per, reps, private)?);
     }
     print_rows(&rows);
+    let wrong: Vec<String> =
+        rows.iter().filter(|r| r.mismatches > 0).map(|r| format!("{} ({} namespaces)", r.scenario, r.mismatches)).collect();
+    if !wrong.is_empty() {
+        // The figures of a run whose counts are wrong mean nothing.
+        return Err(format!("counts differ from ss or /proc in {}: see MISMATCH above", wrong.join(", ")));
+    }
     Ok(())
 }
 
@@ -457,6 +466,7 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
     }
     let expected = first.namespaces[0].summary.states;
     cells.insert("counts = ss = proc", if mismatches == 0 { "yes".into() } else { format!("NO ({mismatches})") });
+    let counts_wrong = mismatches;
     cells.insert(
         "mix (est/cw/fw2/tw/listen)",
         format!(
@@ -590,7 +600,11 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
     );
     cells.remove("_full_cpu");
     drop(nss);
-    Ok(Row { scenario: format!("{n}x{per}{}", if private { " private tables" } else { "" }), cells })
+    Ok(Row {
+        scenario: format!("{n}x{per}{}", if private { " private tables" } else { "" }),
+        cells,
+        mismatches: counts_wrong,
+    })
 }
 
 fn profile(args: &ProfileArgs) -> Res<()> {

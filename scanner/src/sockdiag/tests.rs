@@ -329,3 +329,91 @@ fn captured_legacy_dump_parses_to_what_ss_showed() {
     let (flow, got) = collect(&bytes, 2, TCPDIAG_GETSOCK).unwrap();
     assert_eq!((flow, got.len()), (Flow::More, 0));
 }
+
+#[test]
+fn lookup_request_bytes_carry_the_dumped_identity() {
+    let m = hand_built_close_wait(5);
+    let id = DiagMsg::new(&m[16..]).unwrap().sock_id();
+    // The identity built from addresses and cookie is the one a dump gives.
+    let built = SockId::new("10.0.0.7:8080".parse().unwrap(), "10.0.0.9:50000".parse().unwrap(), 0x2_1122_3344);
+    assert_eq!(id, built);
+    let req = encode_lookup_request(&id, 9);
+    #[rustfmt::skip]
+    let want: Vec<u8> = [
+        // struct nlmsghdr
+        &[0x48, 0, 0, 0][..],           // nlmsg_len = 72 = 16 + 56
+        &[20, 0],                       // nlmsg_type = SOCK_DIAG_BY_FAMILY
+        &[0x01, 0],                     // nlmsg_flags = NLM_F_REQUEST only: an exact lookup, no dump
+        &[9, 0, 0, 0],                  // nlmsg_seq = 9
+        &[0, 0, 0, 0],                  // nlmsg_pid
+        // struct inet_diag_req_v2
+        &[2],                           // sdiag_family = AF_INET
+        &[6],                           // sdiag_protocol = IPPROTO_TCP
+        &[2],                           // idiag_ext = 1 << (INET_DIAG_INFO - 1)
+        &[0],                           // pad
+        &[0xfe, 0x0f, 0, 0],            // idiag_states = all (a lookup ignores it)
+        &[0x1f, 0x90],                  // id.idiag_sport = 8080
+        &[0xc3, 0x50],                  // id.idiag_dport = 50000
+        &[10, 0, 0, 7], &[0; 12],       // id.idiag_src
+        &[10, 0, 0, 9], &[0; 12],       // id.idiag_dst
+        &[0; 4],                        // id.idiag_if
+        &[0x44, 0x33, 0x22, 0x11],      // id.idiag_cookie[0]: the socket's, checked by the kernel
+        &[0x02, 0, 0, 0],               // id.idiag_cookie[1]
+    ]
+    .concat();
+    assert_eq!(req, want);
+
+    // IPv6 (and IPv4-mapped) identities are AF_INET6 with 16-byte addresses.
+    let v6 = SockId::new("[::ffff:10.0.0.7]:8080".parse().unwrap(), "[2001:db8::9]:1".parse().unwrap(), 1);
+    assert_eq!(v6.family(), AF_INET6);
+    let req = encode_lookup_request(&v6, 1);
+    assert_eq!(&req[28..44], &"::ffff:10.0.0.7".parse::<Ipv6Addr>().unwrap().octets());
+}
+
+/// A lookup reply: the message of `hand_built_close_wait` followed by an
+/// `INET_DIAG_INFO` attribute whose `tcp_info` says `last_ack_recv_ms`, and
+/// one attribute before it that must be skipped.
+#[rustfmt::skip]
+fn lookup_reply(seq: u32, last_ack_recv_ms: u32) -> Vec<u8> {
+    let mut m = hand_built_close_wait(seq);
+    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    // INET_DIAG_SHUTDOWN (8), one byte, padded to 4.
+    m.extend_from_slice(&[5, 0, 8, 0, 1, 0, 0, 0]);
+    // INET_DIAG_INFO (2): 4-byte header, then a 104-byte struct tcp_info.
+    let mut info = vec![0u8; 104];
+    info[0] = 8; // tcpi_state = CLOSE_WAIT
+    info[52..56].copy_from_slice(&7u32.to_ne_bytes()); // tcpi_last_data_recv: not the one read
+    info[56..60].copy_from_slice(&last_ack_recv_ms.to_ne_bytes()); // tcpi_last_ack_recv
+    m.extend_from_slice(&108u16.to_ne_bytes());
+    m.extend_from_slice(&2u16.to_ne_bytes());
+    m.extend_from_slice(&info);
+    let len = m.len() as u32;
+    m[0..4].copy_from_slice(&len.to_ne_bytes());
+    m
+}
+
+#[test]
+fn lookup_replies_give_the_time_since_the_last_ack_or_say_the_socket_is_gone() {
+    assert_eq!(parse_lookup_reply(&lookup_reply(4, 9896), 4).unwrap(), LookupReply::Found(Some(9896)));
+    // A reply to an earlier request is not this one's.
+    assert_eq!(parse_lookup_reply(&lookup_reply(3, 9896), 4).unwrap(), LookupReply::Other);
+    // No INET_DIAG_INFO (or a truncated one): found, but no time.
+    let bare = {
+        let mut m = hand_built_close_wait(4);
+        m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        m
+    };
+    assert_eq!(parse_lookup_reply(&bare, 4).unwrap(), LookupReply::Found(None));
+    let mut short = lookup_reply(4, 1);
+    let cut = short.len() - 50;
+    short.truncate(cut);
+    short[0..4].copy_from_slice(&(cut as u32).to_ne_bytes());
+    assert_eq!(parse_lookup_reply(&short, 4).unwrap(), LookupReply::Found(None), "attribute longer than the message");
+    // ENOENT: the socket closed since the dump (or the cookie is another's).
+    let mut enoent = done(4, -2);
+    enoent[4..6].copy_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+    assert_eq!(parse_lookup_reply(&enoent, 4).unwrap(), LookupReply::Gone);
+    let mut eperm = done(4, -1);
+    eperm[4..6].copy_from_slice(&2u16.to_ne_bytes());
+    assert!(matches!(parse_lookup_reply(&eperm, 4), Err(ScanError::DiagKernel { .. })));
+}
