@@ -462,9 +462,12 @@ pub fn apply_policy(cluster: &Cluster, namespace: &str, name: &str, spec: &str) 
 }
 
 /// `kubectl get <resource> -n <namespace> -o jsonpath=<path>`: its output,
-/// empty when the object or field is absent.
+/// empty when the field is absent. Panics with kubectl's message when the
+/// object cannot be read (absent, or the API server refused): a check such
+/// as "the annotation is gone" must never pass on an error.
 pub fn jsonpath(cluster: &Cluster, namespace: &str, resource: &str, path: &str) -> String {
-    cluster.kubectl_run(&["get", resource, "-n", namespace, "-o", &format!("jsonpath={path}")]).1
+    let args = ["get", resource, "-n", namespace, "-o", &format!("jsonpath={path}")];
+    cluster.kubectl_ok(&args).unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 /// [`eventually`] for a plain condition.

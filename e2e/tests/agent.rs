@@ -45,6 +45,9 @@ fn sweeps(addr: &str) -> u64 {
     count as u64
 }
 
+/// The report of `ns/name` for a poll: `None` while it is absent *or* cannot
+/// be read (the API server may be restarting), so never evidence that a
+/// report is gone — absence checks match `get_opt`'s `Ok(None)` themselves.
 async fn report(client: &Client, ns: &str, name: &str) -> Option<ConnectionHealth> {
     let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
     api.get_opt(name).await.ok().flatten()

@@ -433,8 +433,45 @@ fn grants(role: &Value) -> BTreeSet<Grant> {
     out
 }
 
-fn expect(group: &str, resource: &str, verbs: &[&str], name: Option<&str>) -> Vec<Grant> {
-    verbs.iter().map(|v| (group.into(), resource.into(), (*v).into(), name.map(Into::into))).collect()
+/// The permissions the chart README's "Security model" table documents, by
+/// role (`agent (ClusterRole)`, `operator (ClusterRole)`, `operator (Role,
+/// release namespace)`). In the verbs column, the backticked words before the
+/// first parenthesis are the verbs; "of its own Lease" limits the verbs after
+/// the `;` to the operator's Lease (`operator_lease`).
+fn documented_grants(operator_lease: &str) -> BTreeMap<String, BTreeSet<Grant>> {
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("chart README");
+    let section = readme.split("## Security model").nth(1).expect("a Security model section");
+    let ticked = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|word| if word == "\"\"" { String::new() } else { word.to_owned() })
+            .collect()
+    };
+    let mut out: BTreeMap<String, BTreeSet<Grant>> = BTreeMap::new();
+    let mut role = String::new();
+    for row in section.lines().skip_while(|l| !l.starts_with("| component")).skip(2) {
+        let Some(cells) = row.strip_prefix('|').map(|r| r.split('|').map(str::trim).collect::<Vec<_>>()) else {
+            break;
+        };
+        assert!(cells.len() >= 4, "a row of four cells: {row}");
+        if !cells[0].is_empty() {
+            role = cells[0].to_owned();
+        }
+        let (group, resource) = (&ticked(cells[1])[0], &ticked(cells[2])[0]);
+        let verbs_cell = cells[3].split('(').next().unwrap();
+        let (any_name, own_lease) = match verbs_cell.split_once(';') {
+            Some((any, own)) if cells[3].contains("of its own Lease") => (any, own),
+            _ => (verbs_cell, ""),
+        };
+        let grants = out.entry(role.clone()).or_default();
+        for (verbs, name) in [(any_name, None), (own_lease, Some(operator_lease.to_owned()))] {
+            for verb in ticked(verbs) {
+                grants.insert((group.clone(), resource.clone(), verb, name.clone()));
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -445,33 +482,20 @@ fn rbac_grants_exactly_the_documented_verbs() {
     let agent = format!("{release}-connhealth-agent");
     let operator = format!("{release}-connhealth-operator");
 
-    let expected_agent: BTreeSet<Grant> = [
-        expect("", "pods", &["list", "watch"], None),
-        expect("connhealth.io", "connectionhealths", &["list", "create", "patch"], None),
-        expect("connhealth.io", "connectionhealths/status", &["patch"], None),
-    ]
-    .concat()
-    .into_iter()
-    .collect();
-    let expected_operator: BTreeSet<Grant> = [
-        expect("connhealth.io", "connectionhealthpolicies", &["list", "watch", "patch"], None),
-        expect("connhealth.io", "connectionhealthpolicies/status", &["patch"], None),
-        expect("connhealth.io", "connectionhealths", &["list", "watch"], None),
-        expect("connhealth.io", "connectionhealths/status", &["patch"], None),
-        expect("", "pods", &["list", "watch", "patch"], None),
-        expect("events.k8s.io", "events", &["create", "patch"], None),
-    ]
-    .concat()
-    .into_iter()
-    .collect();
-    // The Lease: create (cannot be limited to a name), get and update of its own.
-    let expected_lease: BTreeSet<Grant> = [
-        expect("coordination.k8s.io", "leases", &["create"], None),
-        expect("coordination.k8s.io", "leases", &["get", "update"], Some(operator.as_str())),
-    ]
-    .concat()
-    .into_iter()
-    .collect();
+    let documented = documented_grants(&operator);
+    let table = |role: &str| documented.get(role).cloned().unwrap_or_else(|| panic!("no {role:?} rows in the table"));
+    let (expected_agent, expected_operator, expected_lease) =
+        (table("agent (ClusterRole)"), table("operator (ClusterRole)"), table("operator (Role, release namespace)"));
+    assert_eq!(documented.len(), 3, "roles in the table: {:?}", documented.keys());
+    // The table is read as meant: a few rows spelled out.
+    assert!(expected_agent.contains(&("".into(), "pods".into(), "watch".into(), None)));
+    assert!(expected_lease.contains(&(
+        "coordination.k8s.io".into(),
+        "leases".into(),
+        "update".into(),
+        Some(operator.clone())
+    )));
+    assert!(expected_lease.contains(&("coordination.k8s.io".into(), "leases".into(), "create".into(), None)));
 
     assert_eq!(grants(find(&docs, "ClusterRole", &agent)), expected_agent, "agent ClusterRole");
     assert_eq!(grants(find(&docs, "ClusterRole", &operator)), expected_operator, "operator ClusterRole");

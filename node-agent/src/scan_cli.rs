@@ -46,31 +46,33 @@ impl Capabilities {
         self.has(Self::SYS_ADMIN)
     }
 
-    /// Whether other users' `/proc/<pid>/ns/net` and `fd` are readable.
-    pub fn can_read_other_procs(self) -> bool {
-        self.has(Self::SYS_PTRACE) || self.has(Self::DAC_READ_SEARCH)
-    }
-
-    /// The one-line warning for what is missing, if anything.
+    /// The one-line warning for what is missing, if anything: each missing
+    /// capability with what is lost without it. The scenario test shows each
+    /// of the three is needed on its own.
     pub fn warning(self) -> Option<String> {
-        match (self.can_enter(), self.can_read_other_procs()) {
-            (true, true) => None,
-            (false, true) => Some(
-                "missing capability CAP_SYS_ADMIN (setns into other network namespaces): \
-                 only this process's own network namespace can be scanned"
-                    .into(),
+        let lost: Vec<&str> = [
+            (
+                Self::SYS_ADMIN,
+                "CAP_SYS_ADMIN (setns into other network namespaces: only this process's own can be scanned)",
             ),
-            (true, false) => Some(
-                "missing capability CAP_SYS_PTRACE (or CAP_DAC_READ_SEARCH) to read other \
-                 processes' /proc/<pid>/ns/net and fd: their namespaces and sockets' owners are missed"
-                    .into(),
+            (
+                Self::SYS_PTRACE,
+                "CAP_SYS_PTRACE (other processes' /proc/<pid>/ns/net and fd links: their namespaces and \
+                 sockets' owners are missed)",
             ),
-            (false, false) => Some(
-                "missing capabilities CAP_SYS_ADMIN (setns into other network namespaces) and \
-                 CAP_SYS_PTRACE (other processes' /proc/<pid>/ns/net and fd): \
-                 only this process's own network namespace can be scanned"
-                    .into(),
+            (
+                Self::DAC_READ_SEARCH,
+                "CAP_DAC_READ_SEARCH (listing other users' /proc/<pid>/fd: owners of their sockets are missed)",
             ),
+        ]
+        .into_iter()
+        .filter(|(cap, _)| !self.has(*cap))
+        .map(|(_, what)| what)
+        .collect();
+        match lost.as_slice() {
+            [] => None,
+            [one] => Some(format!("missing capability {one}")),
+            many => Some(format!("missing capabilities {}", many.join("; "))),
         }
     }
 }
@@ -170,17 +172,23 @@ mod tests {
 
     #[test]
     fn capabilities() {
-        let root = Capabilities::parse_status("Name:\tx\nCapEff:\t000001ffffffffff\n").unwrap();
-        assert_eq!(root.warning(), None);
-        let none = Capabilities::parse_status("CapEff:\t0000000000000000\n").unwrap();
-        assert!(none.warning().unwrap().contains("CAP_SYS_ADMIN"));
-        assert!(none.warning().unwrap().contains("CAP_SYS_PTRACE"));
-        let admin_only = Capabilities::parse_status(&format!("CapEff:\t{:016x}\n", 1u64 << 21)).unwrap();
-        let w = admin_only.warning().unwrap();
-        assert!(w.contains("CAP_SYS_PTRACE") && !w.contains("CAP_SYS_ADMIN"));
-        let no_admin = Capabilities::parse_status(&format!("CapEff:\t{:016x}\n", 1u64 << 19)).unwrap();
-        let w = no_admin.warning().unwrap();
-        assert!(w.contains("CAP_SYS_ADMIN") && !w.contains("PTRACE"));
-        assert!(!w.contains('\n'));
+        let caps = |bits: &[u32]| {
+            let mask = bits.iter().fold(0u64, |m, b| m | 1 << b);
+            Capabilities::parse_status(&format!("Name:\tx\nCapEff:\t{mask:016x}\n")).unwrap()
+        };
+        assert_eq!(Capabilities::parse_status("CapEff:\t000001ffffffffff\n").unwrap().warning(), None);
+        assert_eq!(caps(&[2, 19, 21]).warning(), None);
+        let none = caps(&[]).warning().unwrap();
+        assert!(none.starts_with("missing capabilities CAP_SYS_ADMIN ("), "{none}");
+        assert!(none.contains("; CAP_SYS_PTRACE (") && none.contains("; CAP_DAC_READ_SEARCH ("), "{none}");
+        // Each is named alone when only it is missing.
+        for (present, missing) in
+            [([19, 2], "CAP_SYS_ADMIN"), ([21, 2], "CAP_SYS_PTRACE"), ([21, 19], "CAP_DAC_READ_SEARCH")]
+        {
+            let w = caps(&present).warning().unwrap();
+            assert!(w.starts_with(&format!("missing capability {missing} (")), "{w}");
+            assert_eq!(w.matches("CAP_").count(), 1, "{w}");
+            assert!(!w.contains('\n'));
+        }
     }
 }

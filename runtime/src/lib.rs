@@ -86,7 +86,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += value * seconds_per_unit;
         rest = tail;
     }
-    Duration::try_from_secs_f64(total).map_err(|_| invalid())
+    Duration::try_from_secs_f64(total).map_err(|_| format!("{text:?} is too long"))
 }
 
 /// A duration as people read it, in whole seconds and at most two units:
@@ -145,6 +145,8 @@ mod tests {
         assert!(parse_duration("5x").unwrap_err().contains("not a duration"));
         assert!(parse_duration("").is_err());
         assert_eq!(parse_duration("5").unwrap_err(), "\"5\" has no unit: write e.g. 5s or 5m (units: ms, s, m, h)");
+        // Too long for any clock: an error that says so, never a panic.
+        assert_eq!(parse_duration("100000000000000000000s").unwrap_err(), "\"100000000000000000000s\" is too long");
     }
 
     /// The CRDs' durations are parsed by kube (Go's syntax): flags must

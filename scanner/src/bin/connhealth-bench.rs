@@ -385,8 +385,11 @@ fn run(args: &RunArgs) -> Res<()> {
         rows.push(scenario(i, n, per, reps, private)?);
     }
     print_rows(&rows);
-    let wrong: Vec<String> =
-        rows.iter().filter(|r| r.mismatches > 0).map(|r| format!("{} ({} namespaces)", r.scenario, r.mismatches)).collect();
+    let wrong: Vec<String> = rows
+        .iter()
+        .filter(|r| r.mismatches > 0)
+        .map(|r| format!("{} ({} namespaces)", r.scenario, r.mismatches))
+        .collect();
     if !wrong.is_empty() {
         // The figures of a run whose counts are wrong mean nothing.
         return Err(format!("counts differ from ss or /proc in {}: see MISMATCH above", wrong.join(", ")));
