@@ -38,8 +38,14 @@ pub mod labels {
 /// Event reasons (PascalCase, as Kubernetes conventions ask). They are also
 /// the `reason` label of the operator's Event metrics.
 pub mod reasons {
-    /// Warning: a pod holds CLOSE_WAIT sockets over its policy's thresholds.
+    /// Warning: a pod leaks CLOSE_WAIT sockets (verdict Leaking: enough of
+    /// them stuck for the policy's `minAge`, or their count grew too fast).
     pub const CLOSE_WAIT_LEAK: &str = "CloseWaitLeak";
+    /// Warning: a pod holds more CLOSE_WAIT sockets than its policy's
+    /// `warningCount`, not (yet) a leak (verdict Warning). A reason of its
+    /// own, so that the Event recorder does not fold a later `CloseWaitLeak`
+    /// (with its own note) into this Event's series.
+    pub const CLOSE_WAIT_HIGH: &str = "CloseWaitHigh";
     /// Warning: a pod's TIME_WAIT and connecting sockets towards one
     /// destination use a large share of its ephemeral port range.
     pub const TIME_WAIT_PRESSURE: &str = "TimeWaitPressure";

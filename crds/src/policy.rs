@@ -156,8 +156,10 @@ pub struct PortPressureThresholds {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyActions {
-    /// Publish Warning Events (`CloseWaitLeak`, `TimeWaitPressure`) on the pod,
-    /// and a Normal `Recovered` Event when it is healthy again.
+    /// Publish Warning Events on the pod (`CloseWaitHigh` when the count
+    /// crosses `warningCount`, `CloseWaitLeak` when the pod leaks,
+    /// `TimeWaitPressure`), and a Normal `Recovered` Event when it is healthy
+    /// again.
     #[serde(default = "default_true")]
     pub events: bool,
 

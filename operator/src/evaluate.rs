@@ -195,7 +195,8 @@ impl FindingKind {
     pub fn event_reason(self) -> &'static str {
         match self {
             FindingKind::PortPressure => reasons::TIME_WAIT_PRESSURE,
-            _ => reasons::CLOSE_WAIT_LEAK,
+            FindingKind::CloseWaitCount => reasons::CLOSE_WAIT_HIGH,
+            FindingKind::CloseWaitStuck | FindingKind::CloseWaitGrowth => reasons::CLOSE_WAIT_LEAK,
         }
     }
 }

@@ -28,7 +28,7 @@ pub struct PolicyLabels {
 /// An Event reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
-    /// `CloseWaitLeak`, `TimeWaitPressure` or `Recovered`.
+    /// `CloseWaitLeak`, `CloseWaitHigh`, `TimeWaitPressure` or `Recovered`.
     pub reason: String,
 }
 

@@ -269,11 +269,16 @@ fn cooldown_and_worsening() {
     let a = assess(&spec, &warn_report, &h, ts(600));
     let warning = outcome(Some((policy(&spec), &a)), &warn_report, None, ts(600));
     assert_eq!(warning.verdict.as_ref().unwrap().result, Verdict::Warning);
+    // A Warning by count has a reason of its own: the Leaking Event that
+    // follows is a new Event with its own note, not a repeat in a series.
+    assert_eq!(warning.event.as_ref().map(|e| e.reason), Some("CloseWaitHigh"));
     let a = assess(&spec, &warn_report, &h, ts(700));
     let leaking = outcome(Some((policy(&spec), &a)), &warn_report, warning.verdict.as_ref(), ts(700));
     assert_eq!(leaking.verdict.as_ref().unwrap().result, Verdict::Leaking);
     assert_eq!(leaking.verdict.as_ref().unwrap().since, Some(Time(ts(700))));
-    assert!(leaking.event.is_some(), "worsening is published inside the cooldown");
+    let event = leaking.event.expect("worsening is published inside the cooldown");
+    assert_eq!(event.reason, "CloseWaitLeak");
+    assert!(event.note.starts_with("12 CLOSE_WAIT sockets stuck for at least 2m"), "{}", event.note);
 }
 
 #[test]
