@@ -14,6 +14,26 @@ const POSITIVE_DURATION_RULE: &str =
     "self.matches('^([0-9]+(\\\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$') && duration(self) > duration('0s')";
 const POSITIVE_DURATION_MESSAGE: &str = "must be a positive duration such as 30s, 5m or 1h30m";
 
+/// Deserializes a policy's duration with kube's parser, after refusing one
+/// longer than Kubernetes durations go (Go's `time.Duration`, about 292
+/// years; CEL refuses those at admission too): kube-core 5.0.0's parser
+/// panics on durations too long for `std::time::Duration`, and a policy
+/// stored before the CEL rules existed (or with validation off) would reach
+/// the operator's watch. The length is checked with the project's exact
+/// parser, on the unsigned text.
+fn bounded_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    const GO_MAX: std::time::Duration = std::time::Duration::from_nanos(i64::MAX as u64);
+    let text = String::deserialize(deserializer)?;
+    let unsigned = text.trim().trim_start_matches(['-', '+']);
+    match connhealth_runtime::parse_duration(unsigned) {
+        Ok(length) if length > GO_MAX => {
+            Err(serde::de::Error::custom(format!("{text:?} is longer than a Kubernetes duration (about 292 years)")))
+        }
+        Err(message) if message.ends_with("is too long") => Err(serde::de::Error::custom(message)),
+        _ => text.parse().map_err(serde::de::Error::custom),
+    }
+}
+
 /// A ConnectionHealthPolicy sets the CLOSE_WAIT and port-pressure thresholds
 /// for the pods of its namespace that it selects, and which actions
 /// connhealth takes when a pod crosses them. A pod selected by several
@@ -106,10 +126,11 @@ pub struct CloseWaitThresholds {
     pub stuck_count: i64,
 
     /// How long a socket must stay in CLOSE_WAIT before it counts as stuck,
-    /// as a duration such as `90s` or `5m`. A socket is aged from the first
-    /// time the agent saw it in CLOSE_WAIT, so a connection that the
-    /// application closes promptly never counts.
-    #[serde(default = "default_close_wait_min_age")]
+    /// as a duration such as `90s` or `5m`. A socket is aged from the moment
+    /// it entered CLOSE_WAIT, as the kernel dates it (never earlier than the
+    /// truth), so a connection that the application closes promptly never
+    /// counts.
+    #[serde(default = "default_close_wait_min_age", deserialize_with = "bounded_duration")]
     #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message(POSITIVE_DURATION_MESSAGE))]
     pub min_age: Duration,
 
@@ -130,6 +151,7 @@ pub struct GrowthThreshold {
     /// The window over which growth is measured, as a duration such as `10m`.
     /// It should span several agent scan intervals.
     #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message(POSITIVE_DURATION_MESSAGE))]
+    #[serde(deserialize_with = "bounded_duration")]
     pub window: Duration,
 }
 
@@ -172,7 +194,7 @@ pub struct PolicyActions {
     /// Minimum time between two Events with the same reason for the same pod,
     /// as a duration such as `15m`. Repeats inside the cooldown are folded
     /// into the existing Event series.
-    #[serde(default = "default_event_cooldown")]
+    #[serde(default = "default_event_cooldown", deserialize_with = "bounded_duration")]
     #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message(POSITIVE_DURATION_MESSAGE))]
     pub event_cooldown: Duration,
 }

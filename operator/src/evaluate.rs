@@ -169,7 +169,7 @@ impl GrowthHistory {
         // window's first moment.
         let first_in = self.samples.iter().rposition(|(t, _)| *t <= start).unwrap_or(0);
         let lowest = self.samples.iter().skip(first_in).map(|(_, c)| *c).min().unwrap_or(current);
-        (current - lowest).max(0)
+        current.saturating_sub(lowest).max(0)
     }
 }
 
@@ -238,7 +238,8 @@ pub fn stuck_sockets(detail: &CloseWaitDetail, min_age: StdDuration, now: Timest
     for group in &detail.first_seen {
         let ripe = group.since.0.checked_add(signed(min_age)).unwrap_or(Timestamp::MAX);
         if ripe <= now {
-            stuck += group.count;
+            // Counts come from the API: never let a forged one overflow.
+            stuck = group.count.max(0).saturating_add(stuck);
         } else if next.is_none_or(|n| ripe < n) {
             next = Some(ripe);
         }

@@ -64,7 +64,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if rest.is_empty() {
         return Err(invalid());
     }
-    let mut total = 0f64;
+    // Exact integer arithmetic in nanoseconds, as Go does (a fraction is
+    // truncated to whole nanoseconds); beyond `Duration::MAX` it is too long.
+    let too_long = || format!("{text:?} is too long");
+    let mut total_ns: u128 = 0;
     while !rest.is_empty() {
         let number_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
         let (number, tail) = rest.split_at(number_len);
@@ -73,20 +76,37 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
             return Err(invalid());
         }
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        let seconds_per_unit = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let unit_ns: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(invalid()),
         };
-        total += value * seconds_per_unit;
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let whole = whole.trim_start_matches('0');
+        // More digits than a u128 holds are too long in any unit.
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_long())? };
+        // Digits past the 20th are far below a nanosecond in any unit (an
+        // hour is 3.6e12 ns), and 20 digits times an hour fit in a u128.
+        let fraction = &fraction[..fraction.len().min(20)];
+        let fraction_ns = if fraction.is_empty() {
+            0
+        } else {
+            let digits: u128 = fraction.parse().map_err(|_| invalid())?;
+            digits * unit_ns / 10u128.pow(fraction.len() as u32)
+        };
+        total_ns = whole
+            .checked_mul(unit_ns)
+            .and_then(|ns| ns.checked_add(fraction_ns))
+            .and_then(|ns| ns.checked_add(total_ns))
+            .ok_or_else(too_long)?;
         rest = tail;
     }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("{text:?} is too long"))
+    let secs = u64::try_from(total_ns / 1_000_000_000).map_err(|_| too_long())?;
+    Ok(Duration::new(secs, (total_ns % 1_000_000_000) as u32))
 }
 
 /// A duration as people read it, in whole seconds and at most two units:
@@ -145,6 +165,13 @@ mod tests {
         assert!(parse_duration("5x").unwrap_err().contains("not a duration"));
         assert!(parse_duration("").is_err());
         assert_eq!(parse_duration("5").unwrap_err(), "\"5\" has no unit: write e.g. 5s or 5m (units: ms, s, m, h)");
+        // Exact to the nanosecond (no float rounding), fractions truncated.
+        assert_eq!(parse_duration("2330h10m8.004s"), Ok(Duration::new(8_388_608, 4_000_000)));
+        assert_eq!(parse_duration("1.0000000009s"), Ok(Duration::new(1, 0)));
+        assert_eq!(
+            parse_duration(&format!("1.{}h", "9".repeat(40))),
+            Ok(Duration::from_secs(7200) - Duration::from_nanos(1))
+        );
         // Too long for any clock: an error that says so, never a panic.
         assert_eq!(parse_duration("100000000000000000000s").unwrap_err(), "\"100000000000000000000s\" is too long");
     }

@@ -84,8 +84,10 @@ impl BootClock {
     /// value is absurd.
     pub fn wall_time(&self, ticks: u64) -> Option<SystemTime> {
         let tps = self.ticks_per_second.max(1);
-        let since_boot =
-            Duration::from_secs(ticks / tps).checked_add(Duration::from_nanos((ticks % tps) * 1_000_000_000 / tps))?;
+        // The remainder's nanoseconds in u128: `tps` comes from the auxv and
+        // is 100 on every real kernel, but any value must not overflow.
+        let nanos = u128::from(ticks % tps) * 1_000_000_000 / u128::from(tps);
+        let since_boot = Duration::from_secs(ticks / tps).checked_add(Duration::from_nanos(nanos as u64))?;
         self.boot_time?.checked_add(since_boot)
     }
 }

@@ -524,7 +524,8 @@ fn ne_u16(b: &[u8], at: usize) -> u16 {
 }
 
 fn kernel_error(neg_errno: i32) -> ScanError {
-    ScanError::DiagKernel { source: io::Error::from_raw_os_error(-neg_errno) }
+    // `i32::MIN` has no positive counterpart: no errno is that large anyway.
+    ScanError::DiagKernel { source: io::Error::from_raw_os_error(neg_errno.saturating_neg()) }
 }
 
 /// Parses one received datagram: every netlink message in it whose sequence
@@ -538,7 +539,9 @@ pub fn parse_datagram(
 ) -> Result<(Flow, u64), ScanError> {
     let mut at = 0;
     let mut sockets = 0u64;
-    while buf.len() - at >= NLMSG_HDR_LEN {
+    // `at` may pass the end: the last message's 4-byte padding need not be
+    // in the buffer.
+    while buf.len().saturating_sub(at) >= NLMSG_HDR_LEN {
         let len = ne_u32(buf, at) as usize; // nlmsg_len, header included
         let ty = ne_u16(buf, at + 4); // nlmsg_type
         let msg_seq = ne_u32(buf, at + 8); // nlmsg_seq
@@ -724,7 +727,9 @@ pub enum LookupReply {
 /// Parses a datagram received after an exact lookup with sequence `seq`.
 pub fn parse_lookup_reply(buf: &[u8], seq: u32) -> Result<LookupReply, ScanError> {
     let mut at = 0;
-    while buf.len() - at >= NLMSG_HDR_LEN {
+    // `at` may pass the end: the last message's 4-byte padding need not be
+    // in the buffer.
+    while buf.len().saturating_sub(at) >= NLMSG_HDR_LEN {
         let len = ne_u32(buf, at) as usize;
         let ty = ne_u16(buf, at + 4);
         let msg_seq = ne_u32(buf, at + 8);
