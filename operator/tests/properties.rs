@@ -28,8 +28,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use proptest::prelude::*;
 
 /// Cases per property, and no failure files in the source tree.
+/// `PROPTEST_CASES` (a long run, see CONTRIBUTING) overrides `cases`;
+/// `PROPTEST_RNG_SEED` (set by `scripts/test`) makes a run repeatable.
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(cases) }
+    let from_env = ProptestConfig::default();
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() { from_env.cases } else { cases };
+    ProptestConfig { cases, failure_persistence: None, ..from_env }
 }
 
 /// 2026-11-25T12:00:00Z, the moment most generated times are around.

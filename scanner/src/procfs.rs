@@ -71,7 +71,7 @@ impl BootClock {
         let boot_time = std::fs::read_to_string(proc_root.join("stat"))
             .ok()
             .and_then(|text| parse_btime(&text))
-            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs));
+            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
         let ticks_per_second = std::fs::read(proc_root.join("self/auxv"))
             .ok()
             .and_then(|bytes| parse_auxv_clock_ticks(&bytes))

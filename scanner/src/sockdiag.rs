@@ -528,6 +528,43 @@ fn kernel_error(neg_errno: i32) -> ScanError {
     ScanError::DiagKernel { source: io::Error::from_raw_os_error(neg_errno.saturating_neg()) }
 }
 
+/// The netlink messages of a datagram whose sequence number is `seq`, as
+/// `(nlmsg_type, payload)`; messages of other sequence numbers (left over
+/// from an earlier, abandoned request on the socket) are skipped. A length
+/// out of bounds is an error and ends the iteration.
+fn messages_of(buf: &[u8], seq: u32) -> impl Iterator<Item = Result<(u16, &[u8]), ScanError>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        // `at` may pass the end: the last message's 4-byte padding need not
+        // be in the buffer.
+        while buf.len().saturating_sub(at) >= NLMSG_HDR_LEN {
+            let len = ne_u32(buf, at) as usize; // nlmsg_len, header included
+            let ty = ne_u16(buf, at + 4); // nlmsg_type
+            let msg_seq = ne_u32(buf, at + 8); // nlmsg_seq
+            if len < NLMSG_HDR_LEN || len > buf.len() - at {
+                at = buf.len();
+                return Some(Err(ScanError::DiagMalformed { what: "netlink message length out of bounds" }));
+            }
+            let payload = &buf[at + NLMSG_HDR_LEN..at + len];
+            // The next message starts at the 4-byte aligned end of this one.
+            at += (len + 3) & !3;
+            if msg_seq == seq {
+                return Some(Ok((ty, payload)));
+            }
+        }
+        None
+    })
+}
+
+/// The error code of an `NLMSG_ERROR` payload (`struct nlmsgerr { int
+/// error; ... }`): 0 for an acknowledgement, a negative errno otherwise.
+fn nlmsg_error_code(payload: &[u8]) -> Result<i32, ScanError> {
+    if payload.len() < 4 {
+        return Err(ScanError::DiagMalformed { what: "NLMSG_ERROR without an error code" });
+    }
+    Ok(ne_u32(payload, 0) as i32)
+}
+
 /// Parses one received datagram: every netlink message in it whose sequence
 /// number is `seq`. Messages of type `msg_type` are handed to `on_socket`.
 /// Returns [`Flow::Done`] at `NLMSG_DONE`.
@@ -537,24 +574,9 @@ pub fn parse_datagram(
     msg_type: u16,
     on_socket: &mut dyn FnMut(DiagMsg<'_>),
 ) -> Result<(Flow, u64), ScanError> {
-    let mut at = 0;
     let mut sockets = 0u64;
-    // `at` may pass the end: the last message's 4-byte padding need not be
-    // in the buffer.
-    while buf.len().saturating_sub(at) >= NLMSG_HDR_LEN {
-        let len = ne_u32(buf, at) as usize; // nlmsg_len, header included
-        let ty = ne_u16(buf, at + 4); // nlmsg_type
-        let msg_seq = ne_u32(buf, at + 8); // nlmsg_seq
-        if len < NLMSG_HDR_LEN || len > buf.len() - at {
-            return Err(ScanError::DiagMalformed { what: "netlink message length out of bounds" });
-        }
-        let payload = &buf[at + NLMSG_HDR_LEN..at + len];
-        // Next message starts at the 4-byte aligned end of this one.
-        at += (len + 3) & !3;
-        if msg_seq != seq {
-            // Left over from an earlier, abandoned dump on this socket.
-            continue;
-        }
+    for message in messages_of(buf, seq) {
+        let (ty, payload) = message?;
         match ty {
             t if t == msg_type => {
                 let msg = DiagMsg::new(payload)
@@ -573,11 +595,7 @@ pub fn parse_datagram(
                 return Ok((Flow::Done, sockets));
             }
             NLMSG_ERROR => {
-                // struct nlmsgerr { int error; struct nlmsghdr msg; ... }
-                if payload.len() < 4 {
-                    return Err(ScanError::DiagMalformed { what: "NLMSG_ERROR without an error code" });
-                }
-                let code = ne_u32(payload, 0) as i32;
+                let code = nlmsg_error_code(payload)?;
                 if code < 0 {
                     return Err(kernel_error(code));
                 }
@@ -726,21 +744,8 @@ pub enum LookupReply {
 
 /// Parses a datagram received after an exact lookup with sequence `seq`.
 pub fn parse_lookup_reply(buf: &[u8], seq: u32) -> Result<LookupReply, ScanError> {
-    let mut at = 0;
-    // `at` may pass the end: the last message's 4-byte padding need not be
-    // in the buffer.
-    while buf.len().saturating_sub(at) >= NLMSG_HDR_LEN {
-        let len = ne_u32(buf, at) as usize;
-        let ty = ne_u16(buf, at + 4);
-        let msg_seq = ne_u32(buf, at + 8);
-        if len < NLMSG_HDR_LEN || len > buf.len() - at {
-            return Err(ScanError::DiagMalformed { what: "netlink message length out of bounds" });
-        }
-        let payload = &buf[at + NLMSG_HDR_LEN..at + len];
-        at += (len + 3) & !3;
-        if msg_seq != seq {
-            continue;
-        }
+    for message in messages_of(buf, seq) {
+        let (ty, payload) = message?;
         match ty {
             SOCK_DIAG_BY_FAMILY => {
                 if payload.len() < INET_DIAG_MSG_LEN {
@@ -748,18 +753,11 @@ pub fn parse_lookup_reply(buf: &[u8], seq: u32) -> Result<LookupReply, ScanError
                 }
                 return Ok(LookupReply::Found(last_ack_recv_ms(payload)));
             }
-            NLMSG_ERROR => {
-                if payload.len() < 4 {
-                    return Err(ScanError::DiagMalformed { what: "NLMSG_ERROR without an error code" });
-                }
-                let code = ne_u32(payload, 0) as i32;
-                if code == -ENOENT {
-                    return Ok(LookupReply::Gone);
-                }
-                if code < 0 {
-                    return Err(kernel_error(code));
-                }
-            }
+            NLMSG_ERROR => match nlmsg_error_code(payload)? {
+                code if code == -ENOENT => return Ok(LookupReply::Gone),
+                code if code < 0 => return Err(kernel_error(code)),
+                _ => {}
+            },
             _ => {}
         }
     }

@@ -16,7 +16,7 @@ pub mod holder;
 
 use crate::aggregate::StateCounts;
 use crate::netns::{NetnsHandle, NetnsId};
-use crate::scan::Target;
+use crate::scan::{Scanner, SweepReport, Target};
 use crate::sockdiag::TcpState;
 
 /// Whether a root-only test may run: true as root. Otherwise it prints why
@@ -136,6 +136,31 @@ impl Drop for TestNetns {
     fn drop(&mut self) {
         self.delete();
     }
+}
+
+/// The counts a sweep reported for `ns` (no namespace may have failed).
+pub fn states_of(report: &SweepReport, ns: &TestNetns) -> StateCounts {
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    report.namespaces.iter().find(|r| r.inode == ns.id().ino).expect("namespace in report").summary.states
+}
+
+/// Our counts equal `ss` run in the namespace at the same moment: `ss`
+/// before and after our sweep must agree with each other and with us
+/// (retried a few times if something moved in between).
+pub fn assert_counts_equal_ss(scanner: &mut Scanner, nss: &[&TestNetns]) -> Vec<StateCounts> {
+    let targets: Vec<Target> = nss.iter().map(|n| n.target()).collect();
+    for attempt in 0.. {
+        let before: Vec<StateCounts> = nss.iter().map(|n| n.ss_counts()).collect();
+        let report = scanner.sweep(&targets);
+        let after: Vec<StateCounts> = nss.iter().map(|n| n.ss_counts()).collect();
+        let ours: Vec<StateCounts> = nss.iter().map(|n| states_of(&report, n)).collect();
+        if before == after {
+            assert_eq!(ours, before, "connhealth vs ss");
+            return ours;
+        }
+        assert!(attempt < 5, "sockets keep changing: {before:?} vs {after:?}");
+    }
+    unreachable!()
 }
 
 /// Counts `ss -tanH` lines by their first column.

@@ -92,7 +92,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use connhealth_scan::aggregate::StateCounts;
-use connhealth_scan::scan::{ScanConfig, Scanner, SweepReport, Target};
+use connhealth_scan::scan::{ScanConfig, Scanner};
 use connhealth_scan::sockdiag::TcpState;
 use connhealth_scan::testing::*;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
@@ -298,30 +298,6 @@ fn hold_every_state(ns: &TestNetns, family: Family) -> Held {
 
     streams.extend([fin_wait1.0, fin_wait1.1, last_ack.0, last_ack.1, closing.0, closing.1]);
     Held { streams, listeners, others }
-}
-
-fn states_of(report: &SweepReport, ns: &TestNetns) -> StateCounts {
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    report.namespaces.iter().find(|r| r.inode == ns.id().ino).expect("namespace in report").summary.states
-}
-
-/// Our counts equal `ss` run in the namespace at the same moment: `ss`
-/// before and after our sweep must agree with each other and with us
-/// (retried a few times if something moved in between).
-fn assert_counts_equal_ss(scanner: &mut Scanner, nss: &[&TestNetns]) -> Vec<StateCounts> {
-    let targets: Vec<Target> = nss.iter().map(|n| n.target()).collect();
-    for attempt in 0.. {
-        let before: Vec<StateCounts> = nss.iter().map(|n| n.ss_counts()).collect();
-        let report = scanner.sweep(&targets);
-        let after: Vec<StateCounts> = nss.iter().map(|n| n.ss_counts()).collect();
-        let ours: Vec<StateCounts> = nss.iter().map(|n| states_of(&report, n)).collect();
-        if before == after {
-            assert_eq!(ours, before, "connhealth vs ss");
-            return ours;
-        }
-        assert!(attempt < 5, "sockets keep changing: {before:?} vs {after:?}");
-    }
-    unreachable!()
 }
 
 /// `ss -tanH` lines of one family only (`-4` or `-6`).

@@ -8,7 +8,6 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use connhealth_scan::aggregate::StateCounts;
 use connhealth_scan::gate::{CounterFiles, DumpReason};
 use connhealth_scan::netns::DiagSocket;
 use connhealth_scan::scan::{ScanConfig, Scanner, Source, SweepReport, Target};
@@ -18,30 +17,6 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 fn scanner() -> Scanner {
     Scanner::new(ScanConfig::default())
-}
-
-fn states_of(report: &SweepReport, ns: &TestNetns) -> StateCounts {
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    report.namespaces.iter().find(|r| r.inode == ns.id().ino).expect("namespace in report").summary.states
-}
-
-/// Our counts equal `ss` run in the namespace at the same moment: `ss`
-/// before and after our sweep must agree with each other and with us
-/// (retried a few times if something moved in between).
-fn assert_counts_equal_ss(scanner: &mut Scanner, nss: &[&TestNetns]) -> Vec<StateCounts> {
-    let targets: Vec<Target> = nss.iter().map(|n| n.target()).collect();
-    for attempt in 0.. {
-        let before: Vec<StateCounts> = nss.iter().map(|n| n.ss_counts()).collect();
-        let report = scanner.sweep(&targets);
-        let after: Vec<StateCounts> = nss.iter().map(|n| n.ss_counts()).collect();
-        let ours: Vec<StateCounts> = nss.iter().map(|n| states_of(&report, n)).collect();
-        if before == after {
-            assert_eq!(ours, before, "connhealth vs ss");
-            return ours;
-        }
-        assert!(attempt < 5, "sockets keep changing: {before:?} vs {after:?}");
-    }
-    unreachable!()
 }
 
 /// A non-blocking connect that stays in SYN_SENT while its SYNs vanish.
