@@ -485,6 +485,11 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     })
     .await;
     assert_eq!(recovered["type"], "Normal", "{recovered:#}");
+    let said = recovered["message"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("Recovered from Leaking (") && said.contains(" CLOSE_WAIT sockets stuck for at least 5s"),
+        "says what recovered: {said}"
+    );
     until(WAIT, "leaky's annotations to go", || connhealth_annotations(cluster, &shop.name, "leaky").is_empty()).await;
 
     // The pod is deleted: its report goes with it (garbage collection).

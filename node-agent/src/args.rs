@@ -133,8 +133,10 @@ pub struct RunArgs {
     pub change_rel: f64,
 
     /// Look up the processes holding CLOSE_WAIT sockets in pods with at
-    /// least this many.
-    #[arg(long, env = "CONNHEALTH_OWNERS_THRESHOLD", default_value_t = 10)]
+    /// least this many: at most the smallest `closeWait.stuckCount` of the
+    /// policies (the default policy's is 5), so that every Leaking pod has
+    /// its owner named.
+    #[arg(long, env = "CONNHEALTH_OWNERS_THRESHOLD", default_value_t = 5)]
     pub owners_threshold: u64,
 
     /// Address of the /metrics, /healthz and /readyz endpoint.

@@ -306,7 +306,7 @@ pub fn assess(
             kind: FindingKind::PortPressure,
             verdict: Verdict::Warning,
             text: format!(
-                "port pressure {}%{towards} of {} ephemeral ports (threshold {}%)",
+                "{PORT_PRESSURE_REASON}{}%{towards} of {} ephemeral ports (threshold {}%)",
                 pressure.percent, pressure.ephemeral_ports, spec.port_pressure.warning_percent
             ),
         });
@@ -405,15 +405,11 @@ pub fn outcome(
             });
             last_event = Some(LastEvent { reason: reason.to_owned(), time: Time(now) });
         }
-    } else if was.is_some_and(|w| w > Verdict::Healthy) && actions.events {
+    } else if let Some(before) = previous.filter(|p| p.result > Verdict::Healthy && actions.events) {
         event = Some(EventIntent {
             type_: EventType::Normal,
             reason: reasons::RECOVERED,
-            note: format!(
-                "Recovered: no threshold of policy {} is crossed any more ({} CLOSE_WAIT sockets now).",
-                policy.name,
-                report.close_wait.as_ref().map_or(0, |c| c.count)
-            ),
+            note: truncate(recovered_note(policy.name, before, report), MAX_NOTE_BYTES),
         });
         last_event = Some(LastEvent { reason: reasons::RECOVERED.to_owned(), time: Time(now) });
     }
@@ -447,6 +443,23 @@ pub fn summary(assessment: &Assessment) -> String {
         Some(f) => f.text.clone(),
         None => "healthy".to_owned(),
     }
+}
+
+/// How a port-pressure finding's text (a verdict reason) begins.
+const PORT_PRESSURE_REASON: &str = "port pressure ";
+
+/// The Recovered Event's note: what the pod was and why (the verdict's
+/// first reason), and the figures of that kind now.
+fn recovered_note(policy: &str, before: &VerdictStatus, report: &ConnectionHealthStatus) -> String {
+    let why = before.reasons.first().map_or(String::new(), |r| format!(" ({r})"));
+    let pressure_was_it = before.reasons.first().is_some_and(|r| r.starts_with(PORT_PRESSURE_REASON));
+    let now = if pressure_was_it {
+        let percent = report.port_pressure.as_ref().map_or(0, |p| p.percent);
+        format!("port pressure {percent}% now")
+    } else {
+        format!("{} CLOSE_WAIT sockets now", report.close_wait.as_ref().map_or(0, |c| c.count))
+    };
+    format!("Recovered from {}{why}: no threshold of policy {policy} is crossed any more ({now}).", before.result)
 }
 
 /// The Warning Event's note: the figures, the oldest age, the top peer, the

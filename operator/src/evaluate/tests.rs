@@ -175,6 +175,26 @@ fn port_pressure_below_at_above() {
 }
 
 #[test]
+fn recovery_from_port_pressure_says_so() {
+    let spec = spec();
+    let pressure = |percent| ConnectionHealthStatus {
+        port_pressure: Some(PortPressureDetail { percent, ephemeral_ports: 28232, ..Default::default() }),
+        ..Default::default()
+    };
+    let sick = pressure(80);
+    let a = assess(&spec, &sick, &GrowthHistory::default(), ts(0));
+    let prev = outcome(Some((policy(&spec), &a)), &sick, None, ts(0)).verdict.unwrap();
+    let healthy = pressure(12);
+    let a = assess(&spec, &healthy, &GrowthHistory::default(), ts(60));
+    let event = outcome(Some((policy(&spec), &a)), &healthy, Some(&prev), ts(60)).event.unwrap();
+    assert_eq!(
+        event.note,
+        "Recovered from Warning (port pressure 80% of 28232 ephemeral ports (threshold 60%)): \
+         no threshold of policy default is crossed any more (port pressure 12% now)."
+    );
+}
+
+#[test]
 fn disabled_checks_find_nothing() {
     let mut spec = spec();
     spec.close_wait.enabled = false;
@@ -294,6 +314,11 @@ fn recovery_clears_annotations_and_says_recovered() {
     assert!(out.annotations.is_empty());
     let event = out.event.unwrap();
     assert_eq!((event.type_, event.reason), (EventType::Normal, "Recovered"));
+    assert_eq!(
+        event.note,
+        "Recovered from Leaking (12 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)): \
+         no threshold of policy default is crossed any more (0 CLOSE_WAIT sockets now)."
+    );
     // Healthy stays quiet afterwards.
     let prev = out.verdict.unwrap();
     let out = outcome(Some((policy(&spec), &a)), &healthy, Some(&prev), ts(800));
