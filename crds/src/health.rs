@@ -304,6 +304,15 @@ pub struct SocketOwner {
     pub pid: i64,
     /// Process name (`/proc/<pid>/comm`).
     pub command: String,
+    /// Its command line (arguments joined by spaces, at most 256 bytes;
+    /// absent for a zombie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+    /// Its state as `ps` shows it: `S` sleeping, `R` running, `D`
+    /// uninterruptible (stuck in I/O: it cannot close anything), `Z` zombie
+    /// (exited; its sockets are gone with it only once reaped), `T` stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// When the process started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

@@ -96,6 +96,9 @@ async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
     assert_eq!(owner.container.as_deref(), Some("server"), "container named from the pod status");
     assert_eq!(owner.container_id.as_deref(), Some(leaky.container_id.as_str()));
     assert!(owner.open_fds >= 13, "{owner:?}");
+    // What `ps` would show: sleeping in accept/read, and its command line.
+    assert_eq!(owner.state.as_deref(), Some("S"), "{owner:?}");
+    assert!(owner.command_line.as_deref().is_some_and(|c| c.ends_with("serve --listen 127.0.0.1:8080")), "{owner:?}");
     // The clients sent nothing before closing: no unread data (ss's Recv-Q
     // of 1 per socket is the FIN, which the report does not count as data).
     assert_eq!(cw.recv_queue_bytes, 0);

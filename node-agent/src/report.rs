@@ -90,6 +90,8 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
                     container_id: owner.container_id.clone(),
                     pid: i64::from(owner.process.pid),
                     command: owner.process.comm.clone(),
+                    command_line: Some(owner.command_line.clone()).filter(|c| !c.is_empty()),
+                    state: Some(owner.process.state.to_string()),
                     started_at: owner.process.started_at.map(to_time),
                     sockets: int(owner.held),
                     open_fds: int(owner.open_fds),

@@ -487,8 +487,15 @@ fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus) -> Str
         if let Some(owner) = cw.owners.first() {
             let container = owner.container.as_deref().map(|c| format!(" in container {c}")).unwrap_or_default();
             let limit = owner.fd_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+            // What `ps` would tell about the owner, when it explains the leak.
+            let state = match owner.state.as_deref() {
+                Some("D") => ", uninterruptible (D: blocked in the kernel, it cannot close anything)",
+                Some("Z") => ", a zombie (exited, not yet reaped by its parent)",
+                Some("T") => ", stopped (T)",
+                _ => "",
+            };
             note.push_str(&format!(
-                ". Held by {} (pid {}){container}: {} sockets, {} of {} fds open",
+                ". Held by {} (pid {}{state}){container}: {} sockets, {} of {} fds open",
                 owner.command, owner.pid, owner.sockets, owner.open_fds, limit
             ));
         }

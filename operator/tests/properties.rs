@@ -169,12 +169,15 @@ fn arb_close_wait(range: Range) -> impl Strategy<Value = CloseWaitDetail> {
         count(range),
         count(range),
         prop::option::of(any::<i64>()),
+        prop::option::of("[RSDZTtXI]|.{0,3}"),
     )
-        .prop_map(|(container, pid, command, sockets, open_fds, fd_limit)| SocketOwner {
+        .prop_map(|(container, pid, command, sockets, open_fds, fd_limit, state)| SocketOwner {
             container,
             container_id: None,
             pid,
             command,
+            command_line: None,
+            state,
             started_at: None,
             sockets,
             open_fds,

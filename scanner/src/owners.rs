@@ -27,8 +27,13 @@ use serde::Serialize;
 
 use crate::error::ScanError;
 use crate::procfs::{
-    BootClock, ProcessInfo, RlimitValue, SkippedCounts, read_cgroup, read_nofile_limits, read_process,
+    BootClock, ProcessInfo, RlimitValue, SkippedCounts, read_cgroup, read_command_line, read_nofile_limits,
+    read_process,
 };
+
+/// The longest command line kept for an owner, in bytes: enough to tell a
+/// JVM's main class or a script's arguments, small enough for a report.
+pub const MAX_COMMAND_LINE: usize = 256;
 
 /// How to walk.
 #[derive(Debug, Clone)]
@@ -49,9 +54,12 @@ impl Default for OwnersOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SocketOwner {
-    /// pid, comm, start time.
+    /// pid, comm, state, start time.
     #[serde(flatten)]
     pub process: ProcessInfo,
+    /// Its command line (arguments joined by spaces, at most
+    /// [`MAX_COMMAND_LINE`] bytes; empty for a zombie).
+    pub command_line: String,
     /// The pod UID its cgroup names.
     pub pod_uid: Option<String>,
     /// The container ID its cgroup names.
@@ -136,8 +144,12 @@ pub fn find_owners(opts: &OwnersOptions, inodes: &[u64], pids: &[u32]) -> Owners
         };
         let cgroup = read_cgroup(proc_root, pid).inspect_err(|error| result.skipped.record(error)).unwrap_or_default();
         let limits = read_nofile_limits(proc_root, pid).inspect_err(|error| result.skipped.record(error)).ok();
+        let command_line = read_command_line(proc_root, pid, MAX_COMMAND_LINE)
+            .inspect_err(|error| result.skipped.record(error))
+            .unwrap_or_default();
         result.owners.push(SocketOwner {
             process,
+            command_line,
             pod_uid: cgroup.pod_uid,
             container_id: cgroup.container_id,
             held: walk.held,
@@ -234,6 +246,7 @@ mod tests {
             .unwrap();
         std::fs::write(dir.join("cgroup"), format!("0::/kubepods/burstable/pod{UID}/{CID}\n")).unwrap();
         std::fs::write(dir.join("limits"), limits).unwrap();
+        std::fs::write(dir.join("cmdline"), format!("/usr/bin/{comm}\0--port\0{pid}\0")).unwrap();
     }
 
     fn fixture() -> TempDir {
@@ -292,6 +305,8 @@ mod tests {
         let java = &got.owners[0];
         assert_eq!(java.process.comm, "java");
         assert_eq!(java.process.start_ticks, 4200);
+        assert_eq!(java.process.state, 'S');
+        assert_eq!(java.command_line, "/usr/bin/java --port 10");
         assert_eq!(java.pod_uid.as_deref(), Some(UID));
         assert_eq!(java.container_id.as_deref(), Some(CID));
         assert_eq!(java.nofile_soft, Some(RlimitValue::Limited(1024)));
@@ -309,6 +324,10 @@ mod tests {
         assert_eq!(json["pid"], 20);
         assert_eq!(json["nofileSoft"], "unlimited");
         assert_eq!(json["containerId"], CID);
+        assert_eq!(
+            (&json["state"], &json["commandLine"]),
+            (&serde_json::json!("S"), &serde_json::json!("/usr/bin/sidecar --port 20"))
+        );
     }
 
     #[test]

@@ -123,6 +123,10 @@ pub struct ProcessInfo {
     pub pid: u32,
     /// `comm` (at most 15 bytes, lossily UTF-8).
     pub comm: String,
+    /// Its state as `ps` shows it (field 3 of `/proc/<pid>/stat`): `R`
+    /// running, `S` sleeping, `D` uninterruptible (usually waiting on I/O),
+    /// `Z` zombie, `T` stopped, ...
+    pub state: char,
     /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
     /// Together with `pid` this identifies a process across pid reuse.
     pub start_ticks: u64,
@@ -136,21 +140,43 @@ pub struct ProcessInfo {
 pub fn read_process(proc_root: &Path, pid: u32, clock: &BootClock) -> Result<ProcessInfo, ScanError> {
     let path = proc_root.join(pid.to_string()).join("stat");
     let bytes = std::fs::read(&path).map_err(|e| ScanError::from_proc_io(&path, e))?;
-    let (comm, start_ticks) = parse_stat(&bytes)
+    let (comm, state, start_ticks) = parse_stat(&bytes)
         .ok_or(ScanError::ProcMalformed { path, reason: "no comm in parentheses or no field 22 (starttime)" })?;
-    Ok(ProcessInfo { pid, comm, start_ticks, started_at: clock.wall_time(start_ticks) })
+    Ok(ProcessInfo { pid, comm, state, start_ticks, started_at: clock.wall_time(start_ticks) })
 }
 
-/// `(comm, starttime)` from the text of `/proc/<pid>/stat`. The comm may hold
-/// spaces and parentheses; it ends at the last `)`.
-fn parse_stat(bytes: &[u8]) -> Option<(String, u64)> {
+/// `(comm, state, starttime)` from the text of `/proc/<pid>/stat`. The comm
+/// may hold spaces and parentheses; it ends at the last `)`.
+fn parse_stat(bytes: &[u8]) -> Option<(String, char, u64)> {
     let open = bytes.iter().position(|b| *b == b'(')?;
     let close = bytes.iter().rposition(|b| *b == b')')?;
     let comm = bytes.get(open + 1..close)?;
     let rest = std::str::from_utf8(bytes.get(close + 1..)?).ok()?;
     // Fields after the comm start at field 3 (state); starttime is field 22.
-    let start_ticks = rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()?;
-    Some((String::from_utf8_lossy(comm).into_owned(), start_ticks))
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start_ticks = fields.nth(22 - 4)?.parse().ok()?;
+    Some((String::from_utf8_lossy(comm).into_owned(), state, start_ticks))
+}
+
+/// `<proc_root>/<pid>/cmdline` as `ps` shows it: arguments joined by spaces,
+/// lossily UTF-8, at most `max_bytes` (then cut at a character boundary and
+/// ended with `…`). Empty for a zombie or a kernel thread.
+pub fn read_command_line(proc_root: &Path, pid: u32, max_bytes: usize) -> Result<String, ScanError> {
+    let path = proc_root.join(pid.to_string()).join("cmdline");
+    let bytes = std::fs::read(&path).map_err(|e| ScanError::from_proc_io(&path, e))?;
+    let args: Vec<String> =
+        bytes.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let mut line = args.join(" ");
+    if line.len() > max_bytes {
+        let mut cut = max_bytes.saturating_sub('…'.len_utf8());
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    Ok(line)
 }
 
 /// Reads and parses `<proc_root>/<pid>/cgroup`.
@@ -227,13 +253,33 @@ mod tests {
     #[test]
     fn stat_parsing() {
         let line = proc_stat_line(7, "a) b (c", 123456);
-        assert_eq!(parse_stat(line.as_bytes()), Some(("a) b (c".into(), 123456)));
+        assert_eq!(parse_stat(line.as_bytes()), Some(("a) b (c".into(), 'S', 123456)));
+        let zombie = line.replace(") S ", ") Z ");
+        assert_eq!(parse_stat(zombie.as_bytes()).map(|(_, state, _)| state), Some('Z'));
         assert_eq!(parse_stat(b"7 (x) S 1 2"), None);
         assert_eq!(parse_stat(b""), None);
         assert_eq!(parse_stat(b") 7 ("), None);
         let mut bytes = proc_stat_line(7, "x", 1).into_bytes();
         bytes[3] = 0xff; // non-UTF-8 comm
-        assert_eq!(parse_stat(&bytes).map(|(_, t)| t), Some(1));
+        assert_eq!(parse_stat(&bytes).map(|(_, _, t)| t), Some(1));
+    }
+
+    #[test]
+    fn command_lines_read_as_ps_shows_them() {
+        let dir = crate::testing::TempDir::new("cmdline");
+        let write = |pid: u32, bytes: &[u8]| {
+            std::fs::create_dir_all(dir.path().join(pid.to_string())).unwrap();
+            std::fs::write(dir.path().join(pid.to_string()).join("cmdline"), bytes).unwrap();
+        };
+        write(1, b"java\0-Xmx1g\0-jar\0api.jar\0");
+        write(2, b"");
+        write(3, "python3\0s\u{e9}rveur.py\0".as_bytes());
+        assert_eq!(read_command_line(dir.path(), 1, 256).unwrap(), "java -Xmx1g -jar api.jar");
+        assert_eq!(read_command_line(dir.path(), 2, 256).unwrap(), "", "a zombie has none");
+        // Cut at a character boundary, marked.
+        assert_eq!(read_command_line(dir.path(), 3, 14).unwrap(), "python3 s\u{e9}…");
+        assert_eq!(read_command_line(dir.path(), 3, 13).unwrap(), "python3 s…", "not inside the é");
+        assert!(matches!(read_command_line(dir.path(), 4, 256), Err(ScanError::ProcVanished { .. })));
     }
 
     #[test]

@@ -362,6 +362,22 @@ fn event_note_is_bounded() {
 }
 
 #[test]
+fn the_note_says_when_the_owner_is_stuck_in_the_kernel_or_a_zombie() {
+    let spec = spec();
+    for (state, says) in [
+        ("D", "Held by java (pid 4242, uninterruptible (D: blocked in the kernel, it cannot close anything)) in"),
+        ("Z", "Held by java (pid 4242, a zombie (exited, not yet reaped by its parent)) in"),
+        ("S", "Held by java (pid 4242) in"),
+    ] {
+        let mut r = report(&[(0, 12)], 600);
+        r.close_wait.as_mut().unwrap().owners[0].state = Some(state.into());
+        let a = assess(&spec, &r, &GrowthHistory::default(), ts(600));
+        let note = outcome(Some((policy(&spec), &a)), &r, None, ts(600)).event.unwrap().note;
+        assert!(note.contains(says), "{state}: {note}");
+    }
+}
+
+#[test]
 fn selectors() {
     let labels: BTreeMap<String, String> =
         [("app", "api"), ("tier", "web")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
