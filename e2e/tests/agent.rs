@@ -182,6 +182,17 @@ async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
     assert!(metrics.contains(&series("leaky")), "{metrics}");
     assert!(metrics.contains("connhealth_agent_report_writes_total{outcome=\"ok\",reason=\"new\"}"), "{metrics}");
     assert!(metrics.contains("connhealth_agent_sweep_duration_seconds_count"), "{metrics}");
+    // Per pod only the default states; every state once per node, summed
+    // over the pods (the leaky pod's 20 CLOSE_WAIT at least).
+    let pod_state =
+        |state: &str| format!("connhealth_agent_sockets{{namespace=\"{}\",pod=\"leaky\",state=\"{state}\"}}", ns.name);
+    for state in ["ESTAB", "CLOSE-WAIT", "TIME-WAIT", "SYN-SENT"] {
+        assert!(metrics.contains(&pod_state(state)), "{state} per pod:\n{metrics}");
+    }
+    assert!(!metrics.contains(&pod_state("LISTEN")), "LISTEN is not exported per pod by default:\n{metrics}");
+    let node_close_wait = metric_value(&metrics, "connhealth_agent_node_sockets{state=\"CLOSE-WAIT\"}");
+    assert!(node_close_wait.is_some_and(|n| n >= 20.0), "{node_close_wait:?}\n{metrics}");
+    assert!(metric_value(&metrics, "connhealth_agent_node_sockets{state=\"LISTEN\"}").is_some_and(|n| n >= 1.0));
 
     // After the outage the agent's pod watch is live again: a deleted pod's
     // series go.

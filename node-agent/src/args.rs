@@ -12,6 +12,8 @@ use connhealth_scan::aggregate::{AggregateConfig, Limits};
 use connhealth_scan::gate::GateConfig;
 use connhealth_scan::scan::ScanConfig;
 use connhealth_scan::sockdiag::DumpMode;
+#[cfg(feature = "cluster")]
+use connhealth_scan::sockdiag::TcpState;
 
 // What `run` needs: only with cluster mode.
 #[cfg(feature = "cluster")]
@@ -116,7 +118,7 @@ pub struct RunArgs {
 
     /// Age at which a CLOSE_WAIT socket counts as stuck in reports and
     /// metrics, e.g. `2m`. (Policies apply their own `minAge` to the
-    /// first-sighting times the report carries.)
+    /// CLOSE_WAIT entry times the report carries.)
     #[arg(long, env = "CONNHEALTH_CLOSE_WAIT_MIN_AGE", default_value = "2m", value_parser = parse_duration)]
     pub close_wait_min_age: Duration,
 
@@ -139,6 +141,12 @@ pub struct RunArgs {
     #[arg(long, env = "CONNHEALTH_OWNERS_THRESHOLD", default_value_t = 5)]
     pub owners_threshold: u64,
 
+    /// The states exported per pod as `connhealth_agent_sockets` series, as
+    /// `ss` names them, comma-separated, or `all`; every state is also
+    /// exported summed over the node's pods (`connhealth_agent_node_sockets`).
+    #[arg(long, env = "CONNHEALTH_POD_STATE_SERIES", default_value = DEFAULT_POD_STATE_SERIES)]
+    pub pod_state_series: String,
+
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "CONNHEALTH_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
@@ -151,6 +159,33 @@ pub struct RunArgs {
     /// `10s`. A write that misses it is retried at the next sweep.
     #[arg(long, env = "CONNHEALTH_API_TIMEOUT", default_value = apiclient::DEFAULT_API_TIMEOUT, value_parser = apiclient::parse_api_timeout)]
     pub api_timeout: Duration,
+}
+
+/// The states that matter per pod: connections in use, the leak, the
+/// closes that hold ports, the connects that hang.
+#[cfg(feature = "cluster")]
+pub const DEFAULT_POD_STATE_SERIES: &str = "ESTAB,CLOSE-WAIT,TIME-WAIT,SYN-SENT";
+
+/// `all`, or `ss` state names separated by commas.
+#[cfg(feature = "cluster")]
+fn parse_state_list(list: &str) -> Result<Vec<TcpState>, String> {
+    if list.trim().eq_ignore_ascii_case("all") {
+        return Ok(TcpState::ALL.to_vec());
+    }
+    let mut states = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let state = TcpState::from_ss_name(&name.to_ascii_uppercase()).ok_or_else(|| {
+            let known: Vec<&str> = TcpState::ALL.iter().map(|s| s.ss_name()).collect();
+            format!(
+                "--pod-state-series: unknown state {name:?} (states as ss names them: {}; or all)",
+                known.join(", ")
+            )
+        })?;
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    Ok(states)
 }
 
 #[cfg(feature = "cluster")]
@@ -190,6 +225,7 @@ impl RunArgs {
             metrics_addr: self.metrics_addr,
             owners_threshold: self.owners_threshold,
             api_timeout: self.api_timeout,
+            pod_state_series: parse_state_list(&self.pod_state_series).map_err(Error::InvalidSetting)?,
         })
     }
 }
@@ -262,6 +298,35 @@ mod tests {
         assert!(too_long.unwrap_err().to_string().contains("\"20m\" is out of range: use between 100ms and 10m"));
         assert!(
             Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--scan-interval", "soon"]).is_err()
+        );
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn per_pod_state_series_are_chosen_by_ss_name() {
+        let config = |list: &str| {
+            let Command::Run(run) =
+                Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--pod-state-series", list])
+                    .unwrap()
+                    .command
+            else {
+                panic!("run")
+            };
+            run.config()
+        };
+        let default = Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1"]).unwrap();
+        let Command::Run(run) = default.command else { panic!("run") };
+        use TcpState::*;
+        assert_eq!(run.config().unwrap().pod_state_series, [Established, CloseWait, TimeWait, SynSent]);
+        assert_eq!(config("all").unwrap().pod_state_series, TcpState::ALL);
+        assert_eq!(config("close-wait, LISTEN,CLOSE-WAIT").unwrap().pod_state_series, [CloseWait, Listen]);
+        assert_eq!(config("").unwrap().pod_state_series, [], "none per pod: node totals only");
+        let wrong = config("ESTABLISHED").unwrap_err().to_string();
+        assert!(
+            wrong.starts_with(
+                "--pod-state-series: unknown state \"ESTABLISHED\" (states as ss names them: ESTAB, SYN-SENT,"
+            ),
+            "{wrong}"
         );
     }
 }

@@ -32,10 +32,11 @@ use prometheus_client::registry::Registry;
 use connhealth_runtime::error_chain;
 use connhealth_scan::discovery::{self, DiscoveryOptions};
 use connhealth_scan::scan::{NamespaceReport, ScanConfig, Scanner, SweepReport, Target};
+use connhealth_scan::sockdiag::TcpState;
 
 use crate::args::RunArgs;
 use crate::error::Error;
-use crate::metrics::{AgentMetrics, KindLabels, PodLabels, PodStateLabels};
+use crate::metrics::{AgentMetrics, KindLabels, PodLabels, PodStateLabels, StateLabels};
 use crate::report::{self, ChangeRule, MAX_FIRST_SEEN_GROUPS, ReportContext};
 use crate::reporter::{PodKey, Reporter};
 
@@ -69,6 +70,8 @@ pub struct AgentConfig {
     pub owners_threshold: u64,
     /// Deadline of every API call.
     pub api_timeout: Duration,
+    /// States exported per pod (all are exported per node).
+    pub pod_state_series: Vec<TcpState>,
 }
 
 /// Runs cluster mode until SIGTERM/SIGINT. `api_health` is the record of
@@ -76,7 +79,7 @@ pub struct AgentConfig {
 /// while they keep failing.
 pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> Result<(), Error> {
     let mut registry = Registry::default();
-    let metrics = AgentMetrics::register(&mut registry);
+    let metrics = AgentMetrics::register(&mut registry, &config.pod_state_series);
     api_health.register(registry.sub_registry_with_prefix("connhealth_agent"));
     let readiness = Readiness::with_api_health(api_health);
     let endpoint = Endpoint::bind(config.metrics_addr, registry, readiness.clone()).await?;
@@ -244,6 +247,16 @@ impl Agent {
 
     fn record_sweep(&self, sweep: &SweepReport) {
         self.metrics.sweep_duration.observe(sweep.stats.wall_micros as f64 / 1e6);
+        let mut node = [0u64; 11];
+        for ns in sweep.namespaces.iter().filter(|ns| ns.label.pod_uid.is_some()) {
+            for (state, count) in ns.summary.states.iter() {
+                node[state.index()] += count;
+            }
+        }
+        for state in TcpState::ALL {
+            let labels = StateLabels { state: state.ss_name().to_owned() };
+            self.metrics.node_sockets.get_or_create(&labels).set(node[state.index()] as i64);
+        }
         let kind = |k: &str| KindLabels { kind: k.to_owned() };
         self.metrics.namespaces.get_or_create(&kind("dumped")).inc_by(sweep.stats.dumped);
         self.metrics.namespaces.get_or_create(&kind("reused")).inc_by(sweep.stats.reused);
@@ -260,7 +273,7 @@ impl Agent {
         self.metrics.close_wait_stuck.get_or_create(&labels).set(cw.stuck as i64);
         self.metrics.close_wait_oldest_age.get_or_create(&labels).set(cw.oldest_age_seconds.unwrap_or(0) as i64);
         self.metrics.port_pressure.get_or_create(&labels).set(ns.summary.port_pressure.percent as i64);
-        for (state, count) in ns.summary.states.iter() {
+        for (state, count) in ns.summary.states.iter().filter(|(state, _)| self.metrics.per_pod(*state)) {
             self.metrics
                 .sockets
                 .get_or_create(&PodStateLabels {

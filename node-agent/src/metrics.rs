@@ -2,6 +2,11 @@
 //! (and `state` for socket counts) — bounded by the pods on this node — and
 //! are removed when the pod leaves the node. Nothing is labelled with a
 //! connection's identity.
+//!
+//! Series per pod: one per state of `--pod-state-series` (default 4:
+//! ESTAB, CLOSE-WAIT, TIME-WAIT, SYN-SENT) plus stuck CLOSE_WAIT, oldest
+//! CLOSE_WAIT age and port pressure: 7 by default, 14 with `all`. Every
+//! state is also exported once per node, summed over its pods.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +37,13 @@ pub struct PodStateLabels {
     pub state: String,
 }
 
+/// A TCP state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `ss` state name, e.g. `CLOSE-WAIT`.
+    pub state: String,
+}
+
 /// A fixed-set label value.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -51,8 +63,12 @@ pub struct WriteLabels {
 /// Every metric the agent exports.
 #[derive(Clone)]
 pub struct AgentMetrics {
-    /// Sockets per pod and state.
+    /// Sockets per pod and state, for the states chosen (`per_pod`).
     pub sockets: Family<PodStateLabels, Gauge>,
+    /// Sockets per state summed over the node's scanned pods, every state.
+    pub node_sockets: Family<StateLabels, Gauge>,
+    /// Which states get per-pod series, by [`TcpState::index`].
+    pod_states: [bool; 11],
     /// Stuck CLOSE_WAIT sockets per pod.
     pub close_wait_stuck: Family<PodLabels, Gauge>,
     /// Age of the oldest CLOSE_WAIT socket per pod, seconds.
@@ -72,10 +88,17 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
-    /// Creates the metrics and registers them under `connhealth_agent`.
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Creates the metrics and registers them under `connhealth_agent`;
+    /// `pod_states` are the states exported per pod.
+    pub fn register(registry: &mut Registry, pod_states: &[TcpState]) -> Self {
+        let mut chosen = [false; 11];
+        for state in pod_states {
+            chosen[state.index()] = true;
+        }
         let m = Self {
             sockets: Family::default(),
+            node_sockets: Family::default(),
+            pod_states: chosen,
             close_wait_stuck: Family::default(),
             close_wait_oldest_age: Family::default(),
             port_pressure: Family::default(),
@@ -86,7 +109,16 @@ impl AgentMetrics {
             pods_without_namespace: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("connhealth_agent");
-        r.register("sockets", "TCP sockets of a pod by state (IPv4 and IPv6), as of the last sweep", m.sockets.clone());
+        r.register(
+            "sockets",
+            "TCP sockets of a pod by state (IPv4 and IPv6), as of the last sweep; only the states of --pod-state-series",
+            m.sockets.clone(),
+        );
+        r.register(
+            "node_sockets",
+            "TCP sockets of this node's scanned pods by state, summed, as of the last sweep; every state",
+            m.node_sockets.clone(),
+        );
         r.register(
             "close_wait_stuck",
             "CLOSE_WAIT sockets of a pod older than the agent's --close-wait-min-age",
@@ -124,6 +156,11 @@ impl AgentMetrics {
             m.pods_without_namespace.clone(),
         );
         m
+    }
+
+    /// Whether `state` gets a series per pod.
+    pub fn per_pod(&self, state: TcpState) -> bool {
+        self.pod_states[state.index()]
     }
 
     /// Removes every series of a pod that left the node.
