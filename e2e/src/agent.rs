@@ -109,6 +109,15 @@ fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// How many API writes in a row had failed, as a 503 `/readyz` answer says
+/// ("not ready: N API writes in a row failed or timed out ..."). Readiness
+/// fails from the third on, but several writes can fail between two polls
+/// (other pods' reports, another namespace's policy), so a test asserts
+/// `>= 3`, not `== 3`.
+pub fn failed_writes_in_a_row(readyz: &str) -> Option<u32> {
+    readyz.split("not ready: ").nth(1)?.split_once(" API writes in a row failed or timed out")?.0.parse().ok()
+}
+
 /// Waits until `/readyz` of `process` answers with HTTP `status` (200, or
 /// 503 with the reason); returns the whole answer. On timeout the panic
 /// carries the process's [`diagnosis`].
@@ -267,5 +276,13 @@ mod tests {
             setpriv_with_capabilities(&["SYS_ADMIN", "DAC_READ_SEARCH"])[..3],
             ["setpriv", "--bounding-set", "-all,+sys_admin,+dac_read_search"]
         );
+    }
+
+    #[test]
+    fn the_failure_streak_is_read_from_readyz() {
+        let answer = "HTTP/1.1 503 Service Unavailable\r\n\r\nnot ready: 4 API writes in a row failed or timed out \
+                      (the last: no answer from the API server within 2s (POST /x)); the last successful write was 4s ago";
+        assert_eq!(failed_writes_in_a_row(answer), Some(4));
+        assert_eq!(failed_writes_in_a_row("HTTP/1.1 200 OK\r\n\r\nready"), None);
     }
 }
