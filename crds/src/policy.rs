@@ -22,14 +22,18 @@ const POSITIVE_DURATION_MESSAGE: &str = "must be a positive duration such as 30s
 /// the operator's watch. The length is checked with the project's exact
 /// parser, on the unsigned text.
 fn bounded_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    const GO_MAX: std::time::Duration = std::time::Duration::from_nanos(i64::MAX as u64);
     let text = String::deserialize(deserializer)?;
     let unsigned = text.trim().trim_start_matches(['-', '+']);
-    match connhealth_runtime::parse_duration(unsigned) {
-        Ok(length) if length > GO_MAX => {
-            Err(serde::de::Error::custom(format!("{text:?} is longer than a Kubernetes duration (about 292 years)")))
+    match connhealth_runtime::duration_nanos(unsigned) {
+        Ok(nanos) if nanos > i64::MAX as u128 => {
+            let message = match connhealth_runtime::parse_duration(unsigned) {
+                // Past even `std::time::Duration`: the flags' own message.
+                Err(too_long) => too_long,
+                Ok(_) => format!("{text:?} is longer than a Kubernetes duration (about 292 years)"),
+            };
+            Err(serde::de::Error::custom(message))
         }
-        Err(message) if message.ends_with("is too long") => Err(serde::de::Error::custom(message)),
+        // Within bounds, or not a duration at all: kube's parser decides.
         _ => text.parse().map_err(serde::de::Error::custom),
     }
 }

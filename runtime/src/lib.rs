@@ -48,6 +48,16 @@ pub async fn shutdown_signal() {
 /// `connhealth-agent scan` needs no Kubernetes crate; a test checks it
 /// against kube's parser.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let nanos = duration_nanos(s)?;
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| format!("{:?} is too long", s.trim()))?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+/// What [`parse_duration`] reads, as whole nanoseconds (a fraction is
+/// truncated, as Go does), saturating at `u128::MAX` instead of refusing a
+/// duration as too long: for callers with a bound of their own (the API
+/// types refuse what Kubernetes durations cannot hold).
+pub fn duration_nanos(s: &str) -> Result<u128, String> {
     let text = s.trim();
     let unsigned = text.strip_prefix('+').unwrap_or(text);
     if unsigned.starts_with('-') && unsigned != "-0" {
@@ -55,7 +65,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let mut rest = unsigned.strip_prefix('-').unwrap_or(unsigned);
     if rest == "0" {
-        return Ok(Duration::ZERO);
+        return Ok(0);
     }
     if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Err(format!("{text:?} has no unit: write e.g. {rest}s or {rest}m (units: ms, s, m, h)"));
@@ -64,9 +74,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if rest.is_empty() {
         return Err(invalid());
     }
-    // Exact integer arithmetic in nanoseconds, as Go does (a fraction is
-    // truncated to whole nanoseconds); beyond `Duration::MAX` it is too long.
-    let too_long = || format!("{text:?} is too long");
+    // Exact integer arithmetic in nanoseconds, as Go does.
     let mut total_ns: u128 = 0;
     while !rest.is_empty() {
         let number_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
@@ -87,8 +95,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         };
         let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
         let whole = whole.trim_start_matches('0');
-        // More digits than a u128 holds are too long in any unit.
-        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_long())? };
+        // More digits than a u128 holds: longer than anything, saturate.
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().unwrap_or(u128::MAX) };
         // Digits past the 20th are far below a nanosecond in any unit (an
         // hour is 3.6e12 ns), and 20 digits times an hour fit in a u128.
         let fraction = &fraction[..fraction.len().min(20)];
@@ -98,15 +106,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             let digits: u128 = fraction.parse().map_err(|_| invalid())?;
             digits * unit_ns / 10u128.pow(fraction.len() as u32)
         };
-        total_ns = whole
-            .checked_mul(unit_ns)
-            .and_then(|ns| ns.checked_add(fraction_ns))
-            .and_then(|ns| ns.checked_add(total_ns))
-            .ok_or_else(too_long)?;
+        total_ns = whole.saturating_mul(unit_ns).saturating_add(fraction_ns).saturating_add(total_ns);
         rest = tail;
     }
-    let secs = u64::try_from(total_ns / 1_000_000_000).map_err(|_| too_long())?;
-    Ok(Duration::new(secs, (total_ns % 1_000_000_000) as u32))
+    Ok(total_ns)
 }
 
 /// A duration as people read it, in whole seconds and at most two units:
