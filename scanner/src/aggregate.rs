@@ -369,10 +369,10 @@ pub struct FirstSeenGroup {
     pub count: u64,
 }
 
-/// Groups first-sighting times into at most `max` groups, oldest first.
-/// Times are rounded up to whole seconds; when there are more distinct seconds than
-/// `max`, times are rounded *up* to coarser and coarser steps (2 s, 4 s,
-/// ...) until they fit, so an age is never overstated.
+/// Groups CLOSE_WAIT entry times into at most `max` groups, oldest first.
+/// Times are rounded up to whole seconds; when there are more distinct
+/// seconds than `max`, times are rounded *up* to coarser and coarser steps
+/// (2 s, 4 s, ...) until they fit, so an age is never overstated.
 pub fn group_first_seen(times: &[(SystemTime, u64)], max: usize) -> Vec<FirstSeenGroup> {
     let secs: Vec<(u64, u64)> = times
         .iter()

@@ -19,6 +19,13 @@ fn scanner() -> Scanner {
     Scanner::new(ScanConfig::default())
 }
 
+/// The default configuration, but CLOSE_WAIT sockets are stuck after 1 s.
+fn stuck_after_one_second() -> ScanConfig {
+    let mut cfg = ScanConfig::default();
+    cfg.aggregate.min_age = Duration::from_secs(1);
+    cfg
+}
+
 /// A non-blocking connect that stays in SYN_SENT while its SYNs vanish.
 fn connect_nonblocking(addr: &str) -> Socket {
     let addr: SocketAddr = addr.parse().unwrap();
@@ -247,13 +254,7 @@ fn close_wait_ages_grow_across_sweeps_and_vanish_on_close() {
     let ns = TestNetns::new("ages");
     let l = ns.run(|| listen("127.0.0.1:7200"));
     let (cw, fw2, from, _) = close_wait_now(&ns, &l, 0);
-    let mut s = Scanner::new(ScanConfig {
-        aggregate: connhealth_scan::aggregate::AggregateConfig {
-            min_age: Duration::from_secs(1),
-            ..Default::default()
-        },
-        ..ScanConfig::default()
-    });
+    let mut s = Scanner::new(stuck_after_one_second());
     let t = [ns.target()];
     let r1 = s.sweep(&t);
     let c1 = close_wait_of(&r1);
@@ -295,13 +296,7 @@ fn across_a_restart_old_sockets_keep_their_age_and_new_ones_start_near_zero() {
     let (kept, kept_peer, kept_from, kept_to) = close_wait_now(&ns, &l, 0);
     let (closed, closed_peer, _, _) = close_wait_now(&ns, &l, 1);
     std::thread::sleep(Duration::from_secs(2));
-    let cfg = ScanConfig {
-        aggregate: connhealth_scan::aggregate::AggregateConfig {
-            min_age: Duration::from_secs(1),
-            ..Default::default()
-        },
-        ..ScanConfig::default()
-    };
+    let cfg = stuck_after_one_second();
     let before = close_wait_of(&Scanner::new(cfg.clone()).sweep(&[ns.target()])).clone();
     assert_eq!((before.count, before.stuck), (2, 2));
 
