@@ -141,6 +141,14 @@ pub struct ConnectionHealthStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sysctls: Option<NetnsSysctls>,
 
+    /// How the agent learnt that the pod's sockets changed: `ebpf` (the
+    /// kernel reported every TCP state change to its eBPF program) or
+    /// `counters` (it compared the namespace's counters between sweeps).
+    /// The figures are the same either way; see `connhealth-agent
+    /// --tracker`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracker: Option<String>,
+
     /// Limits the agent hit while scanning (for example the number of tracked
     /// CLOSE_WAIT sockets), so that figures are read as lower bounds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -14,6 +14,7 @@ use connhealth_scan::scan::ScanConfig;
 use connhealth_scan::sockdiag::DumpMode;
 #[cfg(feature = "cluster")]
 use connhealth_scan::sockdiag::TcpState;
+use connhealth_scan::tracker::TrackerChoice;
 
 // What `run` needs: only with cluster mode.
 #[cfg(feature = "cluster")]
@@ -86,6 +87,16 @@ pub struct ScanArgs {
     /// With the gate: dump each namespace at least this often.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
     pub full_refresh: Duration,
+    /// How changes are detected: `ebpf` (the kernel reports every TCP state
+    /// change; an error if it cannot load), `auto` (ebpf when it loads,
+    /// else the namespaces' counters, saying why), `off` (counters).
+    #[arg(long, value_name = "off|auto|ebpf", default_value = "auto", value_parser = parse_tracker)]
+    pub tracker: TrackerChoice,
+}
+
+/// `--tracker`.
+fn parse_tracker(s: &str) -> Result<TrackerChoice, String> {
+    s.parse()
 }
 
 impl ScanArgs {
@@ -100,6 +111,7 @@ impl ScanArgs {
             owners_threshold: (self.owners_threshold > 0).then_some(self.owners_threshold),
             dump_mode: DumpMode::Auto,
             proc_root: PathBuf::from("/proc"),
+            tracker: self.tracker,
         }
     }
 }
@@ -159,6 +171,13 @@ pub struct RunArgs {
     /// `10s`. A write that misses it is retried at the next sweep.
     #[arg(long, env = "CONNHEALTH_API_TIMEOUT", default_value = apiclient::DEFAULT_API_TIMEOUT, value_parser = apiclient::parse_api_timeout)]
     pub api_timeout: Duration,
+
+    /// How changes are detected: `ebpf` (the kernel reports every TCP state
+    /// change; the agent exits if it cannot load), `auto` (ebpf when it
+    /// loads, else the namespaces' counters, with the reason logged and in
+    /// the metrics), `off` (counters).
+    #[arg(long, env = "CONNHEALTH_TRACKER", value_name = "off|auto|ebpf", default_value = "auto", value_parser = parse_tracker)]
+    pub tracker: TrackerChoice,
 }
 
 /// The states that matter per pod: connections in use, the leak, the
@@ -225,6 +244,7 @@ impl RunArgs {
             metrics_addr: self.metrics_addr,
             owners_threshold: self.owners_threshold,
             api_timeout: self.api_timeout,
+            tracker: self.tracker,
             pod_state_series: parse_state_list(&self.pod_state_series).map_err(Error::InvalidSetting)?,
         })
     }

@@ -33,6 +33,7 @@ use connhealth_runtime::error_chain;
 use connhealth_scan::discovery::{self, DiscoveryOptions};
 use connhealth_scan::scan::{NamespaceReport, ScanConfig, Scanner, SweepReport, Target};
 use connhealth_scan::sockdiag::TcpState;
+use connhealth_scan::tracker::TrackerChoice;
 
 use crate::args::RunArgs;
 use crate::error::Error;
@@ -72,6 +73,8 @@ pub struct AgentConfig {
     pub api_timeout: Duration,
     /// States exported per pod (all are exported per node).
     pub pod_state_series: Vec<TcpState>,
+    /// Whether to use the eBPF tracker.
+    pub tracker: TrackerChoice,
 }
 
 /// Runs cluster mode until SIGTERM/SIGINT. `api_health` is the record of
@@ -93,7 +96,10 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
     scan_config.aggregate.min_age = config.close_wait_min_age;
     scan_config.aggregate.limits.first_seen_groups = MAX_FIRST_SEEN_GROUPS;
     scan_config.owners_threshold = Some(config.owners_threshold);
-    let mut agent = Agent { scanner: Some(Scanner::new(scan_config.clone())), scan_config, metrics };
+    scan_config.tracker = config.tracker;
+    let scanner = Scanner::start(scan_config.clone()).map_err(Error::Tracker)?;
+    metrics.record_tracker(scanner.tracker_status());
+    let mut agent = Agent { scanner: Some(scanner), scan_config, metrics };
 
     let shutdown = connhealth_runtime::shutdown_signal();
     tokio::pin!(shutdown);
@@ -206,7 +212,9 @@ impl Agent {
             Err(error) => {
                 // A panic inside the scanner: start afresh rather than stop.
                 tracing::error!(error = %error_chain(&error), "a sweep panicked; starting with a fresh scanner");
-                self.scanner = Some(Scanner::new(self.scan_config.clone()));
+                let scanner = Scanner::new(self.scan_config.clone());
+                self.metrics.record_tracker(scanner.tracker_status());
+                self.scanner = Some(scanner);
                 return;
             }
         };
@@ -223,7 +231,10 @@ impl Agent {
                 report::host_network_status(observed_at)
             } else if let Some(ns) = scanned.get(pod.uid.as_str()) {
                 self.record_pod(pod, ns);
-                report::status_from_scan(ns, ReportContext { observed_at, container_names: &pod.container_names })
+                report::status_from_scan(
+                    ns,
+                    ReportContext { observed_at, container_names: &pod.container_names, tracker: sweep.tracker.mode },
+                )
             } else {
                 if pod.running {
                     without_namespace += 1;
@@ -261,6 +272,9 @@ impl Agent {
         self.metrics.namespaces.get_or_create(&kind("dumped")).inc_by(sweep.stats.dumped);
         self.metrics.namespaces.get_or_create(&kind("reused")).inc_by(sweep.stats.reused);
         self.metrics.namespaces.get_or_create(&kind("failed")).inc_by(sweep.stats.failed);
+        if let Some(counters) = &sweep.tracker_counters {
+            self.metrics.record_tracker_counters(counters);
+        }
         for error in &sweep.errors {
             self.metrics.scan_errors.get_or_create(&kind(error.category)).inc();
             tracing::warn!(inode = error.inode, pod_uid = ?error.label.pod_uid, category = error.category, "{}", error.message);

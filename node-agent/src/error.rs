@@ -8,6 +8,7 @@
 use std::io;
 
 use connhealth_scan::error::ScanError;
+use connhealth_scan::tracker::TrackerError;
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum Error {
     /// Writing the output failed.
     #[error("cannot write the output")]
     Output(#[source] io::Error),
+    /// `--tracker ebpf` was asked for and the tracker did not load.
+    #[error("the eBPF tracker did not load (--tracker ebpf); use --tracker auto to fall back to counters")]
+    Tracker(#[source] TrackerError),
     /// Some namespaces could not be scanned (the output lists them).
     #[error("{failed} of {total} namespaces could not be scanned")]
     Incomplete {
@@ -47,6 +51,7 @@ impl Error {
             Self::InvalidSetting(_) => "InvalidSetting",
             Self::Discovery(_) => "Discovery",
             Self::Output(_) => "Output",
+            Self::Tracker(_) => "Tracker",
             Self::Incomplete { .. } => "Incomplete",
             #[cfg(feature = "cluster")]
             Self::AsyncRuntime(_) => "AsyncRuntime",

@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use connhealth_scan::sockdiag::TcpState;
+use connhealth_scan::tracker::{TrackerCounters, TrackerStatus};
 
 /// A pod.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +50,15 @@ pub struct StateLabels {
 pub struct KindLabels {
     /// The kind (dumped/reused/failed; an error category; ...).
     pub kind: String,
+}
+
+/// How the agent detects changes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrackerLabels {
+    /// What runs: `ebpf` or `counters`.
+    pub mode: String,
+    /// What `--tracker` asked for: `off`, `auto` or `ebpf`.
+    pub requested: String,
 }
 
 /// Report writes by outcome and reason.
@@ -85,6 +95,10 @@ pub struct AgentMetrics {
     pub report_writes: Family<WriteLabels, Counter>,
     /// Running pods on this node whose network namespace was not found.
     pub pods_without_namespace: Gauge,
+    /// 1 for the change detection in use.
+    pub tracker: Family<TrackerLabels, Gauge>,
+    /// State changes the eBPF tracker found its tables full for, by table.
+    pub tracker_table_full: Family<KindLabels, Gauge>,
 }
 
 impl AgentMetrics {
@@ -107,6 +121,8 @@ impl AgentMetrics {
             scan_errors: Family::default(),
             report_writes: Family::default(),
             pods_without_namespace: Gauge::default(),
+            tracker: Family::default(),
+            tracker_table_full: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("connhealth_agent");
         r.register(
@@ -141,7 +157,7 @@ impl AgentMetrics {
         );
         r.register(
             "namespaces",
-            "Namespaces handled by sweeps: dumped, reused (gated: counters unchanged) or failed",
+            "Namespaces handled by sweeps: dumped, reused (gated: nothing changed) or failed",
             m.namespaces.clone(),
         );
         r.register("scan_errors", "Namespaces that could not be scanned, by error category", m.scan_errors.clone());
@@ -155,7 +171,38 @@ impl AgentMetrics {
             "Running pods on this node whose network namespace was not found in the last sweep",
             m.pods_without_namespace.clone(),
         );
+        r.register(
+            "tracker",
+            "1 for how the agent detects changes: mode ebpf (the eBPF tracker) or counters (the namespaces' counters; the log says why when ebpf was asked for)",
+            m.tracker.clone(),
+        );
+        r.register(
+            "tracker_table_full",
+            "TCP state changes that found one of the eBPF tracker's tables full since it started (namespaces: those namespaces are dumped; closeWait: those sockets are aged by a tcp_info lookup)",
+            m.tracker_table_full.clone(),
+        );
         m
+    }
+
+    /// Records how changes are detected (at start, and for a scanner started
+    /// afresh).
+    pub fn record_tracker(&self, status: &TrackerStatus) {
+        self.tracker.clear();
+        self.tracker
+            .get_or_create(&TrackerLabels {
+                mode: status.mode.as_str().to_owned(),
+                requested: status.requested.to_string(),
+            })
+            .set(1);
+    }
+
+    /// Records the tracker's own counters after a sweep.
+    pub fn record_tracker_counters(&self, counters: &TrackerCounters) {
+        let set = |kind: &str, n: u64| {
+            self.tracker_table_full.get_or_create(&KindLabels { kind: kind.to_owned() }).set(n as i64);
+        };
+        set("namespaces", counters.namespaces_full);
+        set("closeWait", counters.close_wait_full);
     }
 
     /// Whether `state` gets a series per pod.

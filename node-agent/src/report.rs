@@ -34,6 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use connhealth_scan::aggregate::StateCounts;
 use connhealth_scan::procfs::RlimitValue;
 use connhealth_scan::scan::NamespaceReport;
+use connhealth_scan::tracker::TrackerMode;
 
 /// Most first-seen groups in a report (the CRD's `maxItems`); the scanner
 /// is configured to group its first sightings into no more.
@@ -55,6 +56,8 @@ pub struct ReportContext<'a> {
     pub observed_at: SystemTime,
     /// Container ID → container name, from the pod's status.
     pub container_names: &'a HashMap<String, String>,
+    /// How the scanner detects changes.
+    pub tracker: TrackerMode,
 }
 
 fn states(s: &StateCounts) -> TcpStateCounts {
@@ -159,6 +162,7 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
             // Unknown (kernel < 6.1) means shared: older kernels have one table.
             shared_hash_table: ns.sysctls.shared_hash_table.unwrap_or(true),
         }),
+        tracker: Some(ctx.tracker.as_str().to_owned()),
         truncated: ns.summary.truncated.iter().map(|s| (*s).to_owned()).collect(),
         verdict: None,
     }

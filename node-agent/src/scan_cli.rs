@@ -128,7 +128,11 @@ pub fn run(args: &ScanArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
     if let Err(e) = connhealth_scan::sys::raise_nofile_limit(65536) {
         tracing::debug!(error = %e, "cannot raise RLIMIT_NOFILE");
     }
-    let mut scanner = Scanner::new(args.scan_config());
+    let mut scanner = Scanner::start(args.scan_config()).map_err(Error::Tracker)?;
+    if let Some(reason) = &scanner.tracker_status().fallback_reason {
+        writeln!(err, "connhealth-agent: eBPF tracker not loaded ({reason}); detecting changes with counters")
+            .map_err(Error::Output)?;
+    }
     let clear = args.watch.is_some() && args.output == Output::Table && io::stdout().is_terminal();
     let mut sweeps = 0u64;
     loop {

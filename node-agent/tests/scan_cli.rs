@@ -84,8 +84,10 @@ fn cli_json_contract_and_watch_ages() {
 }
 
 #[test]
-fn unprivileged_scan_names_the_missing_capability_in_one_line() {
-    if !can_run_privileged_test("unprivileged_scan_names_the_missing_capability_in_one_line") {
+fn unprivileged_scan_names_the_missing_capability_and_the_tracker_fallback_in_one_line_each() {
+    if !can_run_privileged_test(
+        "unprivileged_scan_names_the_missing_capability_and_the_tracker_fallback_in_one_line_each",
+    ) {
         return;
     }
     let ns = TestNetns::new("unpriv");
@@ -122,7 +124,46 @@ fn unprivileged_scan_names_the_missing_capability_in_one_line() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    // One line for the capabilities, one for the tracker's fallback.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[1].starts_with("connhealth-agent: eBPF tracker not loaded ("), "{stderr}");
+    assert!(lines[1].contains("CAP_BPF and CAP_PERFMON"), "{stderr}");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["namespaces"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["tracker"]["requested"], "auto");
+    assert_eq!(doc["tracker"]["mode"], "counters");
+    assert!(doc["tracker"]["fallbackReason"].as_str().unwrap().contains("Operation not permitted"), "{doc}");
+    assert_eq!(doc["trackerCounters"], serde_json::Value::Null);
+    assert_eq!(doc["namespaces"][0]["source"]["reason"], "firstSweep");
+
+    // `--tracker ebpf` makes the same failure an error, in one line.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_connhealth-agent"))
+        .args(["scan", "--tracker", "ebpf", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("connhealth-agent: the eBPF tracker did not load (--tracker ebpf)")
+            && last.contains("CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
+
+    // As root with every capability, `auto` runs it.
+    let out = Command::new(env!("CARGO_BIN_EXE_connhealth-agent"))
+        .args(["scan", "--output", "json", "--netns"])
+        .arg(&ns.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["tracker"]["mode"], "ebpf", "{}", doc["tracker"]);
+    assert_eq!(doc["tracker"]["fallbackReason"], serde_json::Value::Null);
 }

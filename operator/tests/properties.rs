@@ -262,6 +262,7 @@ fn arb_report(range: Range) -> impl Strategy<Value = ConnectionHealthStatus> {
             close_wait,
             port_pressure,
             sysctls,
+            tracker: None,
             truncated: Vec::new(),
             verdict: None,
         })

@@ -63,7 +63,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::gate::ListenPrint;
-use crate::sockdiag::{DiagMsg, SockId, TcpState};
+use crate::sockdiag::{DiagMsg, SockId, TIMER_TIME_WAIT, TcpState};
 use crate::sysctls::PortRange;
 
 /// The fields of one socket that aggregation uses.
@@ -82,6 +82,9 @@ pub struct Socket {
     pub inode: u32,
     /// inet_diag cookie.
     pub cookie: u64,
+    /// A time-wait socket (its state is its substate: TIME_WAIT, or
+    /// FIN_WAIT2 for an orphan that timed out of FIN_WAIT2).
+    pub time_wait_sock: bool,
 }
 
 impl Socket {
@@ -95,6 +98,7 @@ impl Socket {
             rqueue: msg.rqueue(),
             inode: msg.inode(),
             cookie: msg.cookie(),
+            time_wait_sock: msg.timer() == TIMER_TIME_WAIT,
         })
     }
 }
@@ -119,6 +123,9 @@ pub trait SocketView {
     fn cookie(&self) -> u64;
     /// The identity for an exact lookup.
     fn sock_id(&self) -> SockId;
+    /// A time-wait socket (`idiag_timer` says "timewait"), whatever its
+    /// substate.
+    fn is_time_wait_sock(&self) -> bool;
 }
 
 impl SocketView for Socket {
@@ -146,6 +153,9 @@ impl SocketView for Socket {
     fn sock_id(&self) -> SockId {
         SockId::new(self.local, self.remote, self.cookie)
     }
+    fn is_time_wait_sock(&self) -> bool {
+        self.time_wait_sock
+    }
 }
 
 impl SocketView for DiagMsg<'_> {
@@ -172,6 +182,9 @@ impl SocketView for DiagMsg<'_> {
     }
     fn sock_id(&self) -> SockId {
         DiagMsg::sock_id(self)
+    }
+    fn is_time_wait_sock(&self) -> bool {
+        self.timer() == TIMER_TIME_WAIT
     }
 }
 
@@ -524,6 +537,7 @@ impl NamespaceTracker {
             local_ports: Bounded::new(cfg.limits.max_distinct_keys),
             destinations: Bounded::new(cfg.limits.max_distinct_keys),
             listen: ListenPrint::default(),
+            saw_fin_wait2_time_wait: false,
         }
     }
 
@@ -660,6 +674,7 @@ pub struct DumpAggregator<'a> {
     local_ports: Bounded<u16, u64, FxBuild>,
     destinations: Bounded<SocketAddr, DestAcc, FxBuild>,
     listen: ListenPrint,
+    saw_fin_wait2_time_wait: bool,
 }
 
 impl DumpAggregator<'_> {
@@ -672,6 +687,7 @@ impl DumpAggregator<'_> {
         match state {
             TcpState::CloseWait => self.observe_close_wait(s),
             TcpState::Listen => self.listen.add(s.cookie()),
+            TcpState::FinWait2 if s.is_time_wait_sock() => self.saw_fin_wait2_time_wait = true,
             TcpState::TimeWait | TcpState::SynSent | TcpState::Established => {
                 if self.params.port_range.contains(s.local_port())
                     && let Some(d) = self.destinations.slot(canonical(s.remote()))
@@ -746,8 +762,22 @@ impl DumpAggregator<'_> {
     /// less one [`KERNEL_CLOCK_STEP`] so that an age is never overstated.
     pub fn entered_close_wait(&mut self, cookie: u64, measured_at: Instant, since_last_ack: Duration) {
         let age = since_last_ack.saturating_sub(KERNEL_CLOCK_STEP);
+        self.entered_close_wait_ago(cookie, measured_at, age);
+    }
+
+    /// The eBPF tracker's word on a fresh CLOSE_WAIT socket: at
+    /// `measured_at` it had been in CLOSE_WAIT for `age` (the time of its
+    /// state change, exact).
+    pub fn entered_close_wait_ago(&mut self, cookie: u64, measured_at: Instant, age: Duration) {
         let at = measured_at.checked_sub(age).unwrap_or(measured_at);
         self.cw_entered.insert(cookie, at);
+    }
+
+    /// Whether this dump has seen a time-wait socket in its FIN_WAIT2
+    /// substate so far (see [`crate::tracker`]: it turns into TIME_WAIT
+    /// without a state change the tracker could see).
+    pub fn saw_fin_wait2_time_wait(&self) -> bool {
+        self.saw_fin_wait2_time_wait
     }
 
     /// Whether this dump has seen a SYN_RECV socket so far.
@@ -780,6 +810,7 @@ impl DumpAggregator<'_> {
             local_ports,
             destinations,
             listen: _,
+            saw_fin_wait2_time_wait: _,
         } = self;
         let limits = cfg.limits;
 

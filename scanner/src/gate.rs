@@ -98,6 +98,11 @@
 //! argument as a whole is model-checked over every combination of up to three
 //! socket events per interval (`no_combination_of_up_to_three_events_is_missed`).
 //!
+//! With the eBPF tracker ([`crate::tracker`]), the counters of step 4 and
+//! the listener check of step 5 give way to the tracker's count of state
+//! changes and `sockstat`'s `tw` ([`decide_tracked`]; the argument is in
+//! the tracker's module docs): traffic alone no longer causes a dump.
+//!
 //! Cost in the steady state: three `pread`s per namespace and one LISTEN
 //! dump; namespaces with traffic are dumped anyway (their `InSegs` moves),
 //! which is the price of never missing a FIN.
@@ -178,6 +183,15 @@ impl CounterFiles {
     /// `/proc/<pid>/net`.
     pub fn open_dir(dir: &Path) -> Result<Self, ScanError> {
         Ok(Self { sockstat: open(dir, "sockstat")?, sockstat6: open(dir, "sockstat6").ok(), snmp: open(dir, "snmp")? })
+    }
+
+    /// Reads only `sockstat`'s `tw` (one `pread`): all the tracked rule
+    /// needs.
+    pub fn read_time_wait(&self, scratch: &mut Vec<u8>) -> Result<i64, ScanError> {
+        let mut c = Counters::default();
+        read_whole(&self.sockstat, scratch, "sockstat")?;
+        parse_sockstat(scratch, &mut c).ok_or_else(|| malformed("sockstat"))?;
+        Ok(c.time_wait)
     }
 
     /// Reads the current values; `scratch` is reused between calls.
@@ -332,6 +346,25 @@ pub struct GateMemory {
     pub dumped_at: Instant,
     /// The dump saw at least one SYN_RECV socket.
     pub saw_syn_recv: bool,
+    /// The dump saw a time-wait socket in its FIN_WAIT2 substate (used by
+    /// the tracked rule only).
+    pub saw_fin_wait2_time_wait: bool,
+    /// With the eBPF tracker: what it and `sockstat` said just before the
+    /// dump.
+    pub tracked: Option<Tracked>,
+}
+
+/// What the tracked rule ([`decide_tracked`]) compares: read just before
+/// a dump, and again each sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tracked {
+    /// The namespace's TCP state changes ([`crate::tracker::Tracker::changes`]).
+    pub changes: u64,
+    /// Its time-wait sockets (`sockstat` `tw`).
+    pub time_wait: i64,
+    /// How often the tracker's namespace table was found full (all
+    /// namespaces).
+    pub namespaces_full: u64,
 }
 
 /// Why a namespace is dumped this sweep.
@@ -352,6 +385,16 @@ pub enum DumpReason {
     ListenersChanged,
     /// The counters could not be read.
     CountersUnavailable,
+    /// The eBPF tracker saw a TCP state change in it.
+    StateChanged,
+    /// Its number of time-wait sockets changed (one expired, or appeared).
+    TimeWaitChanged,
+    /// A time-wait socket in its FIN_WAIT2 substate was seen last time (it
+    /// becomes TIME_WAIT without a state change the tracker sees).
+    FinWait2TimeWait,
+    /// The tracker's namespace table was full at some point: a change may
+    /// have gone uncounted.
+    TrackerTableFull,
 }
 
 /// The gate's decision for one namespace.
@@ -383,6 +426,44 @@ pub fn decide(cfg: &GateConfig, memory: Option<&GateMemory>, now_counters: Optio
     }
     if *now_counters != memory.counters {
         return Verdict::Dump(DumpReason::CountersChanged);
+    }
+    Verdict::Reuse
+}
+
+/// The rule with the eBPF tracker (see [`crate::tracker`]'s "How the
+/// scanner uses it"): `now_tracked` is `None` when it could not be read.
+pub fn decide_tracked(
+    cfg: &GateConfig,
+    memory: Option<&GateMemory>,
+    now_tracked: Option<&Tracked>,
+    now: Instant,
+) -> Verdict {
+    let Some(memory) = memory else {
+        return Verdict::Dump(DumpReason::FirstSweep);
+    };
+    if !cfg.enabled {
+        return Verdict::Dump(DumpReason::GateDisabled);
+    }
+    let (Some(now_tracked), Some(then)) = (now_tracked, memory.tracked.as_ref()) else {
+        return Verdict::Dump(DumpReason::CountersUnavailable);
+    };
+    if now.saturating_duration_since(memory.dumped_at) >= cfg.full_refresh {
+        return Verdict::Dump(DumpReason::FullRefresh);
+    }
+    if memory.saw_syn_recv {
+        return Verdict::Dump(DumpReason::SynRecv);
+    }
+    if memory.saw_fin_wait2_time_wait {
+        return Verdict::Dump(DumpReason::FinWait2TimeWait);
+    }
+    if now_tracked.namespaces_full != then.namespaces_full {
+        return Verdict::Dump(DumpReason::TrackerTableFull);
+    }
+    if now_tracked.changes != then.changes {
+        return Verdict::Dump(DumpReason::StateChanged);
+    }
+    if now_tracked.time_wait != then.time_wait {
+        return Verdict::Dump(DumpReason::TimeWaitChanged);
     }
     Verdict::Reuse
 }

@@ -17,7 +17,9 @@
 //! - [`scan`]: one sweep over all target namespaces with a per-namespace
 //!   cache, and the [`scan::SweepReport`] it returns (the JSON contract of
 //!   `connhealth-agent scan --output json`).
-//! - [`gate`]: O(1) counters deciding whether a namespace must be dumped.
+//! - [`gate`]: O(1) counters deciding whether a namespace must be dumped;
+//!   [`tracker`]: the eBPF program that tells it which namespaces changed
+//!   and when CLOSE_WAIT sockets entered CLOSE_WAIT.
 //! - [`sockdiag`]: the `sock_diag` request/reply codec, the dumper and the
 //!   table of TCP states.
 //! - [`aggregate`]: per-namespace figures from a stream of sockets,
@@ -44,3 +46,4 @@ pub mod sockdiag;
 pub mod sys;
 pub mod sysctls;
 pub mod testing;
+pub mod tracker;

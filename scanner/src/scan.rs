@@ -50,13 +50,14 @@ use crate::discovery::NamespaceInfo;
 use connhealth_runtime::error_chain;
 
 use crate::error::ScanError;
-use crate::gate::{self, CounterFiles, DumpReason, GateConfig, GateMemory, ListenPrint, Verdict};
+use crate::gate::{self, CounterFiles, DumpReason, GateConfig, GateMemory, ListenPrint, Tracked, Verdict};
 use crate::json;
 use crate::netns::{DiagSocket, NetnsHandle, NetnsId};
 use crate::owners::{self, Owners, OwnersOptions};
 use crate::procfs::ProcessInfo;
 use crate::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
 use crate::sysctls::{self, NetnsSysctls};
+use crate::tracker::{Tracker, TrackerChoice, TrackerCounters, TrackerError, TrackerMode, TrackerStatus};
 
 /// How a [`Scanner`] works.
 #[derive(Debug, Clone)]
@@ -72,6 +73,9 @@ pub struct ScanConfig {
     pub dump_mode: DumpMode,
     /// Where `/proc` is, for owner lookups.
     pub proc_root: PathBuf,
+    /// Whether to use the eBPF tracker ([`crate::tracker`]); off by
+    /// default for a library user, `auto` in the agent's commands.
+    pub tracker: TrackerChoice,
 }
 
 impl Default for ScanConfig {
@@ -82,6 +86,7 @@ impl Default for ScanConfig {
             owners_threshold: Some(10),
             dump_mode: DumpMode::Auto,
             proc_root: PathBuf::from("/proc"),
+            tracker: TrackerChoice::Off,
         }
     }
 }
@@ -241,6 +246,9 @@ pub struct SweepStats {
     pub age_lookups: u64,
     /// Of those, failed (the sockets keep the dump's time, a lower bound).
     pub age_lookup_failures: u64,
+    /// CLOSE_WAIT sockets seen for the first time that the eBPF tracker
+    /// saw enter CLOSE_WAIT (dated by it, without a lookup).
+    pub tracker_ages: u64,
     /// Wall-clock time of the sweep, microseconds.
     pub wall_micros: u64,
 }
@@ -261,6 +269,11 @@ pub struct SweepReport {
     /// The sock_diag request in use: `legacy` (one walk for both families)
     /// or `perFamily`.
     pub dump_mode: &'static str,
+    /// How changes are detected: the eBPF tracker or the counter gate, and
+    /// why not the tracker when it was asked for.
+    pub tracker: TrackerStatus,
+    /// The tracker's counters, when it runs.
+    pub tracker_counters: Option<TrackerCounters>,
     /// Every target scanned, in target order.
     pub namespaces: Vec<NamespaceReport>,
     /// Targets that failed.
@@ -328,10 +341,32 @@ fn open_target(target: &Target) -> Result<NetnsHandle, ScanError> {
     }))
 }
 
+/// What the tracked rule compares for one namespace, read before a dump;
+/// `None` (the namespace is dumped) when either source cannot be read.
+fn read_tracked(tracker: &Tracker, files: Option<&CounterFiles>, netns: u64, scratch: &mut Vec<u8>) -> Option<Tracked> {
+    let time_wait = match files?.read_time_wait(scratch) {
+        Ok(n) => n,
+        Err(error) => {
+            tracing::debug!(netns, error = %error_chain(&error), "sockstat unreadable");
+            return None;
+        }
+    };
+    let changes = match tracker.changes(netns) {
+        Ok(n) => n?,
+        Err(error) => {
+            tracing::debug!(netns, %error, "tracker map unreadable");
+            return None;
+        }
+    };
+    Some(Tracked { changes, time_wait, namespaces_full: tracker.counters().namespaces_full })
+}
+
 /// Scans namespaces, sweep after sweep, keeping one cached diag socket per
 /// live namespace.
 pub struct Scanner {
     cfg: ScanConfig,
+    tracker: Option<Tracker>,
+    tracker_status: TrackerStatus,
     dumper: Dumper,
     cache: HashMap<NetnsId, Cached>,
     scratch: Vec<u8>,
@@ -351,9 +386,32 @@ fn host_child_ehash_entries() -> Option<i64> {
 }
 
 impl Scanner {
-    /// A scanner with nothing cached.
+    /// A scanner with nothing cached. With [`ScanConfig::tracker`] `auto`
+    /// or `ebpf` it loads the eBPF tracker, and falls back to the counter
+    /// gate with one log line when that fails (see [`Scanner::start`] to
+    /// make `ebpf` an error).
     pub fn new(cfg: ScanConfig) -> Self {
+        let (tracker, fallback_reason) = match cfg.tracker {
+            TrackerChoice::Off => (None, None),
+            TrackerChoice::Auto | TrackerChoice::Ebpf => match Tracker::load() {
+                Ok(t) => (Some(t), None),
+                Err(e) => {
+                    tracing::warn!(
+                        reason = %e,
+                        "eBPF tracker not loaded; detecting changes with the namespaces' counters instead"
+                    );
+                    (None, Some(e.to_string()))
+                }
+            },
+        };
+        let tracker_status = TrackerStatus {
+            requested: cfg.tracker,
+            mode: if tracker.is_some() { TrackerMode::Ebpf } else { TrackerMode::Counters },
+            fallback_reason,
+        };
         Self {
+            tracker,
+            tracker_status,
             dumper: Dumper::new(cfg.dump_mode),
             cfg,
             cache: HashMap::new(),
@@ -363,9 +421,24 @@ impl Scanner {
         }
     }
 
+    /// Like [`Scanner::new`], but a tracker asked for as `ebpf` that does
+    /// not load is an error.
+    pub fn start(cfg: ScanConfig) -> Result<Self, TrackerError> {
+        let scanner = Self::new(cfg);
+        match (&scanner.tracker_status.requested, &scanner.tracker_status.fallback_reason) {
+            (TrackerChoice::Ebpf, Some(reason)) => Err(TrackerError::from_reason(reason)),
+            _ => Ok(scanner),
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ScanConfig {
         &self.cfg
+    }
+
+    /// Whether the eBPF tracker runs, and why not.
+    pub fn tracker_status(&self) -> &TrackerStatus {
+        &self.tracker_status
     }
 
     /// Namespaces currently cached (each holds a socket and pins its
@@ -430,6 +503,10 @@ impl Scanner {
             }
         }
         gone.sort_by_key(|g| g.inode);
+        if let Some(tracker) = &mut self.tracker {
+            let live: HashSet<u64> = self.cache.keys().map(|id| id.ino).collect();
+            tracker.forget_except(&live);
+        }
 
         stats.wall_micros = started.elapsed().as_micros() as u64;
         SweepReport {
@@ -440,6 +517,8 @@ impl Scanner {
                 DumpMode::PerFamily => "perFamily",
                 _ => "legacy",
             },
+            tracker: self.tracker_status.clone(),
+            tracker_counters: self.tracker.as_ref().map(Tracker::counters),
             namespaces,
             errors,
             gone,
@@ -454,7 +533,7 @@ impl Scanner {
         wall_now: SystemTime,
         stats: &mut SweepStats,
     ) -> Result<NamespaceReport, ScanError> {
-        let Self { cfg, dumper, cache, scratch, .. } = self;
+        let Self { cfg, dumper, cache, scratch, tracker, .. } = self;
 
         let c = match cache.entry(target.id) {
             Entry::Occupied(e) => e.into_mut(),
@@ -485,17 +564,28 @@ impl Scanner {
             c.sysctls = entered.sysctls;
         }
 
-        // Gate, steps 1-4: counters read *before* any dump.
-        let counters = c.counters.as_ref().and_then(|f| match f.read(scratch) {
-            Ok(v) => Some(v),
-            Err(error) => {
-                tracing::debug!(netns = %target.id, error = %error_chain(&error), "counters unreadable");
-                None
+        // The gate: counters (or the tracker's figures) read *before* any
+        // dump.
+        let (counters, tracked, mut verdict) = match tracker.as_ref() {
+            None => {
+                let counters = c.counters.as_ref().and_then(|f| match f.read(scratch) {
+                    Ok(v) => Some(v),
+                    Err(error) => {
+                        tracing::debug!(netns = %target.id, error = %error_chain(&error), "counters unreadable");
+                        None
+                    }
+                });
+                let verdict = gate::decide(&cfg.gate, c.gate.as_ref(), counters.as_ref(), now);
+                (counters, None, verdict)
             }
-        });
-        let mut verdict = gate::decide(&cfg.gate, c.gate.as_ref(), counters.as_ref(), now);
+            Some(t) => {
+                let tracked = read_tracked(t, c.counters.as_ref(), target.id.ino, scratch);
+                let verdict = gate::decide_tracked(&cfg.gate, c.gate.as_ref(), tracked.as_ref(), now);
+                (None, tracked, verdict)
+            }
+        };
         let socket = c.socket.as_ref().expect("set above");
-        if let (Verdict::Reuse, Some(memory)) = (verdict, c.gate.as_ref()) {
+        if let (Verdict::Reuse, Some(memory), None) = (verdict, c.gate.as_ref(), tracker.as_ref()) {
             // Step 5: the listener set, from the small listener table.
             let mut listen = ListenPrint::default();
             let res = dumper.dump(socket, StateSet::of(&[TcpState::Listen]), |m| listen.add(m.cookie()));
@@ -530,8 +620,18 @@ impl Scanner {
                     }
                 };
                 stats.sockets_parsed += dumped.sockets;
-                // Kernel ages for the CLOSE_WAIT sockets not seen before.
+                // Kernel ages for the CLOSE_WAIT sockets not seen before:
+                // the tracker's time of the change when it saw it, else the
+                // socket's tcp_info.
                 for (cookie, id) in agg.take_fresh_close_wait() {
+                    if let Some(age) = tracker.as_ref().and_then(|t| t.close_wait_age(target.id.ino, &id)) {
+                        stats.tracker_ages += 1;
+                        agg.entered_close_wait_ago(cookie, Instant::now(), age);
+                        continue;
+                    }
+                    if reset_socket {
+                        continue;
+                    }
                     stats.age_lookups += 1;
                     match dumper.since_last_ack(socket, &id) {
                         Ok(Some(since)) => agg.entered_close_wait(cookie, Instant::now(), since),
@@ -544,15 +644,21 @@ impl Scanner {
                             tracing::debug!(netns = %target.id, error = %error_chain(&error), "CLOSE_WAIT age lookup failed");
                             stats.age_lookup_failures += 1;
                             reset_socket = true;
-                            break;
                         }
                     }
                 }
                 let listen = agg.listen_print();
                 let saw_syn_recv = agg.saw_syn_recv();
+                let saw_fin_wait2_time_wait = agg.saw_fin_wait2_time_wait();
                 let summary = agg.finish();
-                c.gate =
-                    Some(GateMemory { counters: counters.unwrap_or_default(), listen, dumped_at: now, saw_syn_recv });
+                c.gate = Some(GateMemory {
+                    counters: counters.unwrap_or_default(),
+                    listen,
+                    dumped_at: now,
+                    saw_syn_recv,
+                    saw_fin_wait2_time_wait,
+                    tracked,
+                });
                 // The CLOSE_WAIT set may have changed: owners are stale.
                 c.owners = None;
                 (summary, Source::Dump(reason))

@@ -79,6 +79,8 @@ pub const INET_DIAG_REQ_LEN: usize = 60;
 pub const INET_DIAG_REQ_V2_LEN: usize = 56;
 /// `sizeof(struct inet_diag_msg)`: the fixed part of every reply.
 pub const INET_DIAG_MSG_LEN: usize = 72;
+/// `idiag_timer` of a time-wait socket (`inet_diag`'s "timewait" timer).
+pub const TIMER_TIME_WAIT: u8 = 3;
 const INET_DIAG_NOCOOKIE: u32 = !0;
 /// `INET_DIAG_INFO`: the `struct tcp_info` attribute of a reply.
 const INET_DIAG_INFO: u16 = 2;
@@ -282,6 +284,17 @@ impl SockId {
     pub fn family(&self) -> u8 {
         self.family
     }
+
+    /// Local and remote port (host order) and address bytes as the kernel
+    /// keeps them (IPv4 in the first 4 bytes, the rest zero): the key the
+    /// eBPF tracker files a CLOSE_WAIT socket under.
+    pub fn endpoints(&self) -> (u16, u16, [u8; 16], [u8; 16]) {
+        let local_port = u16::from_be_bytes([self.raw[0], self.raw[1]]);
+        let remote_port = u16::from_be_bytes([self.raw[2], self.raw[3]]);
+        let local: [u8; 16] = self.raw[4..20].try_into().expect("16 bytes");
+        let remote: [u8; 16] = self.raw[20..36].try_into().expect("16 bytes");
+        (local_port, remote_port, local, remote)
+    }
 }
 
 fn put_nlmsghdr(out: &mut Vec<u8>, len: usize, ty: u16, seq: u32) {
@@ -413,6 +426,13 @@ impl<'a> DiagMsg<'a> {
     /// `idiag_state`, raw (1..=11; 12 for a request socket).
     pub fn raw_state(&self) -> u8 {
         self.0[1]
+    }
+
+    /// `idiag_timer`: which timer runs; [`TIMER_TIME_WAIT`] for a
+    /// time-wait socket (whose `idiag_state` is its substate, TIME_WAIT or
+    /// FIN_WAIT2).
+    pub fn timer(&self) -> u8 {
+        self.0[2]
     }
 
     /// `idiag_state` as a [`TcpState`].

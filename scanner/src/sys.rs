@@ -5,7 +5,9 @@
 //! the calling thread), `socket`/`send`/`recv` on a `NETLINK_SOCK_DIAG`
 //! socket, `capget`/`capset` (to create that socket without
 //! `CAP_NET_ADMIN`), `getrusage` and `getrlimit`/`setrlimit` for
-//! `RLIMIT_NOFILE`. Everything here returns [`io::Result`]; what a failure
+//! `RLIMIT_NOFILE`, `clock_gettime(CLOCK_MONOTONIC)` (the clock of the eBPF
+//! tracker's timestamps), and the promise to aya that the tracker's map key
+//! is plain data. Everything here returns [`io::Result`]; what a failure
 //! means to a scan is decided by the callers ([`crate::netns`],
 //! [`crate::scan`]).
 #![allow(unsafe_code)]
@@ -199,9 +201,31 @@ pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
     Ok(new.rlim_cur)
 }
 
+/// `CLOCK_MONOTONIC` now: the clock of `bpf_ktime_get_ns()` (and of
+/// [`std::time::Instant`] on Linux), as a duration since boot.
+pub(crate) fn monotonic_now() -> io::Result<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+// SAFETY: aya copies map keys to and from the kernel as raw bytes, so a key
+// type must have no padding and accept every bit pattern. `CloseWaitKey` is
+// `repr(C)` with fields u32, 4 × u16 and 2 × [u8; 16] (44 bytes, each field
+// at its natural alignment, no padding), all of them integers.
+unsafe impl aya::Pod for crate::tracker::CloseWaitKey {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_wait_key_has_the_bpf_programs_size() {
+        assert_eq!(std::mem::size_of::<crate::tracker::CloseWaitKey>(), 44);
+    }
 
     #[test]
     fn resource_usage_reports_something() {

@@ -11,6 +11,7 @@ fn sock(state: TcpState, local: &str, remote: &str, cookie: u64) -> Socket {
         rqueue: 0,
         inode: cookie as u32 + 1000,
         cookie,
+        time_wait_sock: state == TcpState::TimeWait,
     }
 }
 
@@ -243,6 +244,27 @@ fn listeners_and_syn_recv_are_noted_for_the_gate() {
     agg.observe(&sock(TcpState::SynRecv, "10.0.0.1:80", "10.0.0.2:4000", 11));
     assert!(agg.saw_syn_recv());
     assert_eq!(agg.listen_print(), ListenPrint { count: 2, cookie_sum: 16 });
+    // A full socket in FIN_WAIT2 is not what the tracked gate watches for;
+    // a time-wait socket in its FIN_WAIT2 substate is.
+    assert!(!agg.saw_fin_wait2_time_wait());
+    agg.observe(&sock(TcpState::FinWait2, "10.0.0.1:80", "10.0.0.2:4001", 12));
+    assert!(!agg.saw_fin_wait2_time_wait());
+    agg.observe(&Socket { time_wait_sock: true, ..sock(TcpState::FinWait2, "10.0.0.1:80", "10.0.0.2:4002", 13) });
+    assert!(agg.saw_fin_wait2_time_wait());
+}
+
+#[test]
+fn a_tracker_date_is_taken_as_it_is() {
+    let cfg = AggregateConfig::default();
+    let t0 = Instant::now() + Duration::from_secs(1000);
+    let mut t = NamespaceTracker::new();
+    let mut agg = t.begin(&cfg, params(), t0);
+    agg.observe(&cw("10.0.0.1:8080", "10.0.0.9:1", 1));
+    agg.take_fresh_close_wait();
+    // Exact: no clock step taken off, unlike a tcp_info age.
+    agg.entered_close_wait_ago(1, t0 + Duration::from_millis(20), Duration::from_secs(30));
+    agg.finish();
+    assert_eq!(t.first_seen_groups(), [(t0 + Duration::from_millis(20) - Duration::from_secs(30), 1)]);
 }
 
 #[test]

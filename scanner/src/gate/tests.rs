@@ -92,7 +92,14 @@ fn read_whole_handles_files_larger_than_the_buffer() {
 }
 
 fn memory(counters: Counters, at: Instant) -> GateMemory {
-    GateMemory { counters, listen: ListenPrint::default(), dumped_at: at, saw_syn_recv: false }
+    GateMemory {
+        counters,
+        listen: ListenPrint::default(),
+        dumped_at: at,
+        saw_syn_recv: false,
+        saw_fin_wait2_time_wait: false,
+        tracked: None,
+    }
 }
 
 #[test]
@@ -144,6 +151,43 @@ fn decision_rule() {
     before.add(41);
     let m2 = GateMemory { listen: before, ..m };
     assert_eq!(confirm_listeners(&m2, &l), Verdict::Dump(DumpReason::ListenersChanged));
+}
+
+#[test]
+fn tracked_decision_rule() {
+    let cfg = GateConfig::default();
+    let t0 = Instant::now();
+    let then = Tracked { changes: 7, time_wait: 3, namespaces_full: 0 };
+    let m = GateMemory { tracked: Some(then), ..memory(Counters::default(), t0) };
+    let later = t0 + Duration::from_secs(10);
+    let decide = |m: Option<&GateMemory>, now: Option<&Tracked>, at| decide_tracked(&cfg, m, now, at);
+
+    assert_eq!(decide(None, Some(&then), t0), Verdict::Dump(DumpReason::FirstSweep));
+    assert_eq!(decide(Some(&m), Some(&then), later), Verdict::Reuse);
+    let off = GateConfig { enabled: false, ..cfg };
+    assert_eq!(decide_tracked(&off, Some(&m), Some(&then), later), Verdict::Dump(DumpReason::GateDisabled));
+    assert_eq!(decide(Some(&m), None, later), Verdict::Dump(DumpReason::CountersUnavailable));
+    let untracked = GateMemory { tracked: None, ..m };
+    assert_eq!(decide(Some(&untracked), Some(&then), later), Verdict::Dump(DumpReason::CountersUnavailable));
+    assert_eq!(decide(Some(&m), Some(&then), t0 + cfg.full_refresh), Verdict::Dump(DumpReason::FullRefresh));
+    let syn = GateMemory { saw_syn_recv: true, ..m };
+    assert_eq!(decide(Some(&syn), Some(&then), later), Verdict::Dump(DumpReason::SynRecv));
+    let fw2 = GateMemory { saw_fin_wait2_time_wait: true, ..m };
+    assert_eq!(decide(Some(&fw2), Some(&then), later), Verdict::Dump(DumpReason::FinWait2TimeWait));
+
+    let moved = |f: fn(&mut Tracked)| {
+        let mut now = then;
+        f(&mut now);
+        decide(Some(&m), Some(&now), later)
+    };
+    assert_eq!(moved(|t| t.changes += 1), Verdict::Dump(DumpReason::StateChanged));
+    assert_eq!(moved(|t| t.time_wait -= 1), Verdict::Dump(DumpReason::TimeWaitChanged));
+    assert_eq!(moved(|t| t.time_wait += 1), Verdict::Dump(DumpReason::TimeWaitChanged));
+    assert_eq!(moved(|t| t.namespaces_full += 1), Verdict::Dump(DumpReason::TrackerTableFull));
+    // The counters of the untracked rule play no part: traffic is no
+    // change.
+    let busy = GateMemory { counters: Counters { tcp: TcpMib { in_segs: 1, ..TcpMib::default() }, ..m.counters }, ..m };
+    assert_eq!(decide(Some(&busy), Some(&then), later), Verdict::Reuse);
 }
 
 /// The leak itself: ESTABLISHED → CLOSE_WAIT moves neither `CurrEstab`
@@ -314,7 +358,14 @@ fn no_combination_of_up_to_three_events_is_missed() {
                 for e in &combo {
                     (e.apply)(&mut counters, &mut listen);
                 }
-                let mem = GateMemory { counters: base, listen: base_listen, dumped_at: t0, saw_syn_recv: syn };
+                let mem = GateMemory {
+                    counters: base,
+                    listen: base_listen,
+                    dumped_at: t0,
+                    saw_syn_recv: syn,
+                    saw_fin_wait2_time_wait: false,
+                    tracked: None,
+                };
                 let mut verdict = decide(&cfg, Some(&mem), Some(&counters), later);
                 if verdict == Verdict::Reuse {
                     verdict = confirm_listeners(&mem, &listen);

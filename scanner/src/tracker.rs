@@ -1,0 +1,342 @@
+//! The eBPF state tracker: the kernel tells the scanner which namespaces'
+//! sockets changed and when each CLOSE_WAIT socket entered CLOSE_WAIT,
+//! so a busy node pays for state changes, not for traffic.
+//!
+//! # What runs in the kernel
+//!
+//! One program (`bpf/tracker.bpf.c`, built by `build.rs` with clang) on
+//! the raw tracepoint `sock:inet_sock_set_state`, which fires on every TCP
+//! state change of every namespace. It keeps:
+//!
+//! - `NETNS_CHANGES`: per namespace (its inode number), the number of TCP
+//!   state changes, per CPU (summed here); at most
+//!   [`MAX_NAMESPACES`] namespaces, a namespace that finds it full is
+//!   counted in [`TrackerCounters::namespaces_full`];
+//! - `CLOSE_WAIT`: per CLOSE_WAIT socket, keyed by namespace and 4-tuple
+//!   (what a dump shows), the `CLOCK_MONOTONIC` time it entered
+//!   CLOSE_WAIT; removed when it leaves. At most [`MAX_CLOSE_WAIT`]; a
+//!   socket that finds it full is counted and aged by the `tcp_info`
+//!   lookup instead ([`crate::aggregate`]'s "Ages"), so the cap costs a
+//!   lookup, never a wrong age.
+//!
+//! A raw tracepoint attaches by name, so no tracefs mount is needed; the
+//! socket's fields are CO-RE reads relocated against the kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`) at load time. Cost: about 0.2 µs per state
+//! change (measured with `kernel.bpf_stats_enabled`, BENCHMARKS.md).
+//!
+//! # How the scanner uses it (the tracked gate)
+//!
+//! The tracker replaces the counter rule of [`crate::gate`] (whose
+//! `InSegs` moves with every segment of a namespace with traffic, so a
+//! busy namespace is dumped every sweep). With the tracker, a namespace
+//! reuses its last dump unless ([`crate::gate::decide_tracked`]):
+//!
+//! 1. it was never dumped (every dump is taken after the program was
+//!    attached, so the change count read just before it is its baseline),
+//!    the gate is off, or its counters cannot be read;
+//! 2. its last dump is older than the full-refresh period (the safety net);
+//! 3. its last dump saw a SYN_RECV socket, or a time-wait socket in its
+//!    FIN_WAIT2 substate (see below);
+//! 4. its change count differs from the one read just before its last dump;
+//! 5. its `tw` count (`sockstat`) differs from the one read then;
+//! 6. the tracker's namespace table was full at some point since then.
+//!
+//! Why this keeps the counts equal to a dump's (`ss`): a socket appears in
+//! a dump, leaves it or changes its state only through `tcp_set_state`,
+//! which fires the tracepoint (connect: CLOSE → SYN_SENT; listen: CLOSE →
+//! LISTEN; a connection accepted: the child's LISTEN → SYN_RECV; every
+//! later state; every end: → CLOSE), with four exceptions the kernel makes:
+//!
+//! - **time-wait sockets** replace a full socket that went to CLOSE (seen)
+//!   and expire silently: `tw` drops (rule 5);
+//! - **an orphaned FIN_WAIT2 socket** becomes a time-wait socket in the
+//!   FIN_WAIT2 substate (`ss` shows FIN-WAIT-2) through a seen change, and
+//!   turns into TIME_WAIT when the peer's FIN arrives, which moves neither
+//!   the tracepoint nor `tw`: a namespace whose last dump saw one is dumped
+//!   every sweep until none is left (at most 60 s, `TCP_TIMEWAIT_LEN`);
+//! - **request sockets** (SYN_RECV of a handshake in progress) are created
+//!   and expire without a state change: a namespace whose last dump saw one
+//!   is dumped every sweep; one created since is seen when its handshake
+//!   completes (a change), or at the full refresh if it never does (a SYN
+//!   flood, unanswered SYN-ACKs). This is the one figure the tracked gate
+//!   can lag on, by at most the full-refresh period; no verdict uses it.
+//! - **queue sizes** change without a state change; only CLOSE_WAIT
+//!   sockets' Recv-Q is reported, and it can only shrink (no data follows a
+//!   FIN), as with the counter gate.
+//!
+//! The change count of a namespace only grows (per-CPU counters, summed),
+//! so two reads that agree mean no change happened between them. A
+//! namespace missing from the table (never changed since the program was
+//! attached, or the table was full) reads 0; rule 6 catches the latter.
+//! Namespace inode numbers are reused by the kernel: the scanner drops the
+//! entries of namespaces it no longer scans ([`Tracker::forget_except`]),
+//! and a new namespace under an old number is a new cache entry whose
+//! first dump takes a new baseline.
+//!
+//! # Fallback
+//!
+//! Loading needs `CAP_BPF` and `CAP_PERFMON` (or `CAP_SYS_ADMIN`, which
+//! the agent has anyway to enter namespaces), a kernel with BTF and raw
+//! tracepoints, and no seccomp profile denying `bpf()`. When any is
+//! missing, [`TrackerChoice::Auto`] falls back to the counter gate with
+//! one log line saying why, and [`TrackerStatus`] says so in the sweep's
+//! JSON, the agent's metrics and its reports; [`TrackerChoice::Ebpf`] makes
+//! it an error instead.
+//!
+//! # Why aya, and why 0.14.0
+//!
+//! aya loads the clang-built object itself (ELF parsing, CO-RE relocation
+//! against the kernel's BTF, map creation, verifier log) in Rust: no C
+//! library at build or run time, no bpf-linker, 25 crates. libbpf-rs
+//! (libbpf-cargo skeletons) was the alternative: it loads faster and with
+//! less memory (3 MB against aya's 21 MB peak, which parses the kernel's
+//! BTF in userspace), but builds libbpf's C sources and links libelf and
+//! zlib. aya 0.15 and later need a newer Rust than this workspace's (1.95
+//! here; they declare 1.98), hence `=0.14.0`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::programs::RawTracePoint;
+use aya::{Ebpf, include_bytes_aligned};
+use serde::Serialize;
+
+use crate::sockdiag::SockId;
+use crate::sys;
+
+/// The object `build.rs` compiled from `bpf/tracker.bpf.c`.
+static TRACKER_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracker.bpf.o"));
+
+/// The kernel's BTF, without which the program's CO-RE reads cannot be
+/// relocated.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// `NETNS_CHANGES`' capacity (as in `bpf/tracker.bpf.c`).
+pub const MAX_NAMESPACES: u32 = 8192;
+/// `CLOSE_WAIT`'s capacity (as in `bpf/tracker.bpf.c`).
+pub const MAX_CLOSE_WAIT: u32 = 16384;
+
+/// Whether to use the tracker (`--tracker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TrackerChoice {
+    /// Never: the counter gate.
+    #[default]
+    Off,
+    /// When it loads; otherwise the counter gate, with the reason.
+    Auto,
+    /// Always: failing to load it is an error.
+    Ebpf,
+}
+
+impl FromStr for TrackerChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "auto" => Ok(Self::Auto),
+            "ebpf" => Ok(Self::Ebpf),
+            other => Err(format!("unknown tracker `{other}`; expected off, auto or ebpf")),
+        }
+    }
+}
+
+impl fmt::Display for TrackerChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Auto => "auto",
+            Self::Ebpf => "ebpf",
+        })
+    }
+}
+
+/// How a scanner learns what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TrackerMode {
+    /// The eBPF tracker: state changes from the kernel.
+    Ebpf,
+    /// The counter gate of [`crate::gate`] (`sockstat`, `snmp`).
+    Counters,
+}
+
+impl TrackerMode {
+    /// The name used in JSON, metrics and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ebpf => "ebpf",
+            Self::Counters => "counters",
+        }
+    }
+}
+
+/// What was asked for, what runs, and why it differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackerStatus {
+    /// `--tracker`.
+    pub requested: TrackerChoice,
+    /// What runs.
+    pub mode: TrackerMode,
+    /// Why the tracker is not running although it was asked for, in one
+    /// line.
+    pub fallback_reason: Option<String>,
+}
+
+/// The tracker's own counters (summed over CPUs, since it was loaded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackerCounters {
+    /// TCP state changes seen, all namespaces.
+    pub changes: u64,
+    /// Changes of a namespace that found the namespace table full.
+    pub namespaces_full: u64,
+    /// Sockets entering CLOSE_WAIT that found the CLOSE_WAIT table full.
+    pub close_wait_full: u64,
+}
+
+/// Why the tracker could not be loaded, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TrackerError(String);
+
+impl TrackerError {
+    /// An error from its one-line reason (as in [`TrackerStatus`]).
+    pub fn from_reason(reason: &str) -> Self {
+        Self(reason.to_owned())
+    }
+
+    fn at(stage: &str, error: &(dyn std::error::Error + 'static)) -> Self {
+        // The whole error (with the verifier's log) for who asks for it.
+        tracing::debug!(stage, %error, "eBPF tracker error in full");
+        // The deepest OS error says most; aya's own messages carry the
+        // whole verifier log, which does not fit one line.
+        let mut os = None;
+        let mut cur = Some(error);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                os = Some(io);
+            }
+            cur = e.source();
+        }
+        let detail = match os {
+            Some(io) if io.raw_os_error() == Some(libc::EPERM) => format!(
+                "{io}: the process needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and its seccomp profile must allow bpf()"
+            ),
+            Some(io) => io.to_string(),
+            None => error.to_string().lines().next().unwrap_or_default().to_owned(),
+        };
+        Self(format!("{stage}: {detail}"))
+    }
+}
+
+/// The loaded, attached tracker. Dropping it detaches the program and
+/// frees its maps.
+pub struct Tracker {
+    /// Owns the program and its link; kept alive while attached.
+    _ebpf: Ebpf,
+    changes: PerCpuHashMap<MapData, u32, u64>,
+    close_wait: BpfHashMap<MapData, CloseWaitKey, u64>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker").finish_non_exhaustive()
+    }
+}
+
+/// `struct close_wait_key` of `bpf/tracker.bpf.c`: 44 bytes, no padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct CloseWaitKey {
+    netns: u32,
+    family: u16,
+    local_port: u16,
+    remote_port: u16,
+    zero: u16,
+    local: [u8; 16],
+    remote: [u8; 16],
+}
+
+impl CloseWaitKey {
+    fn new(netns: u32, id: &SockId) -> Self {
+        let (local_port, remote_port, local, remote) = id.endpoints();
+        Self { netns, family: u16::from(id.family()), local_port, remote_port, zero: 0, local, remote }
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, TrackerError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| TrackerError(format!("the tracker object has no map {name}")))?;
+    T::try_from(map).map_err(|e| TrackerError::at(&format!("opening map {name}"), &e))
+}
+
+impl Tracker {
+    /// Loads the program and attaches it. One line says why it failed.
+    pub fn load() -> Result<Self, TrackerError> {
+        if !Path::new(KERNEL_BTF).exists() {
+            return Err(TrackerError(format!("the kernel has no BTF ({KERNEL_BTF} is missing)")));
+        }
+        let mut ebpf = Ebpf::load(TRACKER_OBJECT).map_err(|e| TrackerError::at("creating its maps", &e))?;
+        let program: &mut RawTracePoint = ebpf
+            .program_mut("on_inet_sock_set_state")
+            .ok_or_else(|| TrackerError("the tracker object has no program".to_owned()))?
+            .try_into()
+            .map_err(|e| TrackerError::at("loading the program", &e))?;
+        program.load().map_err(|e| TrackerError::at("loading the program", &e))?;
+        program.attach("inet_sock_set_state").map_err(|e| TrackerError::at("attaching to inet_sock_set_state", &e))?;
+        Ok(Self {
+            changes: take(&mut ebpf, "NETNS_CHANGES")?,
+            close_wait: take(&mut ebpf, "CLOSE_WAIT")?,
+            stats: take(&mut ebpf, "STATS")?,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The number of TCP state changes in the namespace with inode
+    /// `netns` since the program was attached (0 if none, or if it has no
+    /// entry: see the module docs). `None` when the inode number does not
+    /// fit the kernel's 32 bits (not a namespace the tracker can see).
+    pub fn changes(&self, netns: u64) -> Result<Option<u64>, io::Error> {
+        let Ok(key) = u32::try_from(netns) else { return Ok(None) };
+        match self.changes.get(&key, 0) {
+            Ok(per_cpu) => Ok(Some(per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n)))),
+            Err(MapError::KeyNotFound) => Ok(Some(0)),
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+
+    /// How long ago the socket `id` of namespace `netns` entered
+    /// CLOSE_WAIT, if the tracker saw it happen.
+    pub fn close_wait_age(&self, netns: u64, id: &SockId) -> Option<Duration> {
+        let key = CloseWaitKey::new(u32::try_from(netns).ok()?, id);
+        let entered = self.close_wait.get(&key, 0).ok()?;
+        let now = sys::monotonic_now().ok()?;
+        Some(now.saturating_sub(Duration::from_nanos(entered)))
+    }
+
+    /// The tracker's counters.
+    pub fn counters(&self) -> TrackerCounters {
+        let stat = |i: u32| self.stats.get(&i, 0).map_or(0, |v| v.iter().fold(0u64, |s, n| s.wrapping_add(*n)));
+        TrackerCounters { changes: stat(0), namespaces_full: stat(1), close_wait_full: stat(2) }
+    }
+
+    /// Drops the change counts of namespaces not in `live` (gone ones, and
+    /// ones not scanned), so the table holds only what is scanned and a
+    /// reused inode number starts from a fresh entry. Returns how many
+    /// were dropped.
+    pub fn forget_except(&mut self, live: &HashSet<u64>) -> usize {
+        let stale: Vec<u32> =
+            self.changes.keys().filter_map(Result::ok).filter(|k| !live.contains(&u64::from(*k))).collect();
+        stale.iter().filter(|k| self.changes.remove(k).is_ok()).count()
+    }
+}
