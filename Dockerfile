@@ -20,6 +20,10 @@
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
+# clang and libbpf's headers build the eBPF tracker (scanner/build.rs).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends clang libbpf-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

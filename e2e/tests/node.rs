@@ -297,6 +297,10 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     .await;
     assert_eq!(report["spec"]["nodeName"], NODE);
     assert_eq!(report["spec"]["podUID"], server_uid.as_str());
+    // The DaemonSet (containerd's default seccomp profile, the chart's
+    // capabilities) runs the eBPF tracker: the chart's `agent.tracker: auto`
+    // did not have to fall back.
+    assert_eq!(report["status"]["tracker"], "ebpf", "the agent's change detection: {}", report["status"]);
     assert_eq!(ss_close_wait(pid), CONNECTIONS, "ss in the server's sandbox");
     let owner = &report["status"]["closeWait"]["owners"][0];
     assert_eq!(owner["command"], "connhealth-demo", "owner: {owner}");

@@ -430,6 +430,11 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     assert_eq!(ss, 12);
     assert_eq!(row.get("POLICY").map(String::as_str), Some(policy), "{row:?}");
     assert_eq!(row.get("NODE").map(String::as_str), Some(node.as_str()), "{row:?}");
+    // With exactly the chart's capabilities and settings, the agent ran the
+    // eBPF tracker (the chart's default `agent.tracker: auto`).
+    let tracker =
+        cluster.kubectl_ok(&["get", "ch", "leaky", "-n", &shop.name, "-o", "jsonpath={.status.tracker}"]).unwrap();
+    assert_eq!(tracker, "ebpf");
     // The owner is found: the agent read the other user's /proc/<pid>/fd.
     assert_eq!(row.get("OWNER").map(String::as_str), Some("connhealth-demo"), "{row:?}");
     let owner_pid = cluster
@@ -561,8 +566,16 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
 
 /// What one `connhealth-agent scan` run under `setpriv` saw of `pod`'s
 /// namespace: the pod UID it read from the namespace's processes' cgroups,
-/// and the pid and socket count of the CLOSE_WAIT owner it found.
-fn scan_pod_as_seen_with(caps: &[&str], pod: &FakePod) -> (Option<String>, Option<(i64, i64)>, String) {
+/// the pid and socket count of the CLOSE_WAIT owner it found, and how it
+/// detected changes (`tracker`: mode and fallback reason).
+struct SeenWith {
+    pod_uid: Option<String>,
+    owner: Option<(i64, i64)>,
+    tracker: Value,
+    detail: String,
+}
+
+fn scan_pod_as_seen_with(caps: &[&str], pod: &FakePod) -> SeenWith {
     let wrapper = setpriv_with_capabilities(caps);
     let out = std::process::Command::new(&wrapper[0])
         .args(&wrapper[1..])
@@ -584,7 +597,7 @@ fn scan_pod_as_seen_with(caps: &[&str], pod: &FakePod) -> (Option<String>, Optio
     let pod_uid = ns["podUid"].as_str().map(str::to_owned);
     let owner =
         ns["owners"]["owners"][0].as_object().map(|o| (o["pid"].as_i64().unwrap(), o["held"].as_i64().unwrap()));
-    (pod_uid, owner, format!("{}\n{stderr}", ns["owners"]))
+    SeenWith { pod_uid, owner, tracker: sweep["tracker"].clone(), detail: format!("{}\n{stderr}", ns["owners"]) }
 }
 
 /// The agent's capabilities are not only enough (the scenario) but each
@@ -623,17 +636,30 @@ async fn each_capability_the_chart_adds_to_the_agent_is_needed() {
     pod.spawn_as(WORKLOAD_UID, &["connect", "--to", "127.0.0.1:8080", "--count", "12", "--interval-ms", "20"]);
     until(WAIT, "12 CLOSE_WAIT sockets", || pod.ss_count("close-wait") == 12).await;
 
-    let (uid, owner, detail) = scan_pod_as_seen_with(&caps, &pod);
-    assert_eq!(uid.as_deref(), Some(pod.uid.as_str()), "with {caps:?}: {detail}");
-    assert_eq!(owner, Some((i64::from(server), 12)), "with {caps:?}: {detail}");
+    let all = scan_pod_as_seen_with(&caps, &pod);
+    assert_eq!(all.pod_uid.as_deref(), Some(pod.uid.as_str()), "with {caps:?}: {}", all.detail);
+    assert_eq!(all.owner, Some((i64::from(server), 12)), "with {caps:?}: {}", all.detail);
+    // The chart's capabilities run the eBPF tracker: SYS_ADMIN implies
+    // CAP_BPF and CAP_PERFMON, which the chart therefore does not add.
+    assert_eq!(all.tracker["mode"], "ebpf", "with {caps:?}: {}", all.tracker);
     for without in &caps {
         let fewer: Vec<&str> = caps.iter().copied().filter(|c| c != without).collect();
-        let (uid, owner, detail) = scan_pod_as_seen_with(&fewer, &pod);
-        eprintln!("without {without}: pod uid {uid:?}, owner {owner:?}");
+        let seen = scan_pod_as_seen_with(&fewer, &pod);
+        eprintln!("without {without}: pod uid {:?}, owner {:?}, tracker {}", seen.pod_uid, seen.owner, seen.tracker);
         assert!(
-            uid.as_deref() != Some(pod.uid.as_str()) || owner != Some((i64::from(server), 12)),
-            "{without} is not needed: {detail}"
+            seen.pod_uid.as_deref() != Some(pod.uid.as_str()) || seen.owner != Some((i64::from(server), 12)),
+            "{without} is not needed: {}",
+            seen.detail
         );
+        // Without SYS_ADMIN the tracker cannot load either: the scan falls
+        // back to counters and says why.
+        if *without == "SYS_ADMIN" {
+            assert_eq!(seen.tracker["mode"], "counters", "{}", seen.tracker);
+            let reason = seen.tracker["fallbackReason"].as_str().unwrap_or_default();
+            assert!(reason.contains("CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"), "{reason}");
+        } else {
+            assert_eq!(seen.tracker["mode"], "ebpf", "without {without}: {}", seen.tracker);
+        }
     }
 }
 

@@ -98,6 +98,9 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
     scan_config.owners_threshold = Some(config.owners_threshold);
     scan_config.tracker = config.tracker;
     let scanner = Scanner::start(scan_config.clone()).map_err(Error::Tracker)?;
+    if let Some(attached_to) = scanner.tracker_status().attached_to {
+        tracing::info!(attached_to, "eBPF tracker loaded: namespaces are dumped when their TCP states change");
+    }
     metrics.record_tracker(scanner.tracker_status());
     let mut agent = Agent { scanner: Some(scanner), scan_config, metrics };
 

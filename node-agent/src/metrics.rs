@@ -97,8 +97,8 @@ pub struct AgentMetrics {
     pub pods_without_namespace: Gauge,
     /// 1 for the change detection in use.
     pub tracker: Family<TrackerLabels, Gauge>,
-    /// State changes the eBPF tracker found its tables full for, by table.
-    pub tracker_table_full: Family<KindLabels, Gauge>,
+    /// Sockets entering CLOSE_WAIT that found the eBPF tracker's table full.
+    pub tracker_close_wait_table_full: Gauge,
 }
 
 impl AgentMetrics {
@@ -122,7 +122,7 @@ impl AgentMetrics {
             report_writes: Family::default(),
             pods_without_namespace: Gauge::default(),
             tracker: Family::default(),
-            tracker_table_full: Family::default(),
+            tracker_close_wait_table_full: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("connhealth_agent");
         r.register(
@@ -177,9 +177,9 @@ impl AgentMetrics {
             m.tracker.clone(),
         );
         r.register(
-            "tracker_table_full",
-            "TCP state changes that found one of the eBPF tracker's tables full since it started (namespaces: those namespaces are dumped; closeWait: those sockets are aged by a tcp_info lookup)",
-            m.tracker_table_full.clone(),
+            "tracker_close_wait_table_full",
+            "Sockets entering CLOSE_WAIT that found the eBPF tracker's table full since it started (they are dated by a tcp_info lookup instead)",
+            m.tracker_close_wait_table_full.clone(),
         );
         m
     }
@@ -198,11 +198,7 @@ impl AgentMetrics {
 
     /// Records the tracker's own counters after a sweep.
     pub fn record_tracker_counters(&self, counters: &TrackerCounters) {
-        let set = |kind: &str, n: u64| {
-            self.tracker_table_full.get_or_create(&KindLabels { kind: kind.to_owned() }).set(n as i64);
-        };
-        set("namespaces", counters.namespaces_full);
-        set("closeWait", counters.close_wait_full);
+        self.tracker_close_wait_table_full.set(i64::try_from(counters.close_wait_full).unwrap_or(i64::MAX));
     }
 
     /// Whether `state` gets a series per pod.

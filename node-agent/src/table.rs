@@ -9,6 +9,7 @@ use connhealth_runtime::human_duration;
 use connhealth_scan::procfs::RlimitValue;
 use connhealth_scan::scan::{NamespaceReport, Source, SweepReport};
 use connhealth_scan::sockdiag::TcpState;
+use connhealth_scan::tracker::TrackerMode;
 
 fn who(ns: &NamespaceReport) -> String {
     if ns.label.host {
@@ -109,13 +110,17 @@ pub fn write(out: &mut dyn Write, report: &SweepReport) -> io::Result<()> {
     let s = &report.stats;
     writeln!(
         out,
-        "sweep {}: {} namespaces ({} dumped, {} gated, {} failed), {} sockets parsed, {:.1} ms",
+        "sweep {}: {} namespaces ({} dumped, {} gated, {} failed), {} sockets parsed, {:.1} ms; changes from {}",
         report.sweep,
         s.namespaces,
         s.dumped,
         s.reused,
         s.failed,
         s.sockets_parsed,
-        s.wall_micros as f64 / 1000.0
+        s.wall_micros as f64 / 1000.0,
+        match report.tracker.mode {
+            TrackerMode::Ebpf => "the eBPF tracker",
+            TrackerMode::Counters => "counters",
+        }
     )
 }

@@ -362,9 +362,6 @@ pub struct Tracked {
     pub changes: u64,
     /// Its time-wait sockets (`sockstat` `tw`).
     pub time_wait: i64,
-    /// How often the tracker's namespace table was found full (all
-    /// namespaces).
-    pub namespaces_full: u64,
 }
 
 /// Why a namespace is dumped this sweep.
@@ -392,9 +389,6 @@ pub enum DumpReason {
     /// A time-wait socket in its FIN_WAIT2 substate was seen last time (it
     /// becomes TIME_WAIT without a state change the tracker sees).
     FinWait2TimeWait,
-    /// The tracker's namespace table was full at some point: a change may
-    /// have gone uncounted.
-    TrackerTableFull,
 }
 
 /// The gate's decision for one namespace.
@@ -455,9 +449,6 @@ pub fn decide_tracked(
     }
     if memory.saw_fin_wait2_time_wait {
         return Verdict::Dump(DumpReason::FinWait2TimeWait);
-    }
-    if now_tracked.namespaces_full != then.namespaces_full {
-        return Verdict::Dump(DumpReason::TrackerTableFull);
     }
     if now_tracked.changes != then.changes {
         return Verdict::Dump(DumpReason::StateChanged);

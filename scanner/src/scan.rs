@@ -341,6 +341,14 @@ fn open_target(target: &Target) -> Result<NetnsHandle, ScanError> {
     }))
 }
 
+/// The tracker `choice` asks for: `None` when off.
+fn load_tracker(choice: TrackerChoice) -> Result<Option<Tracker>, TrackerError> {
+    match choice {
+        TrackerChoice::Off => Ok(None),
+        TrackerChoice::Auto | TrackerChoice::Ebpf => Tracker::load().map(Some),
+    }
+}
+
 /// What the tracked rule compares for one namespace, read before a dump;
 /// `None` (the namespace is dumped) when either source cannot be read.
 fn read_tracked(tracker: &Tracker, files: Option<&CounterFiles>, netns: u64, scratch: &mut Vec<u8>) -> Option<Tracked> {
@@ -358,7 +366,7 @@ fn read_tracked(tracker: &Tracker, files: Option<&CounterFiles>, netns: u64, scr
             return None;
         }
     };
-    Some(Tracked { changes, time_wait, namespaces_full: tracker.counters().namespaces_full })
+    Some(Tracked { changes, time_wait })
 }
 
 /// Scans namespaces, sweep after sweep, keeping one cached diag socket per
@@ -391,22 +399,31 @@ impl Scanner {
     /// gate with one log line when that fails (see [`Scanner::start`] to
     /// make `ebpf` an error).
     pub fn new(cfg: ScanConfig) -> Self {
-        let (tracker, fallback_reason) = match cfg.tracker {
-            TrackerChoice::Off => (None, None),
-            TrackerChoice::Auto | TrackerChoice::Ebpf => match Tracker::load() {
-                Ok(t) => (Some(t), None),
-                Err(e) => {
-                    tracing::warn!(
-                        reason = %e,
-                        "eBPF tracker not loaded; detecting changes with the namespaces' counters instead"
-                    );
-                    (None, Some(e.to_string()))
-                }
-            },
+        let loaded = load_tracker(cfg.tracker);
+        Self::assemble(cfg, loaded)
+    }
+
+    /// Like [`Scanner::new`], but a tracker asked for as `ebpf` that does
+    /// not load is an error.
+    pub fn start(cfg: ScanConfig) -> Result<Self, TrackerError> {
+        match (cfg.tracker, load_tracker(cfg.tracker)) {
+            (TrackerChoice::Ebpf, Err(e)) => Err(e),
+            (_, loaded) => Ok(Self::assemble(cfg, loaded)),
+        }
+    }
+
+    fn assemble(cfg: ScanConfig, loaded: Result<Option<Tracker>, TrackerError>) -> Self {
+        let (tracker, fallback_reason) = match loaded {
+            Ok(tracker) => (tracker, None),
+            Err(e) => {
+                tracing::warn!(reason = %e, "eBPF tracker not loaded; detecting changes with the namespaces' counters");
+                (None, Some(e.to_string()))
+            }
         };
         let tracker_status = TrackerStatus {
             requested: cfg.tracker,
             mode: if tracker.is_some() { TrackerMode::Ebpf } else { TrackerMode::Counters },
+            attached_to: tracker.as_ref().map(Tracker::attached_to),
             fallback_reason,
         };
         Self {
@@ -418,16 +435,6 @@ impl Scanner {
             scratch: Vec::with_capacity(4096),
             host_child_ehash_entries: host_child_ehash_entries(),
             sweeps: 0,
-        }
-    }
-
-    /// Like [`Scanner::new`], but a tracker asked for as `ebpf` that does
-    /// not load is an error.
-    pub fn start(cfg: ScanConfig) -> Result<Self, TrackerError> {
-        let scanner = Self::new(cfg);
-        match (&scanner.tracker_status.requested, &scanner.tracker_status.fallback_reason) {
-            (TrackerChoice::Ebpf, Some(reason)) => Err(TrackerError::from_reason(reason)),
-            _ => Ok(scanner),
         }
     }
 
@@ -503,10 +510,6 @@ impl Scanner {
             }
         }
         gone.sort_by_key(|g| g.inode);
-        if let Some(tracker) = &mut self.tracker {
-            let live: HashSet<u64> = self.cache.keys().map(|id| id.ino).collect();
-            tracker.forget_except(&live);
-        }
 
         stats.wall_micros = started.elapsed().as_micros() as u64;
         SweepReport {

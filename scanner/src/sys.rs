@@ -212,6 +212,18 @@ pub(crate) fn monotonic_now() -> io::Result<Duration> {
     Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
+/// Gives the heap's free memory back to the kernel (glibc's
+/// `malloc_trim`): loading the eBPF tracker parses the kernel's BTF into
+/// tens of MB of small allocations, all freed once it is loaded.
+pub(crate) fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel; it
+    // takes no pointers and is thread-safe in glibc.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 // SAFETY: aya copies map keys to and from the kernel as raw bytes, so a key
 // type must have no padding and accept every bit pattern. `CloseWaitKey` is
 // `repr(C)` with fields u32, 4 × u16 and 2 × [u8; 16] (44 bytes, each field

@@ -11,15 +11,15 @@ use std::time::{Duration, SystemTime};
 
 use connhealth_scan::gate::{CounterFiles, DumpReason};
 use connhealth_scan::scan::{ScanConfig, Scanner, Source, SweepReport};
+use connhealth_scan::sockdiag::SockId;
 use connhealth_scan::sockdiag::TcpState;
 use connhealth_scan::testing::*;
-use connhealth_scan::tracker::{TrackerChoice, TrackerMode};
+use connhealth_scan::tracker::{EntryPoint, Tracker, TrackerChoice, TrackerMode};
 
 /// A scanner that must run the tracker (root has every capability it
 /// needs; failing to load it fails the test).
 fn tracked() -> Scanner {
-    let mut cfg = ScanConfig::default();
-    cfg.tracker = TrackerChoice::Ebpf;
+    let cfg = ScanConfig { tracker: TrackerChoice::Ebpf, ..ScanConfig::default() };
     let scanner = Scanner::start(cfg).unwrap_or_else(|e| panic!("the tracker must load as root: {e}"));
     assert_eq!(scanner.tracker_status().mode, TrackerMode::Ebpf);
     scanner
@@ -223,4 +223,33 @@ fn a_time_wait_socket_in_fin_wait2_turning_into_time_wait_is_caught_without_a_st
     // Nothing in FIN_WAIT2 any more: the namespace rests.
     assert_eq!(source(&s.sweep(&t)), Source::Reused);
     drop(l);
+}
+
+#[test]
+fn both_entry_points_count_changes_and_date_close_wait_ipv4_and_ipv6() {
+    if !can_run_privileged_test("both_entry_points_count_changes_and_date_close_wait_ipv4_and_ipv6") {
+        return;
+    }
+    for entry in [EntryPoint::BtfTracepoint, EntryPoint::RawTracepoint] {
+        let tracker = Tracker::load_with(entry).unwrap_or_else(|e| panic!("{entry:?} must load as root: {e}"));
+        let ns = TestNetns::new("trentry");
+        let ino = ns.id().ino;
+        let before = tracker.changes(ino).unwrap().expect("a 32-bit inode number");
+        for addr in ["127.0.0.1:7440", "[::1]:7441"] {
+            let l = ns.run(|| listen(addr));
+            let (cw, fw2) = ns.run(|| close_wait(&l));
+            assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().get(TcpState::CloseWait) == 1));
+            let id = SockId::new(cw.local_addr().unwrap(), cw.peer_addr().unwrap(), 0);
+            let age = tracker.close_wait_age(ino, &id).unwrap_or_else(|| panic!("{entry:?}: {addr} not dated"));
+            assert!(age < Duration::from_secs(2), "{entry:?}: {addr} aged {age:?}");
+            drop((cw, fw2, l));
+            assert!(wait_until(Duration::from_secs(2), || ns.ss_counts().get(TcpState::CloseWait) == 0));
+            assert_eq!(tracker.close_wait_age(ino, &id), None, "{entry:?}: {addr} left CLOSE_WAIT, forgotten");
+        }
+        // listen x2, and per connection at least connect, the handshake on
+        // both ends and the closes.
+        let after = tracker.changes(ino).unwrap().unwrap();
+        assert!(after - before >= 2 * 6, "{entry:?}: {} changes counted", after - before);
+        assert_eq!(tracker.counters().close_wait_full, 0);
+    }
 }

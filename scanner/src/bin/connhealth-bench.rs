@@ -43,6 +43,7 @@ use connhealth_scan::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
 use connhealth_scan::sys::{ResourceUsage, Who, raise_nofile_limit, resource_usage};
 use connhealth_scan::testing::holder::{HoldArgs, hold};
 use connhealth_scan::testing::ss_to_counts;
+use connhealth_scan::tracker::{Tracker, TrackerChoice};
 
 #[derive(Debug, Parser)]
 #[command(name = "connhealth-bench", about = "connhealth scanner benchmark")]
@@ -60,6 +61,20 @@ enum Cmd {
     Hold(HoldArgs),
     /// Build one namespace and dump it in a loop (for `perf`).
     Profile(ProfileArgs),
+    /// Make loopback connections one after another in the current
+    /// namespace (what `run --storm` runs in its namespaces).
+    Storm(StormArgs),
+}
+
+#[derive(Debug, Args)]
+struct StormArgs {
+    /// Connections to make, each: connect, accept, one byte, the server
+    /// closes, then the client (about 10 state changes).
+    #[arg(long, default_value_t = 50_000)]
+    connections: u64,
+    /// The listening port on 127.0.0.1.
+    #[arg(long, default_value_t = 7900)]
+    port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +102,11 @@ struct RunArgs {
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Connections per storm run (0: no storm). The storm is run in a new
+    /// namespace per run, alternately without and with the eBPF tracker
+    /// loaded, `--reps` + 2 times each, and compares the storm's CPU.
+    #[arg(long, default_value_t = 50_000)]
+    storm: u64,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +115,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(&a),
         Cmd::Hold(a) => hold(&a),
         Cmd::Profile(a) => profile(&a),
+        Cmd::Storm(a) => storm(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,7 +196,17 @@ impl BenchNs {
     }
 
     fn leak(&mut self) -> Res<()> {
-        writeln!(self.holders[0].stdin.as_mut().ok_or("no holder")?, "leak").map_err(|e| e.to_string())?;
+        self.command("leak")
+    }
+
+    /// Traffic without a state change: one byte each way on one
+    /// ESTABLISHED connection (moves the namespace's `InSegs`).
+    fn ping(&mut self) -> Res<()> {
+        self.command("ping")
+    }
+
+    fn command(&mut self, command: &str) -> Res<()> {
+        writeln!(self.holders[0].stdin.as_mut().ok_or("no holder")?, "{command}").map_err(|e| e.to_string())?;
         self.expect(0, "ok")
     }
 
@@ -308,13 +339,22 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn peak_rss_kib() -> u64 {
+/// A KiB figure of `/proc/self/status` (`VmHWM:`, `VmRSS:`).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+            s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
 }
 
 fn ms(d: Duration) -> String {
@@ -376,8 +416,8 @@ fn run(args: &RunArgs) -> Res<()> {
         let (n, per) = sc
             .split_once('x')
             .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<u64>().ok()?)))
-            .filter(|(n, per)| *n > 0 && *per > 0 && per % 1000 == 0)
-            .ok_or_else(|| format!("bad scenario {sc:?} (NxSOCKETS, SOCKETS a multiple of 1000)"))?;
+            .filter(|(n, per)| *n > 0 && *per > 0 && per % 100 == 0)
+            .ok_or_else(|| format!("bad scenario {sc:?} (NxSOCKETS, SOCKETS a multiple of 100)"))?;
         eprintln!(
             "== {sc}{}: building {n} namespace(s) x {per} sockets",
             if private { " (private hash tables)" } else { "" }
@@ -385,6 +425,9 @@ fn run(args: &RunArgs) -> Res<()> {
         rows.push(scenario(i, n, per, reps, private)?);
     }
     print_rows(&rows);
+    if args.storm > 0 {
+        storm_runs(args.storm, reps + 2)?;
+    }
     let wrong: Vec<String> = rows
         .iter()
         .filter(|r| r.mismatches > 0)
@@ -468,8 +511,6 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
         }
     }
     let expected = first.namespaces[0].summary.states;
-    cells.insert("counts = ss = proc", if mismatches == 0 { "yes".into() } else { format!("NO ({mismatches})") });
-    let counts_wrong = mismatches;
     cells.insert(
         "mix (est/cw/fw2/tw/listen)",
         format!(
@@ -559,30 +600,131 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
         cells.insert(ratio, format!("{:.1}x", cpu.as_secs_f64() / full_cpu));
     }
 
-    // Steady state with the gate, then with one namespace leaking.
-    reset_peak_rss();
-    let mut scanner = Scanner::new(ScanConfig { owners_threshold: None, ..ScanConfig::default() });
-    check_sweep(&scanner.sweep(&targets), n)?;
+    // Gated sweeps, with the namespaces' counters and with the eBPF
+    // tracker: the steady state, every namespace with traffic (busy), one
+    // namespace leaking.
+    for tracker in [TrackerChoice::Off, TrackerChoice::Ebpf] {
+        let prefix = if tracker == TrackerChoice::Off { "gated" } else { "ebpf" };
+        reset_peak_rss();
+        let mut scanner = Scanner::start(ScanConfig { owners_threshold: None, tracker, ..ScanConfig::default() })
+            .map_err(|e| format!("the eBPF tracker did not load: {e}"))?;
+        let (cpu, wall, first) = timed(Who::SelfProcess, || scanner.sweep(&targets));
+        check_sweep(&first, n)?;
+        if tracker == TrackerChoice::Ebpf {
+            cells.insert("ebpf first sweep ms (cpu/wall)", format!("{}/{}", ms(cpu), ms(wall)));
+        }
+        let rep = gated_phases(prefix, &mut scanner, &mut nss, &targets, &mut cells)?;
+        mismatches += rep;
+        if tracker == TrackerChoice::Ebpf {
+            cells.insert("ebpf maps KiB (kernel)", bpf_map_memlock_kib().to_string());
+        }
+        cells.insert(
+            if tracker == TrackerChoice::Off { "_gated_rss" } else { "ebpf agent RSS MiB (peak, after)" },
+            if tracker == TrackerChoice::Off {
+                format!("{:.1}", peak_rss_kib() as f64 / 1024.0)
+            } else {
+                format!("{:.1}, {:.1}", peak_rss_kib() as f64 / 1024.0, rss_kib() as f64 / 1024.0)
+            },
+        );
+    }
+    let counters_rss: f64 = cells.remove("_gated_rss").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    cells.insert(
+        "agent peak RSS MiB",
+        format!(
+            "{:.1} (full sweeps {:.1}, gated {:.1})",
+            (full_rss as f64 / 1024.0).max(counters_rss),
+            full_rss as f64 / 1024.0,
+            counters_rss
+        ),
+    );
+    let counts_wrong = mismatches;
+    cells.insert("counts = ss = proc", if mismatches == 0 { "yes".into() } else { format!("NO ({mismatches})") });
+    cells.remove("_full_cpu");
+    drop(nss);
+    Ok(Row {
+        scenario: format!("{n}x{per}{}", if private { " private tables" } else { "" }),
+        cells,
+        mismatches: counts_wrong,
+    })
+}
+
+/// Ten sweeps each of: the steady state, every namespace with traffic
+/// before each sweep (busy; the traffic itself is not timed), and one
+/// namespace leaking one more CLOSE_WAIT socket before each sweep. Cells
+/// are named `<prefix> steady|busy|1 leaking ms/sweep`. After the busy
+/// sweeps (whose results may be reused ones) every namespace's counts are
+/// compared with `ss` and `/proc`; returns how many differed.
+fn gated_phases(
+    prefix: &str,
+    scanner: &mut Scanner,
+    nss: &mut [BenchNs],
+    targets: &[Target],
+    cells: &mut BTreeMap<&'static str, String>,
+) -> Res<usize> {
+    let n = targets.len();
     let sweeps = 10;
+    let ebpf = prefix == "ebpf";
+    let cell = |what: &str| -> &'static str {
+        match (ebpf, what) {
+            (false, "steady") => "gated steady ms/sweep",
+            (false, "busy") => "gated busy ms/sweep",
+            (false, _) => "gated 1 leaking ms/sweep",
+            (true, "steady") => "ebpf steady ms/sweep",
+            (true, "busy") => "ebpf busy ms/sweep",
+            (true, _) => "ebpf 1 leaking ms/sweep",
+        }
+    };
     let (cpu, wall, reports) =
-        timed(Who::SelfProcess, || (0..sweeps).map(|_| scanner.sweep(&targets)).collect::<Vec<_>>());
+        timed(Who::SelfProcess, || (0..sweeps).map(|_| scanner.sweep(targets)).collect::<Vec<_>>());
     let dumped: u64 = reports.iter().map(|r| r.stats.dumped).sum();
-    cells.insert("gated steady ms/sweep", format!("{}/{} ({} dumps)", ms(cpu / sweeps), ms(wall / sweeps), dumped));
-    let mut leak_cpu = Duration::ZERO;
-    let mut leak_wall = Duration::ZERO;
-    let mut leak_dumped = 0;
+    cells.insert(cell("steady"), format!("{}/{} ({} dumps)", ms(cpu / sweeps), ms(wall / sweeps), dumped));
+
+    let (mut busy_cpu, mut busy_wall, mut busy_dumped) = (Duration::ZERO, Duration::ZERO, 0);
+    let mut last = None;
+    for _ in 0..sweeps {
+        for ns in nss.iter_mut() {
+            ns.ping()?;
+        }
+        let (cpu, wall, r) = timed(Who::SelfProcess, || scanner.sweep(targets));
+        check_sweep(&r, n)?;
+        busy_cpu += cpu;
+        busy_wall += wall;
+        busy_dumped += r.stats.dumped;
+        last = Some(r);
+    }
+    cells.insert(cell("busy"), format!("{}/{} ({} dumps)", ms(busy_cpu / sweeps), ms(busy_wall / sweeps), busy_dumped));
+    let mut mismatches = 0;
+    if let Some(last) = last {
+        for (ns, report) in nss.iter().zip(&last.namespaces) {
+            let ours = report.summary.states;
+            let theirs = ss_to_counts(&ss(&ns.name)?);
+            let procs = proc_counts(ns.pid(), false)?;
+            if ours != theirs || ours != procs {
+                mismatches += 1;
+                eprintln!(
+                    "MISMATCH ({prefix}, busy) in {}: connhealth {ours:?}\n  ss {theirs:?}\n  proc {procs:?}",
+                    ns.name
+                );
+            }
+        }
+    }
+
+    let before = scanner.sweep(targets);
+    check_sweep(&before, n)?;
+    let start = before.namespaces[0].summary.close_wait.count;
+    let (mut leak_cpu, mut leak_wall, mut leak_dumped) = (Duration::ZERO, Duration::ZERO, 0);
     let mut caught = true;
     for k in 0..sweeps {
         nss[0].leak()?;
-        let (cpu, wall, r) = timed(Who::SelfProcess, || scanner.sweep(&targets));
+        let (cpu, wall, r) = timed(Who::SelfProcess, || scanner.sweep(targets));
         check_sweep(&r, n)?;
         leak_cpu += cpu;
         leak_wall += wall;
         leak_dumped += r.stats.dumped;
-        caught &= r.namespaces[0].summary.close_wait.count == expected.get(TcpState::CloseWait) + u64::from(k) + 1;
+        caught &= r.namespaces[0].summary.close_wait.count == start + u64::from(k) + 1;
     }
     cells.insert(
-        "gated 1 leaking ms/sweep",
+        cell("1 leaking"),
         format!(
             "{}/{} ({} dumps{})",
             ms(leak_cpu / sweeps),
@@ -591,23 +733,181 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
             if caught { "" } else { ", LEAK MISSED" }
         ),
     );
-    let gated_rss = peak_rss_kib();
-    cells.insert(
-        "agent peak RSS MiB",
-        format!(
-            "{:.1} (full sweeps {:.1}, gated {:.1})",
-            full_rss.max(gated_rss) as f64 / 1024.0,
-            full_rss as f64 / 1024.0,
-            gated_rss as f64 / 1024.0
-        ),
+    if !caught {
+        mismatches += 1;
+    }
+    Ok(mismatches)
+}
+
+/// Kernel memory of this process's BPF maps (`memlock` in their fdinfo).
+fn bpf_map_memlock_kib() -> u64 {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo").into_iter().flatten().flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if info.lines().any(|l| l.starts_with("map_type:")) {
+            bytes += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    bytes / 1024
+}
+
+/// The storm itself (inside its namespace).
+fn storm(args: &StormArgs) -> Res<()> {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind(("127.0.0.1", args.port)).map_err(|e| format!("bind: {e}"))?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1];
+    for _ in 0..args.connections {
+        let mut client = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        let (mut server, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+        client.write_all(b"x").map_err(|e| e.to_string())?;
+        server.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        drop(server);
+        // The server's FIN: end of stream.
+        let _ = client.read(&mut buf).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// CPU of one storm run in a namespace of its own (created and deleted
+/// around it, untimed).
+fn storm_once(connections: u64, run: usize) -> Res<Duration> {
+    let ns = BenchNs::new(format!("chbench-{}-storm-{run}", std::process::id()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (cpu, _, status) = timed(Who::Children, || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(&exe)
+            .args(["storm", "--connections", &connections.to_string()])
+            .status()
+    });
+    let status = status.map_err(|e| format!("storm: {e}"))?;
+    if !status.success() {
+        return Err(format!("storm in {}: {status}", ns.name));
+    }
+    Ok(cpu)
+}
+
+/// Turns on the kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`,
+/// global) and restores the old value on drop.
+struct BpfStats(Option<String>);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Res<Self> {
+        let old = std::fs::read_to_string(BPF_STATS).map_err(|e| format!("{BPF_STATS}: {e}"))?;
+        std::fs::write(BPF_STATS, "1").map_err(|e| format!("{BPF_STATS}: {e}"))?;
+        Ok(Self(Some(old)))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            let _ = std::fs::write(BPF_STATS, old.trim());
+        }
+    }
+}
+
+/// Run time and runs of this process's BPF programs (`run_time_ns`,
+/// `run_cnt` in their fdinfo; counted while [`BpfStats`] is on).
+fn bpf_program_runs() -> (Duration, u64) {
+    let (mut ns, mut runs) = (0u64, 0u64);
+    for entry in std::fs::read_dir("/proc/self/fdinfo").into_iter().flatten().flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if info.lines().any(|l| l.starts_with("prog_type:")) {
+            let field = |name: &str| {
+                info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+            };
+            ns += field("run_time_ns:");
+            runs += field("run_cnt:");
+        }
+    }
+    (Duration::from_nanos(ns), runs)
+}
+
+/// The storm without and with the tracker, alternating; prints the table.
+/// With the tracker, the kernel's BPF statistics give the program's own
+/// time, which is what it adds to the storm (less the tracepoint's call,
+/// a few ns), measured directly rather than as a difference of two noisy
+/// CPU times.
+fn storm_runs(connections: u64, pairs: usize) -> Res<()> {
+    eprintln!("== storm: {connections} connections per run, {pairs} runs each without and with the tracker");
+    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (program_time, runs, stats_run_cpu);
+    let mut attached_to = "";
+    for pair in 0..pairs {
+        // Alternate which goes first, and let the kernel finish tearing
+        // down the previous run's namespace (50k time-wait sockets) first:
+        // neither order nor clean-up then favours one side.
+        let mut without = Duration::ZERO;
+        let mut with = Duration::ZERO;
+        for tracked in if pair % 2 == 0 { [false, true] } else { [true, false] } {
+            std::thread::sleep(Duration::from_secs(2));
+            let run = 2 * pair + usize::from(tracked);
+            if !tracked {
+                without = storm_once(connections, run)?;
+                continue;
+            }
+            let tracker = Tracker::load().map_err(|e| format!("the eBPF tracker did not load: {e}"))?;
+            attached_to = tracker.attached_to();
+            with = storm_once(connections, run)?;
+        }
+        ratios.push(with.as_secs_f64() / without.as_secs_f64());
+        off.push(without);
+        on.push(with);
+    }
+    // The program's own time, in one more run with the kernel's statistics
+    // on (they cost a clock read per run themselves, so the runs above go
+    // without them).
+    {
+        let tracker = Tracker::load().map_err(|e| format!("the eBPF tracker did not load: {e}"))?;
+        let stats = BpfStats::enable()?;
+        let (t0, r0) = bpf_program_runs();
+        let cpu = storm_once(connections, 2 * pairs)?;
+        let (t1, r1) = bpf_program_runs();
+        drop((stats, tracker));
+        program_time = t1.saturating_sub(t0);
+        runs = r1.saturating_sub(r0);
+        stats_run_cpu = cpu;
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (off_cpu, on_cpu) = (median(&mut off), median(&mut on));
+    ratios.sort_by(f64::total_cmp);
+    println!();
+    println!("| storm ({connections} loopback connections, one namespace) | without tracker | with tracker |");
+    println!("|---|---|---|");
+    println!("| storm CPU s (median of {pairs}) | {:.3} | {:.3} |", off_cpu.as_secs_f64(), on_cpu.as_secs_f64());
+    println!(
+        "| connections/s | {:.0} | {:.0} |",
+        connections as f64 / off_cpu.as_secs_f64(),
+        connections as f64 / on_cpu.as_secs_f64()
     );
-    cells.remove("_full_cpu");
-    drop(nss);
-    Ok(Row {
-        scenario: format!("{n}x{per}{}", if private { " private tables" } else { "" }),
-        cells,
-        mismatches: counts_wrong,
-    })
+    println!("| program ({attached_to}) runs per connection | - | {:.1} |", runs as f64 / connections as f64);
+    println!(
+        "| ns per run (one more run, with kernel.bpf_stats_enabled) | - | {:.0} |",
+        program_time.as_nanos() as f64 / runs.max(1) as f64
+    );
+    println!(
+        "| program time / storm CPU (that run) | | {:.1} % |",
+        100.0 * program_time.as_secs_f64() / stats_run_cpu.as_secs_f64()
+    );
+    println!(
+        "| with/without storm CPU (median of the {pairs} paired ratios; min-max) | | {:.3} ({:.3}-{:.3}) |",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    Ok(())
 }
 
 fn profile(args: &ProfileArgs) -> Res<()> {
@@ -658,8 +958,15 @@ const ORDER: &[&str] = &[
     "proc state-only/connhealth cpu",
     "proc all-fields/connhealth cpu",
     "gated steady ms/sweep",
+    "gated busy ms/sweep",
     "gated 1 leaking ms/sweep",
     "agent peak RSS MiB",
+    "ebpf first sweep ms (cpu/wall)",
+    "ebpf steady ms/sweep",
+    "ebpf busy ms/sweep",
+    "ebpf 1 leaking ms/sweep",
+    "ebpf agent RSS MiB (peak, after)",
+    "ebpf maps KiB (kernel)",
 ];
 
 fn print_rows(rows: &[Row]) {

@@ -157,7 +157,7 @@ fn decision_rule() {
 fn tracked_decision_rule() {
     let cfg = GateConfig::default();
     let t0 = Instant::now();
-    let then = Tracked { changes: 7, time_wait: 3, namespaces_full: 0 };
+    let then = Tracked { changes: 7, time_wait: 3 };
     let m = GateMemory { tracked: Some(then), ..memory(Counters::default(), t0) };
     let later = t0 + Duration::from_secs(10);
     let decide = |m: Option<&GateMemory>, now: Option<&Tracked>, at| decide_tracked(&cfg, m, now, at);
@@ -183,7 +183,6 @@ fn tracked_decision_rule() {
     assert_eq!(moved(|t| t.changes += 1), Verdict::Dump(DumpReason::StateChanged));
     assert_eq!(moved(|t| t.time_wait -= 1), Verdict::Dump(DumpReason::TimeWaitChanged));
     assert_eq!(moved(|t| t.time_wait += 1), Verdict::Dump(DumpReason::TimeWaitChanged));
-    assert_eq!(moved(|t| t.namespaces_full += 1), Verdict::Dump(DumpReason::TrackerTableFull));
     // The counters of the untracked rule play no part: traffic is no
     // change.
     let busy = GateMemory { counters: Counters { tcp: TcpMib { in_segs: 1, ..TcpMib::default() }, ..m.counters }, ..m };

@@ -3,12 +3,15 @@
 //! of TCP sockets in the current network namespace, held until stdin
 //! closes.
 //!
-//! `hold --sockets N` (N a multiple of 1000) builds, per 1,000 sockets, 492
+//! `hold --sockets N` (N a multiple of 100) builds, per 1,000 sockets, 492
 //! ESTABLISHED, 200 CLOSE_WAIT, 200 FIN_WAIT2, 100 TIME_WAIT and 8 LISTEN,
-//! half of each over IPv6; `--close-wait N` builds only N CLOSE_WAIT sockets
-//! (and their FIN_WAIT2 peers). It prints `ready`, then serves commands on
-//! stdin, one per line, answering `ok`: `leak` adds one CLOSE_WAIT socket
-//! (and its peer); end of input exits, closing them all.
+//! half of each over IPv6 (rounded down for other sizes, at least one
+//! listener per family: 398 sockets for 400); `--close-wait N` builds only N
+//! CLOSE_WAIT sockets (and their FIN_WAIT2 peers). It prints `ready`, then
+//! serves commands on stdin, one per line, answering `ok`: `leak` adds one
+//! CLOSE_WAIT socket (and its peer); `ping` sends one byte each way on one
+//! ESTABLISHED connection (traffic without a state change); end of input
+//! exits, closing them all.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -18,7 +21,7 @@ use crate::sys::raise_nofile_limit;
 /// Holds a socket mix in the current network namespace until stdin closes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HoldArgs {
-    /// Number of sockets, a multiple of 1000.
+    /// Number of sockets, a multiple of 100.
     #[arg(long, default_value_t = 1000)]
     pub sockets: u64,
     /// Only this many CLOSE_WAIT sockets (and their FIN_WAIT2 peers), IPv4,
@@ -32,7 +35,8 @@ pub struct HoldArgs {
 
 type Res<T> = Result<T, String>;
 
-/// Per family and per 1,000 sockets of the mix (both families: twice this).
+/// Per family and per 1,000 sockets of the mix (both families: twice this);
+/// scaled down (rounded down) for other sizes.
 const LISTEN: u64 = 4;
 const ESTAB_PAIRS: u64 = 123; // 246 ESTABLISHED
 const CW_PAIRS: u64 = 100; // 100 CLOSE_WAIT + 100 FIN_WAIT2
@@ -66,6 +70,18 @@ impl Holder {
         Ok(())
     }
 
+    /// One byte each way on the first ESTABLISHED pair.
+    fn ping(&mut self) -> Res<()> {
+        let [client, server] =
+            self.kept.get(..2).and_then(|p| <&[TcpStream; 2]>::try_from(p).ok()).ok_or("no connection to ping on")?;
+        let mut buf = [0u8; 1];
+        (&*client).write_all(b"p").map_err(|e| e.to_string())?;
+        (&*server).read_exact(&mut buf).map_err(|e| e.to_string())?;
+        (&*server).write_all(b"q").map_err(|e| e.to_string())?;
+        (&*client).read_exact(&mut buf).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     fn time_wait(&mut self) -> Res<()> {
         let (client, server) = self.pair()?;
         client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
@@ -82,8 +98,9 @@ pub fn hold(args: &HoldArgs) -> Res<()> {
     raise_nofile_limit(2 * args.sockets + 4096).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let mut holders = Vec::new();
     for host in ["127.0.0.1", "[::1]"] {
-        let k = if args.close_wait.is_some() { 1 } else { args.sockets / 1000 };
-        let listeners = (0..LISTEN * k.max(1))
+        let per_mille = |n: u64| n * args.sockets / 1000;
+        let listen = if args.close_wait.is_some() { 1 } else { per_mille(LISTEN).max(1) };
+        let listeners = (0..listen)
             .map(|i| {
                 let addr = format!("{host}:{}", u64::from(args.port_base) + i);
                 TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))
@@ -97,15 +114,15 @@ pub fn hold(args: &HoldArgs) -> Res<()> {
                 }
             }
         } else {
-            for _ in 0..ESTAB_PAIRS * k {
+            for _ in 0..per_mille(ESTAB_PAIRS) {
                 let (c, s) = h.pair()?;
                 h.kept.push(c);
                 h.kept.push(s);
             }
-            for _ in 0..CW_PAIRS * k {
+            for _ in 0..per_mille(CW_PAIRS) {
                 h.close_wait()?;
             }
-            for _ in 0..TIME_WAIT * k {
+            for _ in 0..per_mille(TIME_WAIT) {
                 h.time_wait()?;
             }
         }
@@ -117,6 +134,7 @@ pub fn hold(args: &HoldArgs) -> Res<()> {
     for line in std::io::stdin().lock().lines() {
         match line.map_err(|e| e.to_string())?.trim() {
             "leak" => holders[0].close_wait()?,
+            "ping" => holders[0].ping()?,
             "" => {}
             other => return Err(format!("unknown command {other:?}")),
         }
