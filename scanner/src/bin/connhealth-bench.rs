@@ -12,12 +12,20 @@
 //!
 //! - connhealth: a full sweep (every namespace dumped), CPU (`getrusage`
 //!   of this process) and wall time; with the legacy one-walk request and
-//!   with per-family requests; at 100×1k also gated sweeps in the steady
-//!   state and with one namespace changing before every sweep;
+//!   with per-family requests; gated sweeps in the steady state, with every
+//!   namespace carrying traffic (busy: one byte each way on one connection
+//!   before each sweep) and with one namespace leaking before every sweep,
+//!   each with the counter gate and with the eBPF tracker (after the busy
+//!   sweeps the counts are compared with `ss` and `/proc` again);
 //! - `ss -tanH -N <ns>` for every namespace (CPU of the children);
 //! - parsing `/proc/<holder>/net/tcp` and `tcp6` (a minimal Rust parser
 //!   counting states);
-//! - the agent's peak RSS (`VmHWM`, reset before each phase).
+//! - the agent's peak RSS (`VmHWM`, reset before each phase), and the
+//!   tracker's kernel map memory;
+//! - with `--storm N` (default 50,000): a loopback connection storm in a
+//!   namespace of its own, without and with the tracker, and the tracker
+//!   program's own time per state change (`kernel.bpf_stats_enabled` for
+//!   one extra run, restored afterwards).
 //!
 //! Before timing, it checks that connhealth's counts equal `ss` and
 //! `/proc` for every namespace and state; when they differ anywhere, it
