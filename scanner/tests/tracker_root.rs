@@ -97,6 +97,12 @@ fn every_state_change_is_dumped_and_counts_equal_ss() {
     assert_eq!(source(&r), Source::Dump(DumpReason::StateChanged));
     assert_eq!(states_of(&r, &ns), ns.ss_counts());
     ns.run(|| time_wait(&l));
+    // The server's LAST_ACK ends when the client's ACK arrives, which may
+    // come after time_wait() returned: let it settle before comparing.
+    assert!(wait_until(Duration::from_secs(2), || {
+        let now = ns.ss_counts();
+        now.get(TcpState::LastAck) == 0 && now.get(TcpState::TimeWait) == 1
+    }));
     let r = s.sweep(&t);
     assert_eq!(source(&r), Source::Dump(DumpReason::StateChanged));
     assert_eq!(states_of(&r, &ns), ns.ss_counts());
@@ -171,8 +177,13 @@ fn close_wait_sockets_are_dated_by_their_state_change_ipv4_and_ipv6() {
     assert!(within(from6, to6), "IPv6 socket dated {groups:?}, truth between {from6:?} and {to6:?}");
 
     // Leaving CLOSE_WAIT (the server closes) is a state change too; the
-    // tracker forgets the socket.
+    // tracker forgets the socket. (Wait for the peer's ACK to end LAST_ACK,
+    // so that the dump and ss see the same sockets.)
     drop(cw4);
+    assert!(wait_until(Duration::from_secs(2), || {
+        let now = ns.ss_counts();
+        now.get(TcpState::CloseWait) == 2 && now.get(TcpState::LastAck) == 0
+    }));
     let r = s.sweep(&t);
     assert_eq!(source(&r), Source::Dump(DumpReason::StateChanged));
     assert_eq!(states_of(&r, &ns), ns.ss_counts());
@@ -196,6 +207,8 @@ fn a_time_wait_socket_in_fin_wait2_turning_into_time_wait_is_caught_without_a_st
     ns.link_to(&peer);
     let l = ns.run(|| listen("192.0.2.1:7430"));
     let (server, client, _, _) = close_wait_from(&ns, &peer, &l, "192.0.2.1:7430");
+    // The server's ACK of the FIN may be delayed: FIN_WAIT1 until it comes.
+    assert!(wait_until(Duration::from_secs(2), || peer.ss_counts().get(TcpState::FinWait2) == 1));
     let t = [peer.target()];
     let mut s = tracked();
     let r = s.sweep(&t);
