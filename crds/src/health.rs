@@ -141,11 +141,11 @@ pub struct ConnectionHealthStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sysctls: Option<NetnsSysctls>,
 
-    /// How the agent learnt that the pod's sockets changed: `ebpf` (the
-    /// kernel reported every TCP state change to its eBPF program) or
-    /// `counters` (it compared the namespace's counters between sweeps).
-    /// The figures are the same either way; see `connhealth-agent
-    /// --tracker`.
+    /// How the agent learnt that the pod's sockets changed, as of this
+    /// report's last write: `ebpf` (the kernel reported every TCP state
+    /// change to its eBPF program) or `counters` (it compared the
+    /// namespace's counters between sweeps). The figures are the same
+    /// either way; see `connhealth-agent --tracker`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracker: Option<String>,
 

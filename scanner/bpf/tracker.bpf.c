@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /*
- * connhealth's TCP state tracker: one raw tracepoint program on
- * sock:inet_sock_set_state, which the kernel fires on every TCP state
- * change of every network namespace.
+ * connhealth's TCP state tracker: one program (two entry points, below) on
+ * the tracepoint sock:inet_sock_set_state, which the kernel fires on every
+ * TCP state change of every network namespace.
  *
  * It keeps, per network namespace (by its inode number, what `ls -iL
  * /proc/PID/ns/net` prints), a count of TCP state changes: userspace
