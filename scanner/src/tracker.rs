@@ -104,7 +104,7 @@ use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{BtfTracePoint, RawTracePoint};
-use aya::{Btf, Ebpf, include_bytes_aligned};
+use aya::{Btf, Ebpf, EbpfLoader, include_bytes_aligned};
 use serde::Serialize;
 
 use crate::sockdiag::SockId;
@@ -281,20 +281,19 @@ impl CloseWaitKey {
 }
 
 /// The cheaper entry point: plain loads checked against the kernel's types.
-fn attach_btf_tracepoint(ebpf: &mut Ebpf) -> Result<(), TrackerError> {
-    let btf = Btf::from_sys_fs().map_err(|e| TrackerError::at("reading the kernel's BTF", &e))?;
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Btf) -> Result<&'static str, TrackerError> {
     let program: &mut BtfTracePoint = ebpf
         .program_mut("on_state_change_btf")
         .ok_or_else(|| TrackerError("the tracker object has no BTF tracepoint program".to_owned()))?
         .try_into()
         .map_err(|e| TrackerError::at("loading the program", &e))?;
-    program.load("inet_sock_set_state", &btf).map_err(|e| TrackerError::at("loading the program", &e))?;
+    program.load("inet_sock_set_state", btf).map_err(|e| TrackerError::at("loading the program", &e))?;
     program.attach().map_err(|e| TrackerError::at("attaching to tp_btf/inet_sock_set_state", &e))?;
-    Ok(())
+    Ok("tp_btf/inet_sock_set_state")
 }
 
 /// The entry point every kernel with BTF and raw tracepoints takes.
-fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> Result<(), TrackerError> {
+fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> Result<&'static str, TrackerError> {
     let program: &mut RawTracePoint = ebpf
         .program_mut("on_state_change_raw")
         .ok_or_else(|| TrackerError("the tracker object has no raw tracepoint program".to_owned()))?
@@ -302,7 +301,7 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> Result<(), TrackerError> {
         .map_err(|e| TrackerError::at("loading the program", &e))?;
     program.load().map_err(|e| TrackerError::at("loading the program", &e))?;
     program.attach("inet_sock_set_state").map_err(|e| TrackerError::at("attaching to inet_sock_set_state", &e))?;
-    Ok(())
+    Ok("raw_tracepoint/inet_sock_set_state")
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, TrackerError>
@@ -326,20 +325,25 @@ impl Tracker {
         if !Path::new(KERNEL_BTF).exists() {
             return Err(TrackerError(format!("the kernel has no BTF ({KERNEL_BTF} is missing)")));
         }
-        let mut ebpf = Ebpf::load(TRACKER_OBJECT).map_err(|e| TrackerError::at("creating its maps", &e))?;
-        let btf = match entry {
-            EntryPoint::Auto | EntryPoint::BtfTracepoint => attach_btf_tracepoint(&mut ebpf),
-            EntryPoint::RawTracepoint => Err(TrackerError("not asked for".to_owned())),
+        // Parsed once (tens of MB of allocations): for the CO-RE relocations
+        // and for the BTF tracepoint's target.
+        let btf = Btf::from_sys_fs().map_err(|e| TrackerError::at("reading the kernel's BTF", &e))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(TRACKER_OBJECT)
+            .map_err(|e| TrackerError::at("creating its maps", &e))?;
+        let attached_to = match entry {
+            EntryPoint::BtfTracepoint => attach_btf_tracepoint(&mut ebpf, &btf)?,
+            EntryPoint::RawTracepoint => attach_raw_tracepoint(&mut ebpf)?,
+            EntryPoint::Auto => match attach_btf_tracepoint(&mut ebpf, &btf) {
+                Ok(attached_to) => attached_to,
+                Err(btf_error) => {
+                    tracing::debug!(error = %btf_error, "no BTF tracepoint; attaching the raw tracepoint");
+                    attach_raw_tracepoint(&mut ebpf)?
+                }
+            },
         };
-        let attached_to = match (btf, entry) {
-            (Ok(()), _) => "tp_btf/inet_sock_set_state",
-            (Err(e), EntryPoint::BtfTracepoint) => return Err(e),
-            (Err(btf_error), _) => {
-                tracing::debug!(error = %btf_error, "no BTF tracepoint; attaching the raw tracepoint");
-                attach_raw_tracepoint(&mut ebpf)?;
-                "raw_tracepoint/inet_sock_set_state"
-            }
-        };
+        drop(btf);
         sys::release_free_heap();
         Ok(Self {
             changes: take(&mut ebpf, "NETNS_CHANGES")?,
