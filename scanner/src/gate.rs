@@ -188,17 +188,20 @@ impl CounterFiles {
     /// Reads only `sockstat`'s `tw` (one `pread`): all the tracked rule
     /// needs.
     pub fn read_time_wait(&self, scratch: &mut Vec<u8>) -> Result<i64, ScanError> {
+        Ok(self.read_sockstat(scratch)?.time_wait)
+    }
+
+    /// `sockstat`'s `TCP inuse` and `tw`; the other fields zero.
+    fn read_sockstat(&self, scratch: &mut Vec<u8>) -> Result<Counters, ScanError> {
         let mut c = Counters::default();
         read_whole(&self.sockstat, scratch, "sockstat")?;
         parse_sockstat(scratch, &mut c).ok_or_else(|| malformed("sockstat"))?;
-        Ok(c.time_wait)
+        Ok(c)
     }
 
     /// Reads the current values; `scratch` is reused between calls.
     pub fn read(&self, scratch: &mut Vec<u8>) -> Result<Counters, ScanError> {
-        let mut c = Counters::default();
-        read_whole(&self.sockstat, scratch, "sockstat")?;
-        parse_sockstat(scratch, &mut c).ok_or_else(|| malformed("sockstat"))?;
+        let mut c = self.read_sockstat(scratch)?;
         if let Some(f) = &self.sockstat6 {
             read_whole(f, scratch, "sockstat6")?;
             c.tcp6_inuse = parse_sockstat6(scratch).ok_or_else(|| malformed("sockstat6"))?;
