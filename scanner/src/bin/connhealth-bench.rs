@@ -611,59 +611,49 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
     // Gated sweeps, with the namespaces' counters and with the eBPF
     // tracker: the steady state, every namespace with traffic (busy), one
     // namespace leaking.
+    let mut counters_peak_kib = 0;
     for tracker in [TrackerChoice::Off, TrackerChoice::Ebpf] {
-        let prefix = if tracker == TrackerChoice::Off { "gated" } else { "ebpf" };
+        let ebpf = tracker == TrackerChoice::Ebpf;
         reset_peak_rss();
         let mut scanner = Scanner::start(ScanConfig { owners_threshold: None, tracker, ..ScanConfig::default() })
             .map_err(|e| format!("the eBPF tracker did not load: {e}"))?;
         let (cpu, wall, first) = timed(Who::SelfProcess, || scanner.sweep(&targets));
         check_sweep(&first, n)?;
-        if tracker == TrackerChoice::Ebpf {
+        mismatches += gated_phases(ebpf, &mut scanner, &mut nss, &targets, &mut cells)?;
+        if ebpf {
             cells.insert("ebpf first sweep ms (cpu/wall)", format!("{}/{}", ms(cpu), ms(wall)));
-        }
-        let rep = gated_phases(prefix, &mut scanner, &mut nss, &targets, &mut cells)?;
-        mismatches += rep;
-        if tracker == TrackerChoice::Ebpf {
             cells.insert("ebpf maps KiB (kernel)", bpf_map_memlock_kib().to_string());
+            cells.insert(
+                "ebpf agent RSS MiB (peak, after)",
+                format!("{:.1}, {:.1}", peak_rss_kib() as f64 / 1024.0, rss_kib() as f64 / 1024.0),
+            );
+        } else {
+            counters_peak_kib = peak_rss_kib();
         }
-        cells.insert(
-            if tracker == TrackerChoice::Off { "_gated_rss" } else { "ebpf agent RSS MiB (peak, after)" },
-            if tracker == TrackerChoice::Off {
-                format!("{:.1}", peak_rss_kib() as f64 / 1024.0)
-            } else {
-                format!("{:.1}, {:.1}", peak_rss_kib() as f64 / 1024.0, rss_kib() as f64 / 1024.0)
-            },
-        );
     }
-    let counters_rss: f64 = cells.remove("_gated_rss").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     cells.insert(
         "agent peak RSS MiB",
         format!(
             "{:.1} (full sweeps {:.1}, gated {:.1})",
-            (full_rss as f64 / 1024.0).max(counters_rss),
+            full_rss.max(counters_peak_kib) as f64 / 1024.0,
             full_rss as f64 / 1024.0,
-            counters_rss
+            counters_peak_kib as f64 / 1024.0
         ),
     );
-    let counts_wrong = mismatches;
     cells.insert("counts = ss = proc", if mismatches == 0 { "yes".into() } else { format!("NO ({mismatches})") });
     cells.remove("_full_cpu");
     drop(nss);
-    Ok(Row {
-        scenario: format!("{n}x{per}{}", if private { " private tables" } else { "" }),
-        cells,
-        mismatches: counts_wrong,
-    })
+    Ok(Row { scenario: format!("{n}x{per}{}", if private { " private tables" } else { "" }), cells, mismatches })
 }
 
 /// Ten sweeps each of: the steady state, every namespace with traffic
 /// before each sweep (busy; the traffic itself is not timed), and one
 /// namespace leaking one more CLOSE_WAIT socket before each sweep. Cells
-/// are named `<prefix> steady|busy|1 leaking ms/sweep`. After the busy
+/// are named `gated …` (the counter gate) or `ebpf …` (the tracker). After the busy
 /// sweeps (whose results may be reused ones) every namespace's counts are
 /// compared with `ss` and `/proc`; returns how many differed.
 fn gated_phases(
-    prefix: &str,
+    ebpf: bool,
     scanner: &mut Scanner,
     nss: &mut [BenchNs],
     targets: &[Target],
@@ -671,7 +661,7 @@ fn gated_phases(
 ) -> Res<usize> {
     let n = targets.len();
     let sweeps = 10;
-    let ebpf = prefix == "ebpf";
+    let prefix = if ebpf { "ebpf" } else { "gated" };
     let cell = |what: &str| -> &'static str {
         match (ebpf, what) {
             (false, "steady") => "gated steady ms/sweep",
