@@ -622,7 +622,7 @@ fn scenario(index: usize, n: usize, per: u64, reps: usize, private: bool) -> Res
         mismatches += gated_phases(ebpf, &mut scanner, &mut nss, &targets, &mut cells)?;
         if ebpf {
             cells.insert("ebpf first sweep ms (cpu/wall)", format!("{}/{}", ms(cpu), ms(wall)));
-            cells.insert("ebpf maps KiB (kernel)", bpf_map_memlock_kib().to_string());
+            cells.insert("ebpf maps KiB (kernel)", bpf_map_memlock_kib()?.to_string());
             cells.insert(
                 "ebpf agent RSS MiB (peak, after)",
                 format!("{:.1}, {:.1}", peak_rss_kib() as f64 / 1024.0, rss_kib() as f64 / 1024.0),
@@ -737,20 +737,31 @@ fn gated_phases(
     Ok(mismatches)
 }
 
-/// Kernel memory of this process's BPF maps (`memlock` in their fdinfo).
-fn bpf_map_memlock_kib() -> u64 {
-    let mut bytes = 0;
-    for entry in std::fs::read_dir("/proc/self/fdinfo").into_iter().flatten().flatten() {
-        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if info.lines().any(|l| l.starts_with("map_type:")) {
-            bytes += info
-                .lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+/// The sum of `field` (e.g. `memlock:`) over this process's file
+/// descriptors whose fdinfo has a `kind` line (`map_type:` for BPF maps,
+/// `prog_type:` for BPF programs). A matching descriptor without the field
+/// is an error, not a zero.
+fn bpf_fdinfo_sum(kind: &str, field: &str) -> Res<u64> {
+    let mut sum = 0u64;
+    for entry in std::fs::read_dir("/proc/self/fdinfo").map_err(|e| format!("/proc/self/fdinfo: {e}"))? {
+        let path = entry.map_err(|e| format!("/proc/self/fdinfo: {e}"))?.path();
+        let info = match std::fs::read_to_string(&path) {
+            Ok(info) => info,
+            // Closed since it was listed (the directory's own descriptor).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        if info.lines().any(|l| l.starts_with(kind)) {
+            let value = info.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().parse::<u64>().ok());
+            sum += value.ok_or_else(|| format!("{}: no {field} line", path.display()))?;
         }
     }
-    bytes / 1024
+    Ok(sum)
+}
+
+/// Kernel memory of this process's BPF maps (`memlock` in their fdinfo).
+fn bpf_map_memlock_kib() -> Res<u64> {
+    Ok(bpf_fdinfo_sum("map_type:", "memlock:")? / 1024)
 }
 
 /// The storm itself (inside its namespace).
@@ -815,19 +826,8 @@ impl Drop for BpfStats {
 
 /// Run time and runs of this process's BPF programs (`run_time_ns`,
 /// `run_cnt` in their fdinfo; counted while [`BpfStats`] is on).
-fn bpf_program_runs() -> (Duration, u64) {
-    let (mut ns, mut runs) = (0u64, 0u64);
-    for entry in std::fs::read_dir("/proc/self/fdinfo").into_iter().flatten().flatten() {
-        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if info.lines().any(|l| l.starts_with("prog_type:")) {
-            let field = |name: &str| {
-                info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
-            };
-            ns += field("run_time_ns:");
-            runs += field("run_cnt:");
-        }
-    }
-    (Duration::from_nanos(ns), runs)
+fn bpf_program_runs() -> Res<(Duration, u64)> {
+    Ok((Duration::from_nanos(bpf_fdinfo_sum("prog_type:", "run_time_ns:")?), bpf_fdinfo_sum("prog_type:", "run_cnt:")?))
 }
 
 /// The storm without and with the tracker, alternating; prints the table.
@@ -867,13 +867,16 @@ fn storm_runs(connections: u64, pairs: usize) -> Res<()> {
     {
         let tracker = Tracker::load().map_err(|e| format!("the eBPF tracker did not load: {e}"))?;
         let stats = BpfStats::enable()?;
-        let (t0, r0) = bpf_program_runs();
+        let (t0, r0) = bpf_program_runs()?;
         let cpu = storm_once(connections, 2 * pairs)?;
-        let (t1, r1) = bpf_program_runs();
+        let (t1, r1) = bpf_program_runs()?;
         drop((stats, tracker));
         program_time = t1.saturating_sub(t0);
         runs = r1.saturating_sub(r0);
         stats_run_cpu = cpu;
+        if runs < connections {
+            return Err(format!("the tracker ran {runs} times during a storm of {connections} connections"));
+        }
     }
     let median = |v: &mut Vec<Duration>| {
         v.sort();
