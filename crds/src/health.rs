@@ -70,9 +70,16 @@ use crate::policy::Verdict;
     printcolumn(
         name = "Port-Pressure",
         type_ = "integer",
-        json_path = ".status.portPressure.percent",
+        json_path = ".status.portPressure.effectivePercent",
         priority = 1,
-        description = "Highest share, in percent, of the ephemeral port range used towards one destination"
+        description = "Highest share, in percent, of the ephemeral port range that connect() cannot take towards one destination (TIME_WAIT it may reuse left out)"
+    ),
+    printcolumn(
+        name = "TW-Buckets",
+        type_ = "integer",
+        json_path = ".status.timeWait.bucketsPercent",
+        priority = 1,
+        description = "TIME_WAIT sockets in percent of the namespace's tcp_max_tw_buckets"
     ),
     printcolumn(
         name = "Owner",
@@ -134,6 +141,10 @@ pub struct ConnectionHealthStatus {
     /// sockets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_pressure: Option<PortPressureDetail>,
+
+    /// TIME_WAIT sockets against the namespace's `tcp_max_tw_buckets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_wait: Option<TimeWaitDetail>,
 
     /// The TCP settings of the pod's network namespace that bear on
     /// CLOSE_WAIT and TIME_WAIT. Reported as evidence; connhealth never
@@ -333,13 +344,45 @@ pub struct SocketOwner {
     pub fd_limit: Option<i64>,
 }
 
+/// TIME_WAIT sockets against the namespace's limit.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeWaitDetail {
+    /// Sockets in TIME_WAIT.
+    pub count: i64,
+    /// `net.ipv4.tcp_max_tw_buckets` of the pod's namespace: while this many
+    /// TIME_WAIT sockets exist, a closing connection skips TIME_WAIT.
+    pub max_buckets: i64,
+    /// `count` in percent of `maxBuckets`.
+    pub buckets_percent: i32,
+    /// Closes that skipped TIME_WAIT because the limit was reached, since the
+    /// namespace was created (`TcpExt: TCPTimeWaitOverflow`). Absent when
+    /// the agent could not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflows: Option<i64>,
+}
+
 /// Ephemeral port usage per destination.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PortPressureDetail {
     /// The highest share, in percent (0-100), of the ephemeral port range used
-    /// towards a single destination.
+    /// towards a single destination, counting every TIME_WAIT socket.
     pub percent: i32,
+    /// The highest share, in percent, of the ephemeral port range that
+    /// `connect()` cannot take towards a single destination: TIME_WAIT
+    /// sockets it may reuse (`tcp_tw_reuse` with timestamps, older than the
+    /// reuse delay) left out. Policies compare this figure. Absent from
+    /// agents before it existed (then `percent` is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_percent: Option<i32>,
+    /// Which TIME_WAIT sockets `connect()` may reuse in the pod's namespace:
+    /// `off` (`tcp_tw_reuse=0`), `all` (`tcp_tw_reuse=1` with timestamps),
+    /// `loopback` (`tcp_tw_reuse=2`, Linux's default, with timestamps:
+    /// towards loopback destinations only) or `noTimestamps`
+    /// (`tcp_tw_reuse` on but `tcp_timestamps=0`, so it does nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_wait_reuse: Option<String>,
     /// Size of the pod's ephemeral port range.
     pub ephemeral_ports: i64,
     /// Destinations using the most ephemeral ports, highest first.
@@ -361,6 +404,14 @@ pub struct DestinationPressure {
     pub established: i64,
     /// Their sum in percent of the ephemeral port range.
     pub percent: i32,
+    /// Of the TIME_WAIT sockets, those `connect()` may reuse for a new
+    /// connection to this destination.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reusable_time_wait: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// Per-namespace TCP settings (`sysctl net.ipv4.*` inside the pod).
@@ -373,8 +424,9 @@ pub struct NetnsSysctls {
     pub tcp_tw_reuse: i32,
     /// `net.ipv4.tcp_timestamps` (TIME_WAIT reuse needs them).
     pub tcp_timestamps: i32,
-    /// `net.ipv4.tcp_max_tw_buckets`: TIME_WAIT sockets beyond this are
-    /// destroyed early.
+    /// `net.ipv4.tcp_max_tw_buckets`: while this many TIME_WAIT sockets
+    /// exist, a closing connection skips TIME_WAIT (the kernel counts a
+    /// `TCPTimeWaitOverflow`).
     pub tcp_max_tw_buckets: i64,
     /// `net.ipv4.tcp_fin_timeout`, in seconds (FIN_WAIT2 lifetime).
     pub tcp_fin_timeout: i32,

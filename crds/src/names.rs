@@ -49,6 +49,9 @@ pub mod reasons {
     /// Warning: a pod's TIME_WAIT and connecting sockets towards one
     /// destination use a large share of its ephemeral port range.
     pub const TIME_WAIT_PRESSURE: &str = "TimeWaitPressure";
+    /// Warning: a pod's TIME_WAIT sockets fill a large share of its
+    /// namespace's `tcp_max_tw_buckets` (past it, closes skip TIME_WAIT).
+    pub const TIME_WAIT_BUCKETS_HIGH: &str = "TimeWaitBucketsHigh";
     /// Normal: a pod that was Warning or Leaking is Healthy again.
     pub const RECOVERED: &str = "Recovered";
 }

@@ -76,7 +76,7 @@ fn bounded_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
-#[x_kube(validation = Rule::new("self.closeWait.enabled || self.portPressure.enabled").message("at least one check (closeWait or portPressure) must be enabled").field_path(".closeWait.enabled"))]
+#[x_kube(validation = Rule::new("self.closeWait.enabled || self.portPressure.enabled || self.timeWait.enabled").message("at least one check (closeWait, portPressure or timeWait) must be enabled").field_path(".closeWait.enabled"))]
 #[x_kube(validation = Rule::new("self.actions.events || self.actions.annotations").message("at least one action (events or annotations) must be enabled").field_path(".actions"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionHealthPolicySpec {
@@ -98,6 +98,13 @@ pub struct ConnectionHealthPolicySpec {
     /// open new connections to it.
     #[serde(default)]
     pub port_pressure: PortPressureThresholds,
+
+    /// When the pod's TIME_WAIT sockets fill too much of its namespace's
+    /// `net.ipv4.tcp_max_tw_buckets`. Past the limit, closing connections skip
+    /// TIME_WAIT (the kernel counts `TCPTimeWaitOverflow`), so a late
+    /// segment of an old connection can reach a new one with the same ports.
+    #[serde(default)]
+    pub time_wait: TimeWaitThresholds,
 
     /// What connhealth does when a selected pod is Warning or Leaking. The
     /// verdict on the pod's ConnectionHealth is always written.
@@ -162,8 +169,10 @@ pub struct GrowthThreshold {
 /// Port-pressure threshold. For each destination (remote address and port),
 /// connhealth counts the pod's TIME_WAIT, SYN_SENT and ESTABLISHED sockets
 /// that use a local ephemeral port, and divides by the size of the pod's
-/// ephemeral port range. The highest destination's share is the pod's port
-/// pressure.
+/// ephemeral port range. The check compares the effective figure: TIME_WAIT
+/// sockets that `connect()` may reuse (`tcp_tw_reuse=1`, or `2` towards
+/// loopback, with `tcp_timestamps` on) are left out. The highest
+/// destination's share is the pod's port pressure.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PortPressureThresholds {
@@ -178,14 +187,30 @@ pub struct PortPressureThresholds {
     pub warning_percent: i32,
 }
 
+/// TIME_WAIT bucket threshold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeWaitThresholds {
+    /// Whether this check runs.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Share, in percent, of the namespace's `tcp_max_tw_buckets` held by
+    /// TIME_WAIT sockets at which the pod becomes Warning and a
+    /// `TimeWaitBucketsHigh` Event is raised.
+    #[serde(default = "default_time_wait_buckets_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub buckets_warning_percent: i32,
+}
+
 /// Actions taken for pods whose verdict is Warning or Leaking.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyActions {
     /// Publish Warning Events on the pod (`CloseWaitHigh` when the count
     /// crosses `warningCount`, `CloseWaitLeak` when the pod leaks,
-    /// `TimeWaitPressure`), and a Normal `Recovered` Event when it is healthy
-    /// again.
+    /// `TimeWaitPressure` for port pressure, `TimeWaitBucketsHigh` for the
+    /// TIME_WAIT bucket share), and a Normal `Recovered` Event when it is
+    /// healthy again.
     #[serde(default = "default_true")]
     pub events: bool,
 
@@ -289,6 +314,9 @@ fn default_close_wait_min_age() -> Duration {
 fn default_port_pressure_percent() -> i32 {
     60
 }
+fn default_time_wait_buckets_percent() -> i32 {
+    80
+}
 fn default_event_cooldown() -> Duration {
     std::time::Duration::from_secs(15 * 60).into()
 }
@@ -311,6 +339,11 @@ impl Default for PortPressureThresholds {
     }
 }
 
+impl Default for TimeWaitThresholds {
+    fn default() -> Self {
+        Self { enabled: true, buckets_warning_percent: default_time_wait_buckets_percent() }
+    }
+}
 impl Default for PolicyActions {
     fn default() -> Self {
         Self { events: true, annotations: true, event_cooldown: default_event_cooldown() }

@@ -123,7 +123,7 @@ fn policy_crd_has_names_columns_status_and_rules() {
     let mut messages = BTreeSet::new();
     cel_messages(schema, &mut messages);
     for expected in [
-        "at least one check (closeWait or portPressure) must be enabled",
+        "at least one check (closeWait, portPressure or timeWait) must be enabled",
         "at least one action (events or annotations) must be enabled",
         "must be a positive duration such as 30s, 5m or 1h30m",
     ] {
@@ -133,6 +133,9 @@ fn policy_crd_has_names_columns_status_and_rules() {
     let close_wait = &schema["properties"]["spec"]["properties"]["closeWait"]["properties"];
     assert_eq!(close_wait["warningCount"]["minimum"], 1.0);
     assert_eq!(close_wait["stuckCount"]["minimum"], 1.0);
+    let time_wait = &schema["properties"]["spec"]["properties"]["timeWait"]["properties"];
+    assert_eq!(time_wait["bucketsWarningPercent"]["minimum"], 1.0);
+    assert_eq!(time_wait["bucketsWarningPercent"]["maximum"], 100.0);
 
     let conditions = &schema["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
@@ -158,7 +161,8 @@ fn health_crd_has_names_columns_status_and_field_selector() {
         ("Stuck", ".status.closeWait.stuck"),
         ("Oldest", ".status.closeWait.oldestSince"),
         ("Time-Wait", ".status.states.timeWait"),
-        ("Port-Pressure", ".status.portPressure.percent"),
+        ("Port-Pressure", ".status.portPressure.effectivePercent"),
+        ("TW-Buckets", ".status.timeWait.bucketsPercent"),
         ("Owner", ".status.closeWait.owners[0].command"),
         ("Verdict", ".status.verdict.result"),
         ("Policy", ".status.verdict.policy"),

@@ -19,6 +19,7 @@
 pub mod access;
 pub mod agent;
 pub mod fakepod;
+pub mod prometheus;
 pub mod proxy;
 pub mod report;
 

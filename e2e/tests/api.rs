@@ -65,14 +65,15 @@ fn valid_policies_are_accepted_with_defaults() {
             "  podSelector: {matchLabels: {app: api}}\n  closeWait: {warningCount: 3, stuckCount: 2, minAge: 90s, growth: {count: 10, window: 10m}}\n  portPressure: {warningPercent: 80}\n  actions: {events: true, annotations: false, eventCooldown: 1h30m}\n",
         ),
         ("ports-only", "  closeWait: {enabled: false}\n"),
+        ("buckets-only", "  closeWait: {enabled: false}\n  portPressure: {enabled: false}\n"),
     ] {
         let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &policy_yaml(&ns.name, name, spec));
         assert!(ok, "policy {name} refused: {stderr}");
     }
     let defaults = cluster
-        .kubectl_ok(&["get", "chp", "empty", "-n", &ns.name, "-o", "jsonpath={.spec.closeWait.warningCount} {.spec.closeWait.minAge} {.spec.portPressure.warningPercent} {.spec.actions.eventCooldown}"])
+        .kubectl_ok(&["get", "chp", "empty", "-n", &ns.name, "-o", "jsonpath={.spec.closeWait.warningCount} {.spec.closeWait.minAge} {.spec.portPressure.warningPercent} {.spec.timeWait.bucketsWarningPercent} {.spec.actions.eventCooldown}"])
         .unwrap();
-    assert_eq!(defaults, "10 120s 60 900s");
+    assert_eq!(defaults, "10 120s 60 80 900s");
 }
 
 #[test]
@@ -86,9 +87,10 @@ fn invalid_policies_are_refused_with_the_rule_message() {
         ("  actions: {eventCooldown: \"10\"}\n", "must be a positive duration such as 30s, 5m or 1h30m"),
         ("  actions: {eventCooldown: 10}\n", "spec.actions.eventCooldown in body must be of type string"),
         (
-            "  closeWait: {enabled: false}\n  portPressure: {enabled: false}\n",
-            "at least one check (closeWait or portPressure) must be enabled",
+            "  closeWait: {enabled: false}\n  portPressure: {enabled: false}\n  timeWait: {enabled: false}\n",
+            "at least one check (closeWait, portPressure or timeWait) must be enabled",
         ),
+        ("  timeWait: {bucketsWarningPercent: 0}\n", "should be greater than or equal to 1"),
         (
             "  actions: {events: false, annotations: false}\n",
             "at least one action (events or annotations) must be enabled",
@@ -162,6 +164,7 @@ async fn reports_written_with_server_side_apply_show_printer_columns() {
             "OLDEST",
             "TIME-WAIT",
             "PORT-PRESSURE",
+            "TW-BUCKETS",
             "OWNER",
             "VERDICT",
             "POLICY",

@@ -772,9 +772,14 @@ fn monitoring_objects_select_the_right_services_metrics_and_jobs() {
         [
             "ConnhealthAgentAbsent",
             "ConnhealthAgentDown",
+            "ConnhealthNodeConntrackFull",
             "ConnhealthOperatorNoLeader",
             "ConnhealthPodLeaking",
-            "ConnhealthPolicyViolations"
+            "ConnhealthPolicyViolations",
+            "ConnhealthPortPressure",
+            "ConnhealthTimeWaitBuckets",
+            "ConnhealthTimeWaitOverflow",
+            "ConnhealthTimeWaitSurge"
         ]
     );
     let leaking = alerts["ConnhealthPodLeaking"];
@@ -803,7 +808,9 @@ fn monitoring_objects_select_the_right_services_metrics_and_jobs() {
         assert!(alert["annotations"]["description"].as_str().is_some_and(|d| d.len() > 40), "{name}: no description");
     }
 
-    // The dashboard: JSON, jobs filled in, only metrics that exist.
+    // The dashboard: JSON, jobs filled in. Its queries are evaluated
+    // against a real Prometheus scraping real components in
+    // tests/prometheus.rs.
     let cm = find(&docs, "ConfigMap", "mon-connhealth-dashboard");
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
     let dashboard: Value =
@@ -811,29 +818,6 @@ fn monitoring_objects_select_the_right_services_metrics_and_jobs() {
     let text = dashboard.to_string();
     assert!(!text.contains("__CONNHEALTH_"), "a job placeholder was left in the dashboard");
     assert!(text.contains(agent_job) && text.contains(operator_job));
-    let known = [
-        "connhealth_agent_close_wait_stuck",
-        "connhealth_operator_violating_pods",
-        "connhealth_operator_matched_pods",
-        "connhealth_operator_leader",
-        "connhealth_operator_reconciles_total",
-        "connhealth_operator_events_published_total",
-        "connhealth_operator_reconcile_duration_seconds_bucket",
-    ];
-    let exprs: Vec<&str> = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap()))
-        .collect();
-    assert!(exprs.len() >= 10);
-    for expr in exprs {
-        for word in
-            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("connhealth_"))
-        {
-            assert!(known.contains(&word), "dashboard uses unknown metric {word} in {expr}");
-        }
-    }
 
     // Job overrides reach alerts and dashboard.
     let overridden: Vec<&str> = on.iter().copied().chain(["--set", "prometheusJobs.agent=node-agents"]).collect();

@@ -278,6 +278,9 @@ impl Agent {
         if let Some(counters) = &sweep.tracker_counters {
             self.metrics.record_tracker_counters(counters);
         }
+        let conntrack = sweep.host_conntrack.map_or((0, 0), |c| (c.entries, c.max));
+        self.metrics.node_conntrack_entries.set(i64::try_from(conntrack.0).unwrap_or(i64::MAX));
+        self.metrics.node_conntrack_max.set(i64::try_from(conntrack.1).unwrap_or(i64::MAX));
         for error in &sweep.errors {
             self.metrics.scan_errors.get_or_create(&kind(error.category)).inc();
             tracing::warn!(inode = error.inode, pod_uid = ?error.label.pod_uid, category = error.category, "{}", error.message);
@@ -289,7 +292,14 @@ impl Agent {
         let cw = &ns.summary.close_wait;
         self.metrics.close_wait_stuck.get_or_create(&labels).set(cw.stuck as i64);
         self.metrics.close_wait_oldest_age.get_or_create(&labels).set(cw.oldest_age_seconds.unwrap_or(0) as i64);
-        self.metrics.port_pressure.get_or_create(&labels).set(ns.summary.port_pressure.percent as i64);
+        let pressure = &ns.summary.port_pressure;
+        self.metrics.port_pressure.get_or_create(&labels).set(pressure.percent as i64);
+        self.metrics.port_pressure_effective.get_or_create(&labels).set(pressure.effective_percent as i64);
+        let tw = &ns.summary.time_wait;
+        self.metrics.time_wait_buckets.get_or_create(&labels).set(tw.buckets_percent.unwrap_or(0) as i64);
+        if let Some(overflows) = tw.overflows.filter(|n| *n > 0) {
+            self.metrics.time_wait_overflows.get_or_create(&labels).set(i64::try_from(overflows).unwrap_or(i64::MAX));
+        }
         for (state, count) in ns.summary.states.iter().filter(|(state, _)| self.metrics.per_pod(*state)) {
             self.metrics
                 .sockets

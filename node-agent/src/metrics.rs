@@ -5,8 +5,11 @@
 //!
 //! Series per pod: one per state of `--pod-state-series` (default 4:
 //! ESTAB, CLOSE-WAIT, TIME-WAIT, SYN-SENT) plus stuck CLOSE_WAIT, oldest
-//! CLOSE_WAIT age and port pressure: 7 by default, 14 with `all`. Every
-//! state is also exported once per node, summed over its pods.
+//! CLOSE_WAIT age, port pressure (raw and effective) and the TIME_WAIT
+//! bucket share: 9 by default, 16 with `all`; one more for a pod whose
+//! namespace ever overflowed its TIME_WAIT buckets. Every state is also
+//! exported once per node, summed over its pods, with the node's conntrack
+//! table fill.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -83,8 +86,19 @@ pub struct AgentMetrics {
     pub close_wait_stuck: Family<PodLabels, Gauge>,
     /// Age of the oldest CLOSE_WAIT socket per pod, seconds.
     pub close_wait_oldest_age: Family<PodLabels, Gauge>,
-    /// Port pressure per pod, percent.
+    /// Port pressure per pod, percent, every TIME_WAIT socket counted.
     pub port_pressure: Family<PodLabels, Gauge>,
+    /// Port pressure per pod, percent, of the ports connect() cannot take.
+    pub port_pressure_effective: Family<PodLabels, Gauge>,
+    /// TIME_WAIT sockets per pod in percent of its `tcp_max_tw_buckets`.
+    pub time_wait_buckets: Family<PodLabels, Gauge>,
+    /// The namespace's `TCPTimeWaitOverflow` counter, for pods where it is
+    /// above zero.
+    pub time_wait_overflows: Family<PodLabels, Gauge>,
+    /// The node's conntrack entries (host namespace).
+    pub node_conntrack_entries: Gauge,
+    /// The node's conntrack limit.
+    pub node_conntrack_max: Gauge,
     /// Sweep wall time.
     pub sweep_duration: Histogram,
     /// Namespaces per sweep by how they were handled.
@@ -116,6 +130,11 @@ impl AgentMetrics {
             close_wait_stuck: Family::default(),
             close_wait_oldest_age: Family::default(),
             port_pressure: Family::default(),
+            port_pressure_effective: Family::default(),
+            time_wait_buckets: Family::default(),
+            time_wait_overflows: Family::default(),
+            node_conntrack_entries: Gauge::default(),
+            node_conntrack_max: Gauge::default(),
             sweep_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             namespaces: Family::default(),
             scan_errors: Family::default(),
@@ -147,8 +166,33 @@ impl AgentMetrics {
         );
         r.register(
             "port_pressure_percent",
-            "Highest share of a pod's ephemeral port range held towards one destination",
+            "Highest share of a pod's ephemeral port range held towards one destination, every TIME_WAIT socket counted",
             m.port_pressure.clone(),
+        );
+        r.register(
+            "port_pressure_effective_percent",
+            "Highest share of a pod's ephemeral port range that connect() cannot take towards one destination (TIME_WAIT it may reuse with tcp_tw_reuse and timestamps left out); what policies compare",
+            m.port_pressure_effective.clone(),
+        );
+        r.register(
+            "time_wait_buckets_percent",
+            "TIME_WAIT sockets of a pod's network namespace in percent of its net.ipv4.tcp_max_tw_buckets",
+            m.time_wait_buckets.clone(),
+        );
+        r.register(
+            "time_wait_overflows",
+            "Closes that skipped TIME_WAIT at tcp_max_tw_buckets since the pod's network namespace was created (TcpExt TCPTimeWaitOverflow, a kernel counter); only pods where it is above zero",
+            m.time_wait_overflows.clone(),
+        );
+        r.register(
+            "node_conntrack_entries",
+            "Entries of the node's connection-tracking (NAT) table in the host network namespace (nf_conntrack_count); 0 without connection tracking",
+            m.node_conntrack_entries.clone(),
+        );
+        r.register(
+            "node_conntrack_max",
+            "Limit of the node's connection-tracking table (nf_conntrack_max); 0 without connection tracking",
+            m.node_conntrack_max.clone(),
         );
         r.register(
             "sweep_duration_seconds",
@@ -212,6 +256,9 @@ impl AgentMetrics {
         self.close_wait_stuck.remove(&labels);
         self.close_wait_oldest_age.remove(&labels);
         self.port_pressure.remove(&labels);
+        self.port_pressure_effective.remove(&labels);
+        self.time_wait_buckets.remove(&labels);
+        self.time_wait_overflows.remove(&labels);
         for state in TcpState::ALL {
             self.sockets.remove(&PodStateLabels {
                 namespace: namespace.to_owned(),

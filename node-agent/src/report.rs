@@ -13,7 +13,11 @@
 //! - the stuck CLOSE_WAIT count changed (stuck sockets are the leak signal,
 //!   so any change counts; transient CLOSE_WAIT never becomes stuck);
 //! - the top CLOSE_WAIT peer or the top owner (pid and command) changed;
-//! - port pressure moved into another band of `pressure_band` percent;
+//! - port pressure (raw or effective) or the TIME_WAIT share of
+//!   `tcp_max_tw_buckets` moved into another band of `pressure_band`
+//!   percent, or the namespace's first TIME_WAIT overflow was counted (more
+//!   overflows alone do not rewrite: the count rises on every close while
+//!   the limit is reached);
 //! - the pod became or stopped being `hostNetwork`;
 //! - nothing of the above for `heartbeat` since the last write.
 //!
@@ -27,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use connhealth_crds::ConnectionHealthStatus;
 use connhealth_crds::health::{
     CloseWaitDetail, DestinationPressure, EndpointCount, FirstSeenGroup, NetnsSysctls as ReportSysctls, PortCount,
-    PortPressureDetail, SocketOwner as ReportOwner, TcpStateCounts,
+    PortPressureDetail, SocketOwner as ReportOwner, TcpStateCounts, TimeWaitDetail,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -107,6 +111,8 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
         })
         .unwrap_or_default();
     let pressure = &ns.summary.port_pressure;
+    let tw = &ns.summary.time_wait;
+    let percent = |p: u64| i32::try_from(p.min(100)).unwrap_or(100);
     ConnectionHealthStatus {
         observed_at: Some(to_time(ctx.observed_at)),
         host_network: None,
@@ -135,7 +141,9 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
             owners,
         }),
         port_pressure: Some(PortPressureDetail {
-            percent: i32::try_from(pressure.percent.min(100)).unwrap_or(100),
+            percent: percent(pressure.percent),
+            effective_percent: Some(percent(pressure.effective_percent)),
+            time_wait_reuse: Some(pressure.time_wait_reuse.as_str().to_owned()),
             ephemeral_ports: i64::from(pressure.ephemeral_ports),
             top_destinations: pressure
                 .top_destinations
@@ -146,9 +154,16 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
                     time_wait: int(d.time_wait),
                     syn_sent: int(d.syn_sent),
                     established: int(d.established),
-                    percent: i32::try_from(d.percent.min(100)).unwrap_or(100),
+                    percent: percent(d.percent),
+                    reusable_time_wait: int(d.reusable_time_wait),
                 })
                 .collect(),
+        }),
+        time_wait: tw.max_buckets.map(|max_buckets| TimeWaitDetail {
+            count: int(tw.count),
+            max_buckets,
+            buckets_percent: percent(tw.buckets_percent.unwrap_or(0)),
+            overflows: tw.overflows.map(int),
         }),
         sysctls: Some(ReportSysctls {
             ip_local_port_range: format!(
@@ -181,7 +196,8 @@ pub struct ChangeRule {
     pub abs_margin: u64,
     /// ... nor one below this fraction of the previous count.
     pub rel_margin: f64,
-    /// Port pressure is compared in bands of this many percent.
+    /// Port pressure and the TIME_WAIT bucket share are compared in bands
+    /// of this many percent.
     pub pressure_band: i32,
     /// A report unchanged for this long is rewritten anyway.
     pub heartbeat: Duration,
@@ -206,8 +222,11 @@ pub enum WriteReason {
     Peer,
     /// The top CLOSE_WAIT owner changed.
     Owner,
-    /// Port pressure moved to another band.
+    /// Port pressure (raw or effective) moved to another band.
     PortPressure,
+    /// The TIME_WAIT bucket share moved to another band, or the first
+    /// TIME_WAIT overflow was seen.
+    TimeWaitBuckets,
     /// The pod's hostNetwork status changed.
     HostNetwork,
     /// Nothing changed for a heartbeat interval.
@@ -224,6 +243,7 @@ impl WriteReason {
             WriteReason::Peer => "peer",
             WriteReason::Owner => "owner",
             WriteReason::PortPressure => "portPressure",
+            WriteReason::TimeWaitBuckets => "timeWaitBuckets",
             WriteReason::HostNetwork => "hostNetwork",
             WriteReason::Heartbeat => "heartbeat",
         }
@@ -268,10 +288,18 @@ pub fn write_reason(
     if owner(old) != owner(new_cw_detail) {
         return Some(WriteReason::Owner);
     }
-    let band =
-        |s: &ConnectionHealthStatus| s.port_pressure.as_ref().map_or(0, |p| p.percent / rule.pressure_band.max(1));
-    if band(last) != band(new) {
+    let band = |percent: i32| percent / rule.pressure_band.max(1);
+    let pressure_bands = |s: &ConnectionHealthStatus| {
+        s.port_pressure.as_ref().map_or((0, 0), |p| (band(p.percent), band(p.effective_percent.unwrap_or(p.percent))))
+    };
+    if pressure_bands(last) != pressure_bands(new) {
         return Some(WriteReason::PortPressure);
+    }
+    let buckets = |s: &ConnectionHealthStatus| {
+        s.time_wait.as_ref().map_or((0, false), |t| (band(t.buckets_percent), t.overflows.unwrap_or(0) > 0))
+    };
+    if buckets(last) != buckets(new) {
+        return Some(WriteReason::TimeWaitBuckets);
     }
     let last_at = last.observed_at.as_ref().map(|t| SystemTime::from(t.0)).unwrap_or(SystemTime::UNIX_EPOCH);
     if now.duration_since(last_at).unwrap_or_default() >= rule.heartbeat {
@@ -350,13 +378,36 @@ mod tests {
             vec![ReportOwner { pid: 7, command: "java".into(), ..Default::default() }];
         assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::Owner));
         a.close_wait.as_mut().unwrap().owners = b.close_wait.as_ref().unwrap().owners.clone();
-        let pressure =
-            |p: i32| Some(PortPressureDetail { percent: p, ephemeral_ports: 28232, top_destinations: vec![] });
-        a.port_pressure = pressure(41);
-        b.port_pressure = pressure(49);
+        let pressure = |p: i32, effective: i32| {
+            Some(PortPressureDetail {
+                percent: p,
+                effective_percent: Some(effective),
+                ephemeral_ports: 28232,
+                ..Default::default()
+            })
+        };
+        a.port_pressure = pressure(41, 12);
+        b.port_pressure = pressure(49, 19);
         assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), None, "same band");
-        b.port_pressure = pressure(50);
+        b.port_pressure = pressure(50, 19);
         assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::PortPressure));
+        b.port_pressure = pressure(41, 20);
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::PortPressure), "effective band");
+        b.port_pressure = pressure(41, 12);
+
+        let buckets = |percent: i32, overflows: Option<i64>| {
+            Some(TimeWaitDetail { count: 1, max_buckets: 4096, buckets_percent: percent, overflows })
+        };
+        a.time_wait = buckets(3, Some(0));
+        b.time_wait = buckets(9, Some(0));
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), None, "same band");
+        b.time_wait = buckets(10, Some(0));
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::TimeWaitBuckets));
+        b.time_wait = buckets(3, Some(5));
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::TimeWaitBuckets), "first overflow");
+        a.time_wait = buckets(3, Some(5));
+        b.time_wait = buckets(3, Some(500));
+        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), None, "more overflows alone do not rewrite");
     }
 
     #[test]

@@ -41,8 +41,12 @@ fn owner(ns: &NamespaceReport) -> String {
 
 fn pressure(ns: &NamespaceReport) -> String {
     let p = &ns.summary.port_pressure;
+    // The effective figure (what connect() cannot reuse) when TIME_WAIT
+    // reuse makes it lower.
+    let effective =
+        if p.effective_percent < p.percent { format!(" (effective {}%)", p.effective_percent) } else { String::new() };
     match p.top_destinations.first() {
-        Some(d) => format!("{}% {}", p.percent, d.endpoint),
+        Some(d) => format!("{}%{effective} {}", p.percent, d.endpoint),
         None => "0%".into(),
     }
 }
@@ -122,5 +126,9 @@ pub fn write(out: &mut dyn Write, report: &SweepReport) -> io::Result<()> {
             TrackerMode::Ebpf => "the eBPF tracker",
             TrackerMode::Counters => "counters",
         }
-    )
+    )?;
+    if let Some(c) = &report.host_conntrack {
+        writeln!(out, "node conntrack table: {} of {} entries ({}%)", c.entries, c.max, c.percent)?;
+    }
+    Ok(())
 }

@@ -9,7 +9,9 @@
 //! - Each selecting policy assesses the report: CLOSE_WAIT count ≥
 //!   `warningCount` → Warning; stuck sockets (in CLOSE_WAIT for at least
 //!   `minAge`) ≥ `stuckCount` → Leaking; count grown by ≥ `growth.count` within
-//!   `growth.window` → Leaking; port pressure ≥ `warningPercent` → Warning.
+//!   `growth.window` → Leaking; port pressure (effective: TIME_WAIT that
+//!   `connect()` may reuse left out) ≥ `warningPercent` → Warning; TIME_WAIT
+//!   share of `tcp_max_tw_buckets` ≥ `bucketsWarningPercent` → Warning.
 //! - **Several policies on one pod: the strictest verdict wins**
 //!   (Leaking > Warning > Healthy); among equals, the policy whose name sorts
 //!   first. The deciding policy's actions apply.
@@ -23,7 +25,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration as StdDuration;
 
 use connhealth_crds::Verdict;
-use connhealth_crds::health::{CloseWaitDetail, ConnectionHealthStatus, LastEvent, VerdictStatus};
+use connhealth_crds::health::{
+    CloseWaitDetail, ConnectionHealthStatus, DestinationPressure, LastEvent, PortPressureDetail, VerdictStatus,
+};
 use connhealth_crds::names::{annotations, reasons};
 use connhealth_crds::policy::ConnectionHealthPolicySpec;
 use connhealth_runtime::human_duration;
@@ -64,9 +68,17 @@ pub fn validate_spec(spec: &ConnectionHealthPolicySpec) -> Result<(), Error> {
             value: pct,
         });
     }
+    let buckets = i64::from(spec.time_wait.buckets_warning_percent);
+    if !(1..=100).contains(&buckets) {
+        return Err(Error::InvalidThreshold {
+            field: "spec.timeWait.bucketsWarningPercent",
+            allowed: "between 1 and 100",
+            value: buckets,
+        });
+    }
     positive("spec.actions.eventCooldown", &spec.actions.event_cooldown)?;
-    if !cw.enabled && !spec.port_pressure.enabled {
-        return Err(Error::NothingEnabled("at least one check (closeWait or portPressure) must be enabled"));
+    if !cw.enabled && !spec.port_pressure.enabled && !spec.time_wait.enabled {
+        return Err(Error::NothingEnabled("at least one check (closeWait, portPressure or timeWait) must be enabled"));
     }
     if !spec.actions.events && !spec.actions.annotations {
         return Err(Error::NothingEnabled("at least one action (events or annotations) must be enabled"));
@@ -188,6 +200,8 @@ pub enum FindingKind {
     CloseWaitCount,
     /// Ephemeral ports towards one destination mostly in use.
     PortPressure,
+    /// TIME_WAIT sockets near the namespace's `tcp_max_tw_buckets`.
+    TimeWaitBuckets,
 }
 
 impl FindingKind {
@@ -195,6 +209,7 @@ impl FindingKind {
     pub fn event_reason(self) -> &'static str {
         match self {
             FindingKind::PortPressure => reasons::TIME_WAIT_PRESSURE,
+            FindingKind::TimeWaitBuckets => reasons::TIME_WAIT_BUCKETS_HIGH,
             FindingKind::CloseWaitCount => reasons::CLOSE_WAIT_HIGH,
             FindingKind::CloseWaitStuck | FindingKind::CloseWaitGrowth => reasons::CLOSE_WAIT_LEAK,
         }
@@ -299,21 +314,60 @@ pub fn assess(
     }
     if spec.port_pressure.enabled
         && let Some(pressure) = &report.port_pressure
-        && pressure.percent >= spec.port_pressure.warning_percent
     {
-        let towards = pressure.top_destinations.first().map(|d| format!(" towards {}", d.endpoint)).unwrap_or_default();
+        findings.extend(port_pressure_finding(pressure, spec.port_pressure.warning_percent));
+    }
+    if spec.time_wait.enabled
+        && let Some(tw) = &report.time_wait
+        && tw.max_buckets > 0
+        && tw.buckets_percent >= spec.time_wait.buckets_warning_percent
+    {
         findings.push(Finding {
-            kind: FindingKind::PortPressure,
+            kind: FindingKind::TimeWaitBuckets,
             verdict: Verdict::Warning,
             text: format!(
-                "{PORT_PRESSURE_REASON}{}%{towards} of {} ephemeral ports (threshold {}%)",
-                pressure.percent, pressure.ephemeral_ports, spec.port_pressure.warning_percent
+                "{TIME_WAIT_BUCKETS_REASON}{}% of tcp_max_tw_buckets ({} of {}; threshold {}%)",
+                tw.buckets_percent, tw.count, tw.max_buckets, spec.time_wait.buckets_warning_percent
             ),
         });
     }
     findings.sort_by(|a, b| b.verdict.cmp(&a.verdict).then(a.kind.cmp(&b.kind)));
     let verdict = findings.first().map_or(Verdict::Healthy, |f| f.verdict);
     Assessment { verdict, findings, recheck_at }
+}
+
+/// The port-pressure finding, if the effective figure (what `connect()`
+/// cannot take) reaches `threshold`. Reports from agents without the
+/// effective figure are judged by the raw one.
+fn port_pressure_finding(pressure: &PortPressureDetail, threshold: i32) -> Option<Finding> {
+    let effective = pressure.effective_percent.unwrap_or(pressure.percent);
+    if effective < threshold {
+        return None;
+    }
+    // The destination that limits: the most ports connect() cannot take.
+    // Counts come from the API: saturating, never overflowing.
+    let unavailable = |d: &DestinationPressure| {
+        d.time_wait.saturating_add(d.syn_sent).saturating_add(d.established).saturating_sub(d.reusable_time_wait)
+    };
+    let towards = pressure
+        .top_destinations
+        .iter()
+        .max_by_key(|d| unavailable(d))
+        .map(|d| format!(" towards {}", d.endpoint))
+        .unwrap_or_default();
+    let raw = if pressure.percent > effective {
+        format!(", leaving out TIME_WAIT that connect() may reuse ({}% with it)", pressure.percent)
+    } else {
+        String::new()
+    };
+    Some(Finding {
+        kind: FindingKind::PortPressure,
+        verdict: Verdict::Warning,
+        text: format!(
+            "{PORT_PRESSURE_REASON}{effective}%{towards} of {} ephemeral ports (threshold {threshold}%){raw}",
+            pressure.ephemeral_ports
+        ),
+    })
 }
 
 /// A policy as evaluation needs it.
@@ -447,35 +501,91 @@ pub fn summary(assessment: &Assessment) -> String {
 
 /// How a port-pressure finding's text (a verdict reason) begins.
 const PORT_PRESSURE_REASON: &str = "port pressure ";
+/// How a TIME_WAIT bucket finding's text begins.
+const TIME_WAIT_BUCKETS_REASON: &str = "TIME_WAIT at ";
 
 /// The Recovered Event's note: what the pod was and why (the verdict's
 /// first reason), and the figures of that kind now.
 fn recovered_note(policy: &str, before: &VerdictStatus, report: &ConnectionHealthStatus) -> String {
-    let why = before.reasons.first().map_or(String::new(), |r| format!(" ({r})"));
-    let pressure_was_it = before.reasons.first().is_some_and(|r| r.starts_with(PORT_PRESSURE_REASON));
-    let now = if pressure_was_it {
-        let percent = report.port_pressure.as_ref().map_or(0, |p| p.percent);
-        format!("port pressure {percent}% now")
-    } else {
-        format!("{} CLOSE_WAIT sockets now", report.close_wait.as_ref().map_or(0, |c| c.count))
+    let first = before.reasons.first();
+    let why = first.map_or(String::new(), |r| format!(" ({r})"));
+    let now = match first {
+        Some(r) if r.starts_with(PORT_PRESSURE_REASON) => {
+            let percent = report.port_pressure.as_ref().map_or(0, |p| p.effective_percent.unwrap_or(p.percent));
+            format!("port pressure {percent}% now")
+        }
+        Some(r) if r.starts_with(TIME_WAIT_BUCKETS_REASON) => {
+            let percent = report.time_wait.as_ref().map_or(0, |t| t.buckets_percent);
+            format!("TIME_WAIT at {percent}% of tcp_max_tw_buckets now")
+        }
+        _ => format!("{} CLOSE_WAIT sockets now", report.close_wait.as_ref().map_or(0, |c| c.count)),
     };
     format!("Recovered from {}{why}: no threshold of policy {policy} is crossed any more ({now}).", before.result)
+}
+
+/// What the namespace's `tcp_tw_reuse` does, as the agent judged it
+/// (`timeWaitReuse`), in words for a note.
+fn time_wait_reuse_words(reuse: Option<&str>) -> Option<&'static str> {
+    Some(match reuse? {
+        "off" => "TIME_WAIT sockets hold their ports for 60s (tcp_tw_reuse=0)",
+        "all" => "connect() reuses TIME_WAIT ports older than the reuse delay (tcp_tw_reuse=1 with timestamps)",
+        "loopback" => "connect() reuses TIME_WAIT ports towards loopback only (tcp_tw_reuse=2)",
+        "noTimestamps" => "tcp_tw_reuse does nothing while tcp_timestamps=0: turn timestamps back on",
+        _ => return None,
+    })
+}
+
+/// The port-pressure note after the findings: the evidence and what helps.
+fn port_pressure_advice(report: &ConnectionHealthStatus) -> String {
+    let mut note = String::new();
+    if let Some(sysctls) = &report.sysctls {
+        note.push_str(&format!(
+            ". Ephemeral range {}, tcp_tw_reuse={}, tcp_timestamps={}",
+            sysctls.ip_local_port_range, sysctls.tcp_tw_reuse, sysctls.tcp_timestamps
+        ));
+    }
+    if let Some(words) = time_wait_reuse_words(report.port_pressure.as_ref().and_then(|p| p.time_wait_reuse.as_deref()))
+    {
+        note.push_str(&format!(": {words}"));
+    }
+    note.push_str(
+        ". Hint: reuse connections (keep-alive or a pool) instead of one per request; widen the pod's range with \
+         securityContext.sysctls net.ipv4.ip_local_port_range (a safe sysctl; keep its listening ports out). \
+         tcp_fin_timeout shortens FIN_WAIT2 only, not TIME_WAIT; never tcp_tw_recycle (gone since Linux 4.12).",
+    );
+    note
+}
+
+/// The TIME_WAIT bucket note after the findings: overflows and what helps.
+fn time_wait_buckets_advice(report: &ConnectionHealthStatus) -> String {
+    let mut note = String::new();
+    if let Some(overflows) = report.time_wait.as_ref().and_then(|t| t.overflows).filter(|n| *n > 0) {
+        note.push_str(&format!(
+            ". {overflows} closes skipped TIME_WAIT at the limit since the namespace started (TCPTimeWaitOverflow)"
+        ));
+    }
+    note.push_str(
+        ". Hint: past the limit a late segment of an old connection can reach a new one with the same ports; \
+         reuse connections instead of one per request, or raise net.ipv4.tcp_max_tw_buckets for the pod (not a \
+         safe sysctl: the kubelet must allow it).",
+    );
+    note
 }
 
 /// The Warning Event's note: the figures, the oldest age, the top peer, the
 /// owner and its fd budget, and a hint.
 fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus) -> String {
     let mut note = assessment.findings.iter().map(|f| f.text.as_str()).collect::<Vec<_>>().join("; ");
-    let top = assessment.findings.first().map(|f| f.kind);
-    if top == Some(FindingKind::PortPressure) {
-        if let Some(sysctls) = &report.sysctls {
-            note.push_str(&format!(
-                ". Ephemeral range {}, tcp_tw_reuse={}, tcp_timestamps={}",
-                sysctls.ip_local_port_range, sysctls.tcp_tw_reuse, sysctls.tcp_timestamps
-            ));
+    match assessment.findings.first().map(|f| f.kind) {
+        Some(FindingKind::PortPressure) => {
+            note.push_str(&port_pressure_advice(report));
+            return note;
         }
-        note.push_str(". Hint: reuse connections (keep-alive or a pool) instead of opening one per request.");
-        return note;
+        Some(FindingKind::TimeWaitBuckets) => {
+            note.push_str(&time_wait_buckets_advice(report));
+            return note;
+        }
+        _ => {}
     }
     if let Some(cw) = &report.close_wait {
         if let Some(peer) = cw.top_peers.first() {

@@ -13,11 +13,12 @@ use std::time::Duration as StdDuration;
 use connhealth_crds::Verdict;
 use connhealth_crds::health::{
     CloseWaitDetail, ConnectionHealthStatus, DestinationPressure, EndpointCount, FirstSeenGroup, LastEvent,
-    NetnsSysctls, PortCount, PortPressureDetail, SocketOwner, TcpStateCounts, VerdictStatus,
+    NetnsSysctls, PortCount, PortPressureDetail, SocketOwner, TcpStateCounts, TimeWaitDetail, VerdictStatus,
 };
 use connhealth_crds::names::reasons;
 use connhealth_crds::policy::{
     CloseWaitThresholds, ConnectionHealthPolicySpec, GrowthThreshold, PolicyActions, PortPressureThresholds,
+    TimeWaitThresholds,
 };
 use connhealth_operator::evaluate::{
     Assessment, EventType, GrowthHistory, PolicyRef, assess, decide, outcome, selects, stuck_sockets, summary,
@@ -139,21 +140,22 @@ fn arb_spec(range: Range) -> impl Strategy<Value = ConnectionHealthPolicySpec> {
             growth,
         },
     );
-    let port_pressure = (
-        any::<bool>(),
-        match range {
-            Range::Realistic => (1i32..=100).boxed(),
-            Range::Any => percent(Range::Any),
-        },
-    )
+    let threshold_percent = move || match range {
+        Range::Realistic => (1i32..=100).boxed(),
+        Range::Any => percent(Range::Any),
+    };
+    let port_pressure = (any::<bool>(), threshold_percent())
         .prop_map(|(enabled, warning_percent)| PortPressureThresholds { enabled, warning_percent });
+    let time_wait = (any::<bool>(), threshold_percent())
+        .prop_map(|(enabled, buckets_warning_percent)| TimeWaitThresholds { enabled, buckets_warning_percent });
     let actions = (any::<bool>(), any::<bool>(), duration(range))
         .prop_map(|(events, annotations, event_cooldown)| PolicyActions { events, annotations, event_cooldown });
-    (arb_selector(), close_wait, port_pressure, actions).prop_map(
-        |(pod_selector, close_wait, port_pressure, actions)| ConnectionHealthPolicySpec {
+    (arb_selector(), close_wait, port_pressure, time_wait, actions).prop_map(
+        |(pod_selector, close_wait, port_pressure, time_wait, actions)| ConnectionHealthPolicySpec {
             pod_selector,
             close_wait,
             port_pressure,
+            time_wait,
             actions,
         },
     )
@@ -219,20 +221,33 @@ fn arb_close_wait(range: Range) -> impl Strategy<Value = CloseWaitDetail> {
 }
 
 fn arb_pressure(range: Range) -> impl Strategy<Value = PortPressureDetail> {
-    let destination = ("[0-9.:]{0,21}", count(range), count(range), count(range), percent(range)).prop_map(
-        |(endpoint, time_wait, syn_sent, established, percent)| DestinationPressure {
+    let destination = ("[0-9.:]{0,21}", count(range), count(range), count(range), percent(range), count(range))
+        .prop_map(|(endpoint, time_wait, syn_sent, established, percent, reusable_time_wait)| DestinationPressure {
             endpoint,
             time_wait,
             syn_sent,
             established,
             percent,
-        },
-    );
-    (percent(range), count(range), prop::collection::vec(destination, 0..3)).prop_map(
-        |(percent, ephemeral_ports, top_destinations)| PortPressureDetail {
+            reusable_time_wait,
+        });
+    let reuse = prop::option::of(prop::sample::select(vec!["off", "all", "loopback", "noTimestamps", "other"]));
+    (percent(range), prop::option::of(percent(range)), reuse, count(range), prop::collection::vec(destination, 0..3))
+        .prop_map(|(percent, effective_percent, reuse, ephemeral_ports, top_destinations)| PortPressureDetail {
             percent,
+            effective_percent,
+            time_wait_reuse: reuse.map(str::to_owned),
             ephemeral_ports,
             top_destinations,
+        })
+}
+
+fn arb_time_wait(range: Range) -> impl Strategy<Value = TimeWaitDetail> {
+    (count(range), count(range), percent(range), prop::option::of(count(range))).prop_map(
+        |(count, max_buckets, buckets_percent, overflows)| TimeWaitDetail {
+            count,
+            max_buckets,
+            buckets_percent,
+            overflows,
         },
     )
 }
@@ -253,14 +268,16 @@ fn arb_report(range: Range) -> impl Strategy<Value = ConnectionHealthStatus> {
         prop::option::of(states),
         prop::option::weighted(0.9, arb_close_wait(range)),
         prop::option::weighted(0.7, arb_pressure(range)),
+        prop::option::weighted(0.7, arb_time_wait(range)),
         prop::option::of(sysctls),
     )
-        .prop_map(|(observed_at, states, close_wait, port_pressure, sysctls)| ConnectionHealthStatus {
+        .prop_map(|(observed_at, states, close_wait, port_pressure, time_wait, sysctls)| ConnectionHealthStatus {
             observed_at: observed_at.map(Time),
             host_network: None,
             states,
             close_wait,
             port_pressure,
+            time_wait,
             sysctls,
             tracker: None,
             truncated: Vec::new(),

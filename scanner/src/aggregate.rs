@@ -64,7 +64,7 @@ use serde::Serialize;
 
 use crate::gate::ListenPrint;
 use crate::sockdiag::{DiagMsg, SockId, TIMER_TIME_WAIT, TcpState};
-use crate::sysctls::PortRange;
+use crate::sysctls::{NetnsSysctls, PortRange, TimeWaitReuse};
 
 /// The fields of one socket that aggregation uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,9 @@ pub struct Socket {
     /// A time-wait socket (its state is its substate: TIME_WAIT, or
     /// FIN_WAIT2 for an orphan that timed out of FIN_WAIT2).
     pub time_wait_sock: bool,
+    /// Milliseconds until its timer fires (a time-wait socket: until it is
+    /// destroyed).
+    pub expires_ms: u32,
 }
 
 impl Socket {
@@ -99,6 +102,7 @@ impl Socket {
             inode: msg.inode(),
             cookie: msg.cookie(),
             time_wait_sock: msg.timer() == TIMER_TIME_WAIT,
+            expires_ms: msg.expires_ms(),
         })
     }
 }
@@ -126,6 +130,8 @@ pub trait SocketView {
     /// A time-wait socket (`idiag_timer` says "timewait"), whatever its
     /// substate.
     fn is_time_wait_sock(&self) -> bool;
+    /// Milliseconds until its timer fires.
+    fn expires_ms(&self) -> u32;
 }
 
 impl SocketView for Socket {
@@ -156,6 +162,9 @@ impl SocketView for Socket {
     fn is_time_wait_sock(&self) -> bool {
         self.time_wait_sock
     }
+    fn expires_ms(&self) -> u32 {
+        self.expires_ms
+    }
 }
 
 impl SocketView for DiagMsg<'_> {
@@ -185,6 +194,9 @@ impl SocketView for DiagMsg<'_> {
     }
     fn is_time_wait_sock(&self) -> bool {
         self.timer() == TIMER_TIME_WAIT
+    }
+    fn expires_ms(&self) -> u32 {
+        DiagMsg::expires_ms(self)
     }
 }
 
@@ -307,13 +319,47 @@ pub struct NamespaceParams {
     pub port_range: PortRange,
     /// Its `tcp_max_tw_buckets`, if known.
     pub max_tw_buckets: Option<i64>,
+    /// Which TIME_WAIT sockets `connect()` may reuse.
+    pub time_wait_reuse: TimeWaitReuse,
+    /// How old a TIME_WAIT socket must be before `connect()` reuses it
+    /// (`tcp_tw_reuse_delay`).
+    pub time_wait_reuse_delay: Duration,
 }
 
 impl Default for NamespaceParams {
     fn default() -> Self {
-        Self { port_range: PortRange::LINUX_DEFAULT, max_tw_buckets: None }
+        Self {
+            port_range: PortRange::LINUX_DEFAULT,
+            max_tw_buckets: None,
+            time_wait_reuse: TimeWaitReuse::Off,
+            time_wait_reuse_delay: TIME_WAIT_REUSE_DELAY_BEFORE_6_13,
+        }
     }
 }
+
+impl NamespaceParams {
+    /// The parameters a namespace's sysctls set.
+    pub fn from_sysctls(sysctls: &NetnsSysctls) -> Self {
+        Self {
+            port_range: sysctls.ip_local_port_range,
+            max_tw_buckets: Some(sysctls.tcp_max_tw_buckets),
+            time_wait_reuse: sysctls.time_wait_reuse(),
+            time_wait_reuse_delay: sysctls
+                .tcp_tw_reuse_delay
+                .map_or(TIME_WAIT_REUSE_DELAY_BEFORE_6_13, |ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        }
+    }
+}
+
+/// How long a TIME_WAIT socket lives (the kernel's `TCP_TIMEWAIT_LEN`, a
+/// constant); its age is this minus the time left on its timer.
+pub const TIME_WAIT_LENGTH: Duration = Duration::from_secs(60);
+
+/// The reuse delay of kernels without the `tcp_tw_reuse_delay` sysctl
+/// (before 6.13): a timestamp more than one whole second old, so up to two
+/// seconds. The longer bound: a socket not yet reusable is never counted as
+/// reusable.
+pub const TIME_WAIT_REUSE_DELAY_BEFORE_6_13: Duration = Duration::from_secs(2);
 
 /// A remote endpoint of CLOSE_WAIT sockets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -416,11 +462,16 @@ pub fn group_first_seen(times: &[(SystemTime, u64)], max: usize) -> Vec<FirstSee
 pub struct TimeWaitSummary {
     /// Sockets in TIME_WAIT.
     pub count: u64,
-    /// `tcp_max_tw_buckets`: beyond it, TIME_WAIT sockets are destroyed
-    /// early.
+    /// `tcp_max_tw_buckets`: while this many TIME_WAIT sockets exist, a
+    /// closing connection skips TIME_WAIT (and the kernel counts a
+    /// `TCPTimeWaitOverflow`).
     pub max_buckets: Option<i64>,
     /// `count` in percent of `maxBuckets`.
     pub buckets_percent: Option<u64>,
+    /// `TcpExt: TCPTimeWaitOverflow` of the namespace: closes that skipped
+    /// TIME_WAIT since it was created, as of this dump. `null` when
+    /// unreadable.
+    pub overflows: Option<u64>,
 }
 
 /// Ephemeral ports held towards one destination.
@@ -441,6 +492,13 @@ pub struct DestinationPressure {
     pub ratio: f64,
     /// The same, in whole percent (rounded down).
     pub percent: u64,
+    /// Of the TIME_WAIT sockets, those `connect()` may reuse for a new
+    /// connection to this destination (`tcp_tw_reuse` with timestamps, and
+    /// older than the reuse delay).
+    pub reusable_time_wait: u64,
+    /// The ports `connect()` cannot take: `total - reusableTimeWait`, in
+    /// whole percent of the range.
+    pub effective_percent: u64,
 }
 
 /// Ephemeral port pressure.
@@ -453,6 +511,13 @@ pub struct PortPressure {
     pub ratio: f64,
     /// The same, in whole percent.
     pub percent: u64,
+    /// The highest share over all destinations of the ports `connect()`
+    /// cannot take (TIME_WAIT it may reuse left out), in whole percent: the
+    /// figure that limits new connections. Equal to `percent` when
+    /// `timeWaitReuse` is `off` or `noTimestamps`.
+    pub effective_percent: u64,
+    /// Which TIME_WAIT sockets `connect()` may reuse in this namespace.
+    pub time_wait_reuse: TimeWaitReuse,
     /// Destinations holding the most ephemeral ports, most first.
     pub top_destinations: Vec<DestinationPressure>,
     /// Distinct destinations counted.
@@ -538,6 +603,8 @@ impl NamespaceTracker {
             destinations: Bounded::new(cfg.limits.max_distinct_keys),
             listen: ListenPrint::default(),
             saw_fin_wait2_time_wait: false,
+            time_wait_overflows: None,
+            time_wait_ripens_in: None,
         }
     }
 
@@ -643,8 +710,20 @@ struct PeerAcc {
 #[derive(Debug, Default, Clone, Copy)]
 struct DestAcc {
     time_wait: u64,
+    reusable_time_wait: u64,
     syn_sent: u64,
     established: u64,
+}
+
+impl DestAcc {
+    fn total(&self) -> u64 {
+        self.time_wait + self.syn_sent + self.established
+    }
+
+    /// The ports `connect()` cannot take towards this destination.
+    fn unavailable(&self) -> u64 {
+        self.total() - self.reusable_time_wait
+    }
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {
@@ -675,9 +754,18 @@ pub struct DumpAggregator<'a> {
     destinations: Bounded<SocketAddr, DestAcc, FxBuild>,
     listen: ListenPrint,
     saw_fin_wait2_time_wait: bool,
+    time_wait_overflows: Option<u64>,
+    /// How soon the youngest-to-ripen TIME_WAIT socket that `connect()`
+    /// may not reuse yet becomes reusable.
+    time_wait_ripens_in: Option<Duration>,
 }
 
 impl DumpAggregator<'_> {
+    /// The namespace's `TCPTimeWaitOverflow` counter, read with the dump.
+    pub fn set_time_wait_overflows(&mut self, overflows: Option<u64>) {
+        self.time_wait_overflows = overflows;
+    }
+
     /// Counts one socket. Reads only what its state calls for.
     pub fn observe<S: SocketView + ?Sized>(&mut self, s: &S) {
         let Some(state) = s.state() else {
@@ -688,12 +776,17 @@ impl DumpAggregator<'_> {
             TcpState::CloseWait => self.observe_close_wait(s),
             TcpState::Listen => self.listen.add(s.cookie()),
             TcpState::FinWait2 if s.is_time_wait_sock() => self.saw_fin_wait2_time_wait = true,
-            TcpState::TimeWait | TcpState::SynSent | TcpState::Established => {
-                if self.params.port_range.contains(s.local_port())
-                    && let Some(d) = self.destinations.slot(canonical(s.remote()))
-                {
+            TcpState::TimeWait | TcpState::SynSent | TcpState::Established
+                if self.params.port_range.contains(s.local_port()) =>
+            {
+                let remote = canonical(s.remote());
+                let reusable = state == TcpState::TimeWait && self.reusable_time_wait(s, remote);
+                if let Some(d) = self.destinations.slot(remote) {
                     match state {
-                        TcpState::TimeWait => d.time_wait += 1,
+                        TcpState::TimeWait => {
+                            d.time_wait += 1;
+                            d.reusable_time_wait += u64::from(reusable);
+                        }
                         TcpState::SynSent => d.syn_sent += 1,
                         _ => d.established += 1,
                     }
@@ -701,6 +794,30 @@ impl DumpAggregator<'_> {
             }
             _ => {}
         }
+    }
+
+    /// Whether `connect()` may take over this TIME_WAIT socket's port: the
+    /// namespace's reuse rule allows it towards `remote`, and it has been in
+    /// TIME_WAIT for the reuse delay (its age is the TIME_WAIT length minus
+    /// what is left on its timer; a timer the kernel restarted makes the
+    /// socket look younger, never older).
+    fn reusable_time_wait<S: SocketView + ?Sized>(&mut self, s: &S, remote: SocketAddr) -> bool {
+        if !self.params.time_wait_reuse.reusable_towards(remote.ip()) {
+            return false;
+        }
+        let age = TIME_WAIT_LENGTH.saturating_sub(Duration::from_millis(u64::from(s.expires_ms())));
+        let Some(ripens_in) = self.params.time_wait_reuse_delay.checked_sub(age).filter(|d| !d.is_zero()) else {
+            return true;
+        };
+        self.time_wait_ripens_in = Some(self.time_wait_ripens_in.map_or(ripens_in, |d| d.min(ripens_in)));
+        false
+    }
+
+    /// When the first TIME_WAIT socket this dump saw too young for
+    /// `connect()` to reuse becomes reusable (for the gate: the effective
+    /// port pressure changes then without a counter moving).
+    pub fn time_wait_reusable_at(&self) -> Option<Instant> {
+        self.time_wait_ripens_in.and_then(|d| self.now.checked_add(d))
     }
 
     fn observe_close_wait<S: SocketView + ?Sized>(&mut self, s: &S) {
@@ -811,6 +928,8 @@ impl DumpAggregator<'_> {
             destinations,
             listen: _,
             saw_fin_wait2_time_wait: _,
+            time_wait_overflows,
+            time_wait_ripens_in: _,
         } = self;
         let limits = cfg.limits;
 
@@ -866,23 +985,26 @@ impl DumpAggregator<'_> {
             .collect();
 
         let range_len = params.port_range.len();
+        let percent_of_range = |n: u64| n * 100 / u64::from(range_len);
         let distinct_destinations = destinations.map.len() as u64;
-        let top_destinations: Vec<DestinationPressure> =
-            top_n(destinations.map, limits.top_n, |d| d.time_wait + d.syn_sent + d.established)
-                .into_iter()
-                .map(|(dest, d)| {
-                    let total = d.time_wait + d.syn_sent + d.established;
-                    DestinationPressure {
-                        endpoint: dest.to_string(),
-                        time_wait: d.time_wait,
-                        syn_sent: d.syn_sent,
-                        established: d.established,
-                        total,
-                        ratio: total as f64 / f64::from(range_len),
-                        percent: total * 100 / u64::from(range_len),
-                    }
-                })
-                .collect();
+        // Over every destination, not only the top ones: reuse can make a
+        // destination with fewer sockets the one that limits.
+        let effective_percent =
+            percent_of_range(destinations.map.values().map(DestAcc::unavailable).max().unwrap_or(0));
+        let top_destinations: Vec<DestinationPressure> = top_n(destinations.map, limits.top_n, DestAcc::total)
+            .into_iter()
+            .map(|(dest, d)| DestinationPressure {
+                endpoint: dest.to_string(),
+                time_wait: d.time_wait,
+                syn_sent: d.syn_sent,
+                established: d.established,
+                total: d.total(),
+                ratio: d.total() as f64 / f64::from(range_len),
+                percent: percent_of_range(d.total()),
+                reusable_time_wait: d.reusable_time_wait,
+                effective_percent: percent_of_range(d.unavailable()),
+            })
+            .collect();
         let (ratio, percent) = top_destinations.first().map_or((0.0, 0), |d| (d.ratio, d.percent));
 
         let mut summary = NamespaceSummary {
@@ -908,11 +1030,14 @@ impl DumpAggregator<'_> {
                     .max_tw_buckets
                     .filter(|m| *m > 0)
                     .map(|m| states.get(TcpState::TimeWait) * 100 / m as u64),
+                overflows: time_wait_overflows,
             },
             port_pressure: PortPressure {
                 ephemeral_ports: range_len,
                 ratio,
                 percent,
+                effective_percent,
+                time_wait_reuse: params.time_wait_reuse,
                 top_destinations,
                 distinct_destinations,
             },

@@ -165,6 +165,8 @@ pub struct CounterFiles {
     sockstat: File,
     sockstat6: Option<File>,
     snmp: File,
+    /// `netstat` (the `TcpExt:` MIB), read only for TIME_WAIT overflows.
+    netstat: Option<File>,
 }
 
 fn open(dir: &Path, name: &'static str) -> Result<File, ScanError> {
@@ -179,10 +181,24 @@ impl CounterFiles {
         Self::open_dir(Path::new("/proc/thread-self/net"))
     }
 
-    /// Opens `sockstat`, `sockstat6` (optional) and `snmp` in `dir`, e.g.
-    /// `/proc/<pid>/net`.
+    /// Opens `sockstat`, `sockstat6` (optional), `snmp` and `netstat`
+    /// (optional) in `dir`, e.g. `/proc/<pid>/net`.
     pub fn open_dir(dir: &Path) -> Result<Self, ScanError> {
-        Ok(Self { sockstat: open(dir, "sockstat")?, sockstat6: open(dir, "sockstat6").ok(), snmp: open(dir, "snmp")? })
+        Ok(Self {
+            sockstat: open(dir, "sockstat")?,
+            sockstat6: open(dir, "sockstat6").ok(),
+            snmp: open(dir, "snmp")?,
+            netstat: open(dir, "netstat").ok(),
+        })
+    }
+
+    /// `TcpExt: TCPTimeWaitOverflow`: closes since the namespace was created
+    /// that skipped TIME_WAIT because `tcp_max_tw_buckets` TIME_WAIT sockets
+    /// existed already. `None` when `netstat` cannot be read or lacks it.
+    pub fn read_time_wait_overflows(&self, scratch: &mut Vec<u8>) -> Option<u64> {
+        read_whole(self.netstat.as_ref()?, scratch, "netstat").ok()?;
+        let text = std::str::from_utf8(scratch).ok()?;
+        mib_fields(text, "TcpExt:")?.find(|(name, _)| *name == "TCPTimeWaitOverflow")?.1.parse().ok()
     }
 
     /// Reads only `sockstat`'s `tw` (one `pread`): all the tracked rule
@@ -274,14 +290,21 @@ fn parse_sockstat6(bytes: &[u8]) -> Option<i64> {
     field(std::str::from_utf8(bytes).ok()?, "TCP6:", "inuse")
 }
 
-fn parse_snmp_tcp(bytes: &[u8]) -> Option<TcpMib> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+/// The `(name, value)` pairs of one MIB in `/proc/net/snmp` or `netstat`
+/// layout: a line of names and a line of values, both starting with
+/// `prefix` (e.g. `Tcp:`).
+fn mib_fields<'a>(text: &'a str, prefix: &str) -> Option<impl Iterator<Item = (&'a str, &'a str)>> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
     let names = lines.next()?;
     let values = lines.next()?;
+    Some(names.split_ascii_whitespace().zip(values.split_ascii_whitespace()).skip(1))
+}
+
+fn parse_snmp_tcp(bytes: &[u8]) -> Option<TcpMib> {
+    let text = std::str::from_utf8(bytes).ok()?;
     let mut mib = TcpMib::default();
     let mut seen = 0;
-    for (name, value) in names.split_ascii_whitespace().zip(values.split_ascii_whitespace()).skip(1) {
+    for (name, value) in mib_fields(text, "Tcp:")? {
         let slot = match name {
             "ActiveOpens" => &mut mib.active_opens,
             "PassiveOpens" => &mut mib.passive_opens,
@@ -352,6 +375,10 @@ pub struct GateMemory {
     /// The dump saw a time-wait socket in its FIN_WAIT2 substate (used by
     /// the tracked rule only).
     pub saw_fin_wait2_time_wait: bool,
+    /// When the first TIME_WAIT socket the dump saw too young for
+    /// `connect()` to reuse becomes old enough: the effective port pressure
+    /// drops then without any counter moving.
+    pub time_wait_reusable_at: Option<Instant>,
     /// With the eBPF tracker: what it and `sockstat` said just before the
     /// dump.
     pub tracked: Option<Tracked>,
@@ -392,6 +419,9 @@ pub enum DumpReason {
     /// A time-wait socket in its FIN_WAIT2 substate was seen last time (it
     /// becomes TIME_WAIT without a state change the tracker sees).
     FinWait2TimeWait,
+    /// A TIME_WAIT socket seen last time has become old enough for
+    /// `connect()` to reuse (the effective port pressure changed).
+    TimeWaitReusable,
 }
 
 /// The gate's decision for one namespace.
@@ -420,6 +450,9 @@ pub fn decide(cfg: &GateConfig, memory: Option<&GateMemory>, now_counters: Optio
     }
     if memory.saw_syn_recv {
         return Verdict::Dump(DumpReason::SynRecv);
+    }
+    if memory.time_wait_reusable_at.is_some_and(|at| now >= at) {
+        return Verdict::Dump(DumpReason::TimeWaitReusable);
     }
     if *now_counters != memory.counters {
         return Verdict::Dump(DumpReason::CountersChanged);
@@ -452,6 +485,9 @@ pub fn decide_tracked(
     }
     if memory.saw_fin_wait2_time_wait {
         return Verdict::Dump(DumpReason::FinWait2TimeWait);
+    }
+    if memory.time_wait_reusable_at.is_some_and(|at| now >= at) {
+        return Verdict::Dump(DumpReason::TimeWaitReusable);
     }
     if now_tracked.changes != then.changes {
         return Verdict::Dump(DumpReason::StateChanged);

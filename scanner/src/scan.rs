@@ -56,7 +56,7 @@ use crate::netns::{DiagSocket, NetnsHandle, NetnsId};
 use crate::owners::{self, Owners, OwnersOptions};
 use crate::procfs::ProcessInfo;
 use crate::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
-use crate::sysctls::{self, NetnsSysctls};
+use crate::sysctls::{self, Conntrack, ConntrackFiles, NetnsSysctls};
 use crate::tracker::{Tracker, TrackerChoice, TrackerCounters, TrackerError, TrackerMode, TrackerStatus};
 
 /// How a [`Scanner`] works.
@@ -266,6 +266,10 @@ pub struct SweepReport {
     /// share the host's TCP hash table), read in pid 1's namespace; `null`
     /// before kernel 6.1.
     pub host_child_ehash_entries: Option<i64>,
+    /// The node's connection-tracking table (the host namespace's
+    /// `nf_conntrack_count` against `nf_conntrack_max`); `null` without
+    /// connection tracking in the kernel.
+    pub host_conntrack: Option<Conntrack>,
     /// The sock_diag request in use: `legacy` (one walk for both families)
     /// or `perFamily`.
     pub dump_mode: &'static str,
@@ -379,6 +383,7 @@ pub struct Scanner {
     cache: HashMap<NetnsId, Cached>,
     scratch: Vec<u8>,
     host_child_ehash_entries: Option<i64>,
+    host_conntrack: Option<ConntrackFiles>,
     sweeps: u64,
 }
 
@@ -392,6 +397,21 @@ fn host_child_ehash_entries() -> Option<i64> {
         .flatten()
         .or_else(sysctls::read_child_ehash_entries)
 }
+
+/// The host's conntrack files, opened inside the host's namespace (that of
+/// pid 1, with `hostPID`), or in the scanner's own when that cannot be
+/// entered. `None` without connection tracking in the kernel.
+fn open_host_conntrack() -> Option<ConntrackFiles> {
+    let in_host = NetnsHandle::open("/proc/1/ns/net").and_then(|h| h.run_in(ConntrackFiles::open_current));
+    match in_host {
+        Ok(files) => files.ok(),
+        Err(_) => ConntrackFiles::open_current().ok(),
+    }
+}
+
+/// How often (in sweeps) a scanner without conntrack files looks again (the
+/// module may be loaded later, e.g. by kube-proxy's first rule).
+const CONNTRACK_RETRY_SWEEPS: u64 = 30;
 
 impl Scanner {
     /// A scanner with nothing cached. With [`ScanConfig::tracker`] `auto`
@@ -434,6 +454,7 @@ impl Scanner {
             cache: HashMap::new(),
             scratch: Vec::with_capacity(4096),
             host_child_ehash_entries: host_child_ehash_entries(),
+            host_conntrack: open_host_conntrack(),
             sweeps: 0,
         }
     }
@@ -511,11 +532,23 @@ impl Scanner {
         }
         gone.sort_by_key(|g| g.inode);
 
+        if self.host_conntrack.is_none() && self.sweeps.is_multiple_of(CONNTRACK_RETRY_SWEEPS) {
+            self.host_conntrack = open_host_conntrack();
+        }
+        let host_conntrack = self.host_conntrack.as_ref().and_then(|f| match f.read() {
+            Ok(c) => Some(c),
+            Err(error) => {
+                tracing::debug!(error = %error_chain(&error), "conntrack fill unreadable");
+                None
+            }
+        });
+
         stats.wall_micros = started.elapsed().as_micros() as u64;
         SweepReport {
             sweep: self.sweeps,
             observed_at_unix_ms: observed_at,
             host_child_ehash_entries: self.host_child_ehash_entries,
+            host_conntrack,
             dump_mode: match self.dumper.mode() {
                 DumpMode::PerFamily => "perFamily",
                 _ => "legacy",
@@ -607,11 +640,9 @@ impl Scanner {
                 None => unreachable!("the gate reuses only after a dump"),
             },
             Verdict::Dump(reason) => {
-                let params = NamespaceParams {
-                    port_range: c.sysctls.ip_local_port_range,
-                    max_tw_buckets: Some(c.sysctls.tcp_max_tw_buckets),
-                };
+                let params = NamespaceParams::from_sysctls(&c.sysctls);
                 let mut agg = c.tracker.begin(&cfg.aggregate, params, now);
+                agg.set_time_wait_overflows(c.counters.as_ref().and_then(|f| f.read_time_wait_overflows(scratch)));
                 let res = dumper.dump(socket, StateSet::ALL, |m| agg.observe(&m));
                 let dumped = match res {
                     Ok(d) => d,
@@ -653,6 +684,7 @@ impl Scanner {
                 let listen = agg.listen_print();
                 let saw_syn_recv = agg.saw_syn_recv();
                 let saw_fin_wait2_time_wait = agg.saw_fin_wait2_time_wait();
+                let time_wait_reusable_at = agg.time_wait_reusable_at();
                 let summary = agg.finish();
                 c.gate = Some(GateMemory {
                     counters: counters.unwrap_or_default(),
@@ -660,6 +692,7 @@ impl Scanner {
                     dumped_at: now,
                     saw_syn_recv,
                     saw_fin_wait2_time_wait,
+                    time_wait_reusable_at,
                     tracked,
                 });
                 // The CLOSE_WAIT set may have changed: owners are stale.

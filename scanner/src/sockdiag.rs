@@ -485,6 +485,12 @@ impl<'a> DiagMsg<'a> {
         u64::from(self.u32_ne(44)) | (u64::from(self.u32_ne(48)) << 32)
     }
 
+    /// `idiag_expires`: milliseconds until the running timer fires (for a
+    /// time-wait socket: until it is destroyed).
+    pub fn expires_ms(&self) -> u32 {
+        self.u32_ne(52)
+    }
+
     /// `idiag_rqueue`: Recv-Q (unread bytes; for LISTEN, the accept backlog).
     pub fn rqueue(&self) -> u32 {
         self.u32_ne(56)

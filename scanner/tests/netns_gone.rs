@@ -47,8 +47,9 @@ fn deleted_namespace_is_reported_once_dropped_and_its_socket_closed() {
         v
     });
     let during = fd_links();
-    // Per namespace: its handle, its diag socket, sockstat, sockstat6, snmp.
-    assert_eq!(during.len(), before.len() + 2 * 5, "{during:?}");
+    // Per namespace: its handle, its diag socket, sockstat, sockstat6, snmp,
+    // netstat.
+    assert_eq!(during.len(), before.len() + 2 * 6, "{during:?}");
     // Our own handle (TestNetns) and the scanner's.
     assert_eq!(during.iter().filter(|l| **l == ns_link).count(), 2);
 
@@ -63,7 +64,7 @@ fn deleted_namespace_is_reported_once_dropped_and_its_socket_closed() {
     assert_eq!(r2.gone[0].label.name.as_deref(), Some(doomed.name.as_str()));
     assert_eq!(scanner.cached(), [stays_id]);
     let after = fd_links();
-    assert_eq!(after.len(), before.len() + 5 - 1, "doomed's 5 fds closed, and our own handle");
+    assert_eq!(after.len(), before.len() + 6 - 1, "doomed's 6 fds closed, and our own handle");
     assert!(!after.contains(&ns_link), "nothing pins the deleted namespace");
 
     let r3 = scanner.sweep(&discovered(&names));

@@ -4,8 +4,12 @@
 //! Event.
 
 use super::*;
-use connhealth_crds::health::{EndpointCount, FirstSeenGroup, PortPressureDetail, SocketOwner, TcpStateCounts};
-use connhealth_crds::policy::{CloseWaitThresholds, GrowthThreshold, PolicyActions, PortPressureThresholds};
+use connhealth_crds::health::{
+    EndpointCount, FirstSeenGroup, PortPressureDetail, SocketOwner, TcpStateCounts, TimeWaitDetail,
+};
+use connhealth_crds::policy::{
+    CloseWaitThresholds, GrowthThreshold, PolicyActions, PortPressureThresholds, TimeWaitThresholds,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
 const T0: &str = "2026-11-25T12:00:00Z";
@@ -154,6 +158,8 @@ fn port_pressure_below_at_above() {
         let r = ConnectionHealthStatus {
             port_pressure: Some(PortPressureDetail {
                 percent,
+                effective_percent: None,
+                time_wait_reuse: None,
                 ephemeral_ports: 28232,
                 top_destinations: vec![connhealth_crds::health::DestinationPressure {
                     endpoint: "10.9.9.9:443".into(),
@@ -192,6 +198,128 @@ fn recovery_from_port_pressure_says_so() {
         "Recovered from Warning (port pressure 80% of 28232 ephemeral ports (threshold 60%)): \
          no threshold of policy default is crossed any more (port pressure 12% now)."
     );
+}
+
+/// A client that opened one connection per request towards 10.0.0.7:80
+/// from a narrow range: `raw`% of it in TIME_WAIT and connecting sockets,
+/// `effective`% that connect() cannot take.
+fn pressured(raw: i32, effective: i32, reuse: &str, tw_reuse: i32, timestamps: i32) -> ConnectionHealthStatus {
+    ConnectionHealthStatus {
+        port_pressure: Some(PortPressureDetail {
+            percent: raw,
+            effective_percent: Some(effective),
+            time_wait_reuse: Some(reuse.into()),
+            ephemeral_ports: 1000,
+            top_destinations: vec![
+                DestinationPressure {
+                    endpoint: "10.0.0.7:80".into(),
+                    time_wait: i64::from(raw) * 10 - 20,
+                    syn_sent: 0,
+                    established: 20,
+                    percent: raw,
+                    reusable_time_wait: i64::from(raw - effective) * 10,
+                },
+                DestinationPressure {
+                    endpoint: "10.0.0.8:5432".into(),
+                    established: 30,
+                    percent: 3,
+                    ..Default::default()
+                },
+            ],
+        }),
+        sysctls: Some(connhealth_crds::health::NetnsSysctls {
+            ip_local_port_range: "40000-40999".into(),
+            tcp_tw_reuse: tw_reuse,
+            tcp_timestamps: timestamps,
+            tcp_max_tw_buckets: 262144,
+            tcp_fin_timeout: 60,
+            shared_hash_table: true,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn port_pressure_is_judged_on_what_connect_cannot_reuse() {
+    let spec = spec(); // 60 %
+    // No reuse: the raw figure decides, and the note has the evidence and
+    // the widening hint.
+    let r = pressured(85, 85, "off", 0, 1);
+    let a = assess(&spec, &r, &GrowthHistory::default(), ts(0));
+    assert_eq!(a.verdict, Verdict::Warning);
+    assert_eq!(a.findings[0].text, "port pressure 85% towards 10.0.0.7:80 of 1000 ephemeral ports (threshold 60%)");
+    let event = outcome(Some((policy(&spec), &a)), &r, None, ts(0)).event.unwrap();
+    assert_eq!(event.reason, "TimeWaitPressure");
+    for needle in [
+        "Ephemeral range 40000-40999, tcp_tw_reuse=0, tcp_timestamps=1: TIME_WAIT sockets hold their ports for 60s",
+        "securityContext.sysctls net.ipv4.ip_local_port_range",
+        "tcp_fin_timeout shortens FIN_WAIT2 only",
+        "never tcp_tw_recycle",
+    ] {
+        assert!(event.note.contains(needle), "{needle:?} not in {:?}", event.note);
+    }
+
+    // tcp_tw_reuse=1 with timestamps: most TIME_WAIT is reusable; the
+    // effective figure decides and the text says the raw one too.
+    let r = pressured(85, 65, "all", 1, 1);
+    let a = assess(&spec, &r, &GrowthHistory::default(), ts(0));
+    assert_eq!(
+        a.findings[0].text,
+        "port pressure 65% towards 10.0.0.7:80 of 1000 ephemeral ports (threshold 60%), \
+         leaving out TIME_WAIT that connect() may reuse (85% with it)"
+    );
+    let note = outcome(Some((policy(&spec), &a)), &r, None, ts(0)).event.unwrap().note;
+    assert!(note.contains("tcp_tw_reuse=1, tcp_timestamps=1: connect() reuses TIME_WAIT ports"), "{note}");
+    let r = pressured(85, 20, "all", 1, 1);
+    assert_eq!(assess(&spec, &r, &GrowthHistory::default(), ts(0)).verdict, Verdict::Healthy);
+
+    // Reuse switched on without timestamps does nothing, and the note says so.
+    let r = pressured(85, 85, "noTimestamps", 1, 0);
+    let a = assess(&spec, &r, &GrowthHistory::default(), ts(0));
+    let note = outcome(Some((policy(&spec), &a)), &r, None, ts(0)).event.unwrap().note;
+    assert!(note.contains("tcp_tw_reuse does nothing while tcp_timestamps=0"), "{note}");
+
+    // The limiting destination is the one with the most ports connect()
+    // cannot take, not the one with the most sockets.
+    let mut r = pressured(85, 65, "all", 1, 1);
+    let top = &mut r.port_pressure.as_mut().unwrap().top_destinations;
+    top[0].reusable_time_wait = 830;
+    top[1].established = 650;
+    let a = assess(&spec, &r, &GrowthHistory::default(), ts(0));
+    assert!(a.findings[0].text.contains("towards 10.0.0.8:5432"), "{}", a.findings[0].text);
+}
+
+#[test]
+fn time_wait_buckets_warn_with_overflows_and_recover() {
+    let spec = spec(); // 80 %
+    let report = |count: i64, overflows: Option<i64>| ConnectionHealthStatus {
+        time_wait: Some(TimeWaitDetail {
+            count,
+            max_buckets: 4096,
+            buckets_percent: i32::try_from(count * 100 / 4096).unwrap(),
+            overflows,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(assess(&spec, &report(3000, None), &GrowthHistory::default(), ts(0)).verdict, Verdict::Healthy);
+    let sick = report(4096, Some(1234));
+    let a = assess(&spec, &sick, &GrowthHistory::default(), ts(0));
+    assert_eq!(a.verdict, Verdict::Warning);
+    assert_eq!(a.findings[0].text, "TIME_WAIT at 100% of tcp_max_tw_buckets (4096 of 4096; threshold 80%)");
+    let out = outcome(Some((policy(&spec), &a)), &sick, None, ts(0));
+    let event = out.event.unwrap();
+    assert_eq!(event.reason, "TimeWaitBucketsHigh");
+    assert!(event.note.contains("1234 closes skipped TIME_WAIT at the limit"), "{}", event.note);
+    assert!(event.note.contains("raise net.ipv4.tcp_max_tw_buckets"), "{}", event.note);
+
+    let healthy = report(100, Some(1234));
+    let a = assess(&spec, &healthy, &GrowthHistory::default(), ts(60));
+    let event = outcome(Some((policy(&spec), &a)), &healthy, out.verdict.as_ref(), ts(60)).event.unwrap();
+    assert!(event.note.ends_with("(TIME_WAIT at 2% of tcp_max_tw_buckets now)."), "{}", event.note);
+
+    let mut off = spec.clone();
+    off.time_wait.enabled = false;
+    assert_eq!(assess(&off, &sick, &GrowthHistory::default(), ts(0)).verdict, Verdict::Healthy);
 }
 
 #[test]
@@ -446,11 +574,19 @@ fn invalid_specs_are_explained() {
         ),
         (
             ConnectionHealthPolicySpec {
-                close_wait: CloseWaitThresholds { enabled: false, ..Default::default() },
-                port_pressure: PortPressureThresholds { enabled: false, ..Default::default() },
+                time_wait: TimeWaitThresholds { buckets_warning_percent: 0, ..Default::default() },
                 ..spec()
             },
-            "at least one check (closeWait or portPressure) must be enabled",
+            "spec.timeWait.bucketsWarningPercent: must be between 1 and 100, got 0",
+        ),
+        (
+            ConnectionHealthPolicySpec {
+                close_wait: CloseWaitThresholds { enabled: false, ..Default::default() },
+                port_pressure: PortPressureThresholds { enabled: false, ..Default::default() },
+                time_wait: TimeWaitThresholds { enabled: false, ..Default::default() },
+                ..spec()
+            },
+            "at least one check (closeWait, portPressure or timeWait) must be enabled",
         ),
         (
             ConnectionHealthPolicySpec {

@@ -12,6 +12,8 @@ fn sock(state: TcpState, local: &str, remote: &str, cookie: u64) -> Socket {
         inode: cookie as u32 + 1000,
         cookie,
         time_wait_sock: state == TcpState::TimeWait,
+        // A TIME_WAIT socket half-way through its 60 s.
+        expires_ms: if state == TcpState::TimeWait { 30_000 } else { 0 },
     }
 }
 
@@ -20,11 +22,25 @@ fn cw(local: &str, remote: &str, cookie: u64) -> Socket {
 }
 
 fn params() -> NamespaceParams {
-    NamespaceParams { port_range: PortRange { low: 40000, high: 40999 }, max_tw_buckets: Some(200) }
+    NamespaceParams {
+        port_range: PortRange { low: 40000, high: 40999 },
+        max_tw_buckets: Some(200),
+        ..NamespaceParams::default()
+    }
 }
 
 fn dump(tracker: &mut NamespaceTracker, cfg: &AggregateConfig, now: Instant, socks: &[Socket]) -> NamespaceSummary {
-    let mut agg = tracker.begin(cfg, params(), now);
+    dump_with(tracker, cfg, params(), now, socks)
+}
+
+fn dump_with(
+    tracker: &mut NamespaceTracker,
+    cfg: &AggregateConfig,
+    params: NamespaceParams,
+    now: Instant,
+    socks: &[Socket],
+) -> NamespaceSummary {
+    let mut agg = tracker.begin(cfg, params, now);
     for s in socks {
         agg.observe(s);
     }
@@ -224,6 +240,80 @@ fn port_pressure_per_destination() {
     assert_eq!(s.time_wait.count, 115);
     assert_eq!(s.time_wait.max_buckets, Some(200));
     assert_eq!(s.time_wait.buckets_percent, Some(57));
+    // Without reuse, every TIME_WAIT socket holds its port.
+    assert_eq!(p.time_wait_reuse, TimeWaitReuse::Off);
+    assert_eq!((p.effective_percent, top.reusable_time_wait, top.effective_percent), (16, 0, 16));
+}
+
+#[test]
+fn effective_pressure_leaves_out_the_time_wait_connect_may_reuse() {
+    let cfg = AggregateConfig::default();
+    let mut socks = Vec::new();
+    let mut port = 40000;
+    let mut add = |state: TcpState, remote: &str, n: usize, expires_ms: u32| {
+        for _ in 0..n {
+            port += 1;
+            socks.push(Socket { expires_ms, ..sock(state, &format!("10.0.0.1:{port}"), remote, port as u64) });
+        }
+    };
+    // 300 TIME_WAIT towards one server: 250 old enough to reuse, 50 closed
+    // within the last second (59.5 s left of 60).
+    add(TcpState::TimeWait, "10.0.0.5:80", 250, 30_000);
+    add(TcpState::TimeWait, "10.0.0.5:80", 50, 59_500);
+    // Fewer sockets, but ESTABLISHED: they limit once reuse is counted.
+    add(TcpState::Established, "10.0.0.6:5432", 120, 0);
+    add(TcpState::TimeWait, "127.0.0.1:9000", 200, 30_000);
+    let with = |reuse: TimeWaitReuse| {
+        let params =
+            NamespaceParams { time_wait_reuse: reuse, time_wait_reuse_delay: Duration::from_secs(1), ..params() };
+        dump_with(&mut NamespaceTracker::new(), &cfg, params, Instant::now(), &socks).port_pressure
+    };
+
+    let all = with(TimeWaitReuse::All);
+    // The 50 young sockets become reusable half a second after the dump.
+    let mut t = NamespaceTracker::new();
+    let now = Instant::now();
+    let mut agg = t.begin(
+        &cfg,
+        NamespaceParams {
+            time_wait_reuse: TimeWaitReuse::All,
+            time_wait_reuse_delay: Duration::from_secs(1),
+            ..params()
+        },
+        now,
+    );
+    for s in &socks {
+        agg.observe(s);
+    }
+    assert_eq!(agg.time_wait_reusable_at(), Some(now + Duration::from_millis(500)));
+    drop(agg);
+    assert_eq!(t.begin(&cfg, params(), now).time_wait_reusable_at(), None, "nothing young, nothing to wait for");
+
+    assert_eq!(all.percent, 30, "the raw figure counts every TIME_WAIT socket");
+    let top = &all.top_destinations[0];
+    assert_eq!((top.endpoint.as_str(), top.time_wait, top.reusable_time_wait), ("10.0.0.5:80", 300, 250));
+    assert_eq!(top.effective_percent, 5);
+    // 10.0.0.6:5432's 120 ESTABLISHED sockets are what limits now.
+    assert_eq!(all.effective_percent, 12);
+    assert_eq!(all.time_wait_reuse, TimeWaitReuse::All);
+
+    // tcp_tw_reuse=2: only towards loopback.
+    let loopback = with(TimeWaitReuse::Loopback);
+    assert_eq!((loopback.percent, loopback.effective_percent), (30, 30));
+    let lo = loopback.top_destinations.iter().find(|d| d.endpoint == "127.0.0.1:9000").unwrap();
+    assert_eq!((lo.reusable_time_wait, lo.effective_percent), (200, 0));
+
+    // Reuse without timestamps does nothing.
+    let none = with(TimeWaitReuse::NoTimestamps);
+    assert_eq!((none.percent, none.effective_percent), (30, 30));
+    assert!(none.top_destinations.iter().all(|d| d.reusable_time_wait == 0));
+
+    // The reuse delay comes from the sysctl, and is two seconds without it.
+    let mut sysctls = crate::sysctls::NetnsSysctls::read_current().unwrap();
+    sysctls.tcp_tw_reuse_delay = Some(750);
+    assert_eq!(NamespaceParams::from_sysctls(&sysctls).time_wait_reuse_delay, Duration::from_millis(750));
+    sysctls.tcp_tw_reuse_delay = None;
+    assert_eq!(NamespaceParams::from_sysctls(&sysctls).time_wait_reuse_delay, Duration::from_secs(2));
 }
 
 #[test]

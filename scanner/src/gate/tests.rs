@@ -75,6 +75,29 @@ fn reads_this_process_files_repeatedly() {
     assert!(b.tcp.in_segs >= a.tcp.in_segs);
     let own = CounterFiles::open_current_thread().unwrap();
     own.read(&mut scratch).unwrap();
+    // Every kernel since 2.6 counts TCPTimeWaitOverflow in `netstat`.
+    assert!(own.read_time_wait_overflows(&mut scratch).is_some());
+}
+
+#[test]
+fn time_wait_overflows_come_from_the_tcpext_mib() {
+    let dir = std::env::temp_dir().join(format!("connhealth-netstat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["sockstat", "snmp"] {
+        std::fs::write(dir.join(f), "").unwrap();
+    }
+    let netstat = "TcpExt: SyncookiesSent TCPTimeWaitOverflow TWRecycled\nTcpExt: 0 42 7\n\
+                   IpExt: InNoRoutes TCPTimeWaitOverflow\nIpExt: 0 9\n";
+    std::fs::write(dir.join("netstat"), netstat).unwrap();
+    let mut scratch = Vec::new();
+    let files = CounterFiles::open_dir(&dir).unwrap();
+    assert_eq!(files.read_time_wait_overflows(&mut scratch), Some(42));
+    std::fs::write(dir.join("netstat"), "TcpExt: SyncookiesSent\nTcpExt: 0\n").unwrap();
+    assert_eq!(files.read_time_wait_overflows(&mut scratch), None);
+    std::fs::remove_file(dir.join("netstat")).unwrap();
+    let files = CounterFiles::open_dir(&dir).unwrap();
+    assert_eq!(files.read_time_wait_overflows(&mut scratch), None);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -98,6 +121,7 @@ fn memory(counters: Counters, at: Instant) -> GateMemory {
         dumped_at: at,
         saw_syn_recv: false,
         saw_fin_wait2_time_wait: false,
+        time_wait_reusable_at: None,
         tracked: None,
     }
 }
@@ -118,6 +142,10 @@ fn decision_rule() {
     assert_eq!(decide(&cfg, Some(&m), Some(&c), t0 + cfg.full_refresh), Verdict::Dump(DumpReason::FullRefresh));
     let syn = GateMemory { saw_syn_recv: true, ..m };
     assert_eq!(decide(&cfg, Some(&syn), Some(&c), later), Verdict::Dump(DumpReason::SynRecv));
+    // TIME_WAIT too young to reuse at the dump: dumped again once it is not.
+    let young = GateMemory { time_wait_reusable_at: Some(t0 + Duration::from_secs(1)), ..m };
+    assert_eq!(decide(&cfg, Some(&young), Some(&c), t0), Verdict::Reuse);
+    assert_eq!(decide(&cfg, Some(&young), Some(&c), later), Verdict::Dump(DumpReason::TimeWaitReusable));
 
     // Every single counter, moved alone, forces a dump.
     let moves: [fn(&mut Counters); 14] = [
@@ -174,6 +202,8 @@ fn tracked_decision_rule() {
     assert_eq!(decide(Some(&syn), Some(&then), later), Verdict::Dump(DumpReason::SynRecv));
     let fw2 = GateMemory { saw_fin_wait2_time_wait: true, ..m };
     assert_eq!(decide(Some(&fw2), Some(&then), later), Verdict::Dump(DumpReason::FinWait2TimeWait));
+    let young = GateMemory { time_wait_reusable_at: Some(later), ..m };
+    assert_eq!(decide(Some(&young), Some(&then), later), Verdict::Dump(DumpReason::TimeWaitReusable));
 
     let moved = |f: fn(&mut Tracked)| {
         let mut now = then;
@@ -363,6 +393,7 @@ fn no_combination_of_up_to_three_events_is_missed() {
                     dumped_at: t0,
                     saw_syn_recv: syn,
                     saw_fin_wait2_time_wait: false,
+                    time_wait_reusable_at: None,
                     tracked: None,
                 };
                 let mut verdict = decide(&cfg, Some(&mem), Some(&counters), later);
