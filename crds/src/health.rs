@@ -29,7 +29,7 @@ use crate::policy::Verdict;
     shortname = "connhealth",
     category = "connhealth",
     selectable = ".spec.nodeName",
-    doc = "A ConnectionHealth reports the TCP sockets of one pod, as the connhealth agent on the pod's node saw them in the pod's network namespace: how many sockets are in each state, the CLOSE_WAIT sockets with their age, peers and owning process, and the pressure on the ephemeral port range. It has the pod's name, is owned by the pod (so it is deleted with it), and carries the verdict of the ConnectionHealthPolicy that selects the pod.",
+    doc = "A ConnectionHealth reports the TCP sockets of one pod, as the connhealth agent on the pod's node saw them in the pod's network namespace: how many sockets are in each state, the CLOSE_WAIT sockets with their age, peers and owning process, the pressure on the ephemeral port range, and TIME_WAIT against the namespace's tcp_max_tw_buckets. It has the pod's name, is owned by the pod (so it is deleted with it), and carries the verdict of the ConnectionHealthPolicy that selects the pod.",
     printcolumn(
         name = "Node",
         type_ = "string",
@@ -356,8 +356,10 @@ pub struct TimeWaitDetail {
     /// `count` in percent of `maxBuckets`.
     pub buckets_percent: i32,
     /// Closes that skipped TIME_WAIT because the limit was reached, since the
-    /// namespace was created (`TcpExt: TCPTimeWaitOverflow`). Absent when
-    /// the agent could not read it.
+    /// namespace was created (`TcpExt: TCPTimeWaitOverflow`). Read at the
+    /// agent's first scan of the pod, every full refresh (5 minutes), and
+    /// every scan while TIME_WAIT fills at least half the buckets or after an
+    /// overflow. Absent when the agent could not read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflows: Option<i64>,
 }

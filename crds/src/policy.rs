@@ -38,8 +38,8 @@ fn bounded_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
     }
 }
 
-/// A ConnectionHealthPolicy sets the CLOSE_WAIT and port-pressure thresholds
-/// for the pods of its namespace that it selects, and which actions
+/// A ConnectionHealthPolicy sets the CLOSE_WAIT, port-pressure and TIME_WAIT
+/// bucket thresholds for the pods of its namespace that it selects, and which actions
 /// connhealth takes when a pod crosses them. A pod selected by several
 /// policies takes the strictest verdict; the report names the policy that
 /// decided it.
@@ -55,7 +55,7 @@ fn bounded_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
     status = "ConnectionHealthPolicyStatus",
     shortname = "chp",
     category = "connhealth",
-    doc = "A ConnectionHealthPolicy sets, for the pods it selects in its namespace, when CLOSE_WAIT sockets count as a leak and when TIME_WAIT and connecting sockets put too much pressure on the ephemeral port range, and what connhealth does about it: Warning Events on the pod, annotations on the pod, and a verdict on the pod's ConnectionHealth.",
+    doc = "A ConnectionHealthPolicy sets, for the pods it selects in its namespace, when CLOSE_WAIT sockets count as a leak, when TIME_WAIT and connecting sockets put too much pressure on the ephemeral port range, and when TIME_WAIT sockets fill too much of the namespace's tcp_max_tw_buckets, and what connhealth does about it: Warning Events on the pod, annotations on the pod, and a verdict on the pod's ConnectionHealth.",
     printcolumn(
         name = "Matched",
         type_ = "integer",
@@ -276,7 +276,8 @@ pub struct PolicyViolation {
 pub enum Verdict {
     /// Below every threshold of the deciding policy.
     Healthy,
-    /// Over a warning threshold: many CLOSE_WAIT sockets, or port pressure.
+    /// Over a warning threshold: many CLOSE_WAIT sockets, port pressure, or
+    /// TIME_WAIT near `tcp_max_tw_buckets`.
     Warning,
     /// CLOSE_WAIT sockets that stay (stuck) or keep growing: a leak.
     Leaking,

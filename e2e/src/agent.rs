@@ -72,6 +72,29 @@ pub fn agent_run_args(node_name: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// `connhealth-operator run` at test speed: its Lease `connhealth-operator`
+/// in `lease_namespace` under `identity`, renewed every second and lost
+/// after 6 s, metrics on a free loopback port.
+pub fn operator_run_args(lease_namespace: &str, identity: &str) -> Vec<String> {
+    [
+        "run",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--lease-namespace",
+        lease_namespace,
+        "--identity",
+        identity,
+        "--lease-duration",
+        "6s",
+        "--renew-deadline",
+        "4s",
+        "--retry-period",
+        "1s",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// The metrics endpoint's address, from the "serving /metrics" log line of
 /// the agent or the operator.
 pub fn metrics_addr(process: &ChildProcess) -> Option<String> {

@@ -43,6 +43,10 @@ fn crds_are_established_and_explained() {
     let spec = explain("connectionhealthpolicy.spec");
     assert!(spec.contains("Which pods of this namespace the policy applies to"), "{spec}");
     assert!(spec.contains("closeWait"), "{spec}");
+    let buckets = explain("connectionhealthpolicy.spec.timeWait.bucketsWarningPercent");
+    assert!(buckets.contains("tcp_max_tw_buckets") && buckets.contains("TimeWaitBucketsHigh"), "{buckets}");
+    let effective = explain("connectionhealth.status.portPressure.effectivePercent");
+    assert!(effective.contains("Policies compare this figure"), "{effective}");
     let status = explain("connectionhealth.status");
     assert!(status.contains("When the agent last read the pod's sockets"), "{status}");
     let cw = explain("connectionhealth.status.closeWait.stuck");

@@ -11,7 +11,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use connhealth_e2e::agent::{diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, scrape, wait_for_readyz};
+use connhealth_e2e::agent::{
+    diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, operator_run_args, scrape, wait_for_readyz,
+};
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
     AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, eventually_explained, jsonpath, until,
@@ -30,22 +32,9 @@ fn operator(ns: &TestNamespace, identity: &str) -> ChildProcess {
 }
 
 fn operator_with(ns: &TestNamespace, identity: &str, kubeconfig: &Path, extra_args: &[&str]) -> ChildProcess {
-    let mut args = vec![
-        "run",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--lease-namespace",
-        &ns.name,
-        "--identity",
-        identity,
-        "--lease-duration",
-        "6s",
-        "--renew-deadline",
-        "4s",
-        "--retry-period",
-        "1s",
-    ];
-    args.extend_from_slice(extra_args);
+    let mut args = operator_run_args(&ns.name, identity);
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ChildProcess::spawn("connhealth-operator", &args, kubeconfig, &[])
 }
 

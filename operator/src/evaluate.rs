@@ -60,22 +60,16 @@ pub fn validate_spec(spec: &ConnectionHealthPolicySpec) -> Result<(), Error> {
         at_least_one("spec.closeWait.growth.count", growth.count)?;
         positive("spec.closeWait.growth.window", &growth.window)?;
     }
-    let pct = i64::from(spec.port_pressure.warning_percent);
-    if !(1..=100).contains(&pct) {
-        return Err(Error::InvalidThreshold {
-            field: "spec.portPressure.warningPercent",
-            allowed: "between 1 and 100",
-            value: pct,
-        });
-    }
-    let buckets = i64::from(spec.time_wait.buckets_warning_percent);
-    if !(1..=100).contains(&buckets) {
-        return Err(Error::InvalidThreshold {
-            field: "spec.timeWait.bucketsWarningPercent",
-            allowed: "between 1 and 100",
-            value: buckets,
-        });
-    }
+    let percent = |field: &'static str, value: i32| {
+        let value = i64::from(value);
+        if (1..=100).contains(&value) {
+            Ok(())
+        } else {
+            Err(Error::InvalidThreshold { field, allowed: "between 1 and 100", value })
+        }
+    };
+    percent("spec.portPressure.warningPercent", spec.port_pressure.warning_percent)?;
+    percent("spec.timeWait.bucketsWarningPercent", spec.time_wait.buckets_warning_percent)?;
     positive("spec.actions.eventCooldown", &spec.actions.event_cooldown)?;
     if !cw.enabled && !spec.port_pressure.enabled && !spec.time_wait.enabled {
         return Err(Error::NothingEnabled("at least one check (closeWait, portPressure or timeWait) must be enabled"));

@@ -52,7 +52,11 @@
 //! (the remote port is the client's ephemeral port and would split one
 //! client into many entries). Port pressure counts TIME_WAIT, SYN_SENT and
 //! ESTABLISHED sockets whose local port lies in the ephemeral range, per
-//! remote `address:port`, against the size of that range.
+//! remote `address:port`, against the size of that range. The *effective*
+//! figure leaves out the TIME_WAIT sockets `connect()` may take over
+//! ([`TimeWaitReuse`], once a socket is older than `tcp_tw_reuse_delay`; its
+//! age is the 60 s TIME_WAIT length minus what `idiag_expires` says is left).
+//! It assumes the peers used TCP timestamps, as mainstream stacks do.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -469,8 +473,9 @@ pub struct TimeWaitSummary {
     /// `count` in percent of `maxBuckets`.
     pub buckets_percent: Option<u64>,
     /// `TcpExt: TCPTimeWaitOverflow` of the namespace: closes that skipped
-    /// TIME_WAIT since it was created, as of this dump. `null` when
-    /// unreadable.
+    /// TIME_WAIT since it was created, as last read (at the first dump, every
+    /// full refresh, and every dump while TIME_WAIT fills half the buckets or
+    /// after an overflow). `null` when unreadable.
     pub overflows: Option<u64>,
 }
 
@@ -603,7 +608,6 @@ impl NamespaceTracker {
             destinations: Bounded::new(cfg.limits.max_distinct_keys),
             listen: ListenPrint::default(),
             saw_fin_wait2_time_wait: false,
-            time_wait_overflows: None,
             time_wait_ripens_in: None,
         }
     }
@@ -754,18 +758,12 @@ pub struct DumpAggregator<'a> {
     destinations: Bounded<SocketAddr, DestAcc, FxBuild>,
     listen: ListenPrint,
     saw_fin_wait2_time_wait: bool,
-    time_wait_overflows: Option<u64>,
     /// How soon the youngest-to-ripen TIME_WAIT socket that `connect()`
     /// may not reuse yet becomes reusable.
     time_wait_ripens_in: Option<Duration>,
 }
 
 impl DumpAggregator<'_> {
-    /// The namespace's `TCPTimeWaitOverflow` counter, read with the dump.
-    pub fn set_time_wait_overflows(&mut self, overflows: Option<u64>) {
-        self.time_wait_overflows = overflows;
-    }
-
     /// Counts one socket. Reads only what its state calls for.
     pub fn observe<S: SocketView + ?Sized>(&mut self, s: &S) {
         let Some(state) = s.state() else {
@@ -928,7 +926,6 @@ impl DumpAggregator<'_> {
             destinations,
             listen: _,
             saw_fin_wait2_time_wait: _,
-            time_wait_overflows,
             time_wait_ripens_in: _,
         } = self;
         let limits = cfg.limits;
@@ -1030,7 +1027,8 @@ impl DumpAggregator<'_> {
                     .max_tw_buckets
                     .filter(|m| *m > 0)
                     .map(|m| states.get(TcpState::TimeWait) * 100 / m as u64),
-                overflows: time_wait_overflows,
+                // Read by the scanner, not from the dump.
+                overflows: None,
             },
             port_pressure: PortPressure {
                 ephemeral_ports: range_len,

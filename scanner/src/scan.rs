@@ -299,6 +299,24 @@ struct Cached {
     owners: Option<Owners>,
     /// The CLOSE_WAIT entry times of the last dump, as reported.
     first_seen: Vec<FirstSeenGroup>,
+    /// `TCPTimeWaitOverflow` as last read ([`read_overflows_now`] says when).
+    time_wait_overflows: Option<u64>,
+}
+
+/// TIME_WAIT share of `tcp_max_tw_buckets` from which a namespace's
+/// overflow counter is read at every dump.
+const OVERFLOW_WATCH_PERCENT: u64 = 50;
+
+/// Whether a dump of a namespace reads its `TCPTimeWaitOverflow` counter
+/// (`netstat`, about 15-40 µs a read, as much as a small dump): at its
+/// first dump, at every full refresh, and at every dump while its TIME_WAIT
+/// sockets fill at least [`OVERFLOW_WATCH_PERCENT`] of its buckets or it
+/// has overflowed before (overflows happen only at the limit). Elsewhere
+/// the last reading stands.
+fn read_overflows_now(last: Option<u64>, reason: DumpReason, buckets_percent: Option<u64>) -> bool {
+    last.is_none_or(|n| n > 0)
+        || reason == DumpReason::FullRefresh
+        || buckets_percent.is_some_and(|p| p >= OVERFLOW_WATCH_PERCENT)
 }
 
 /// What entering a namespace brings back.
@@ -587,6 +605,7 @@ impl Scanner {
                     label: target.label.clone(),
                     owners: None,
                     first_seen: Vec::new(),
+                    time_wait_overflows: None,
                 })
             }
         };
@@ -642,7 +661,6 @@ impl Scanner {
             Verdict::Dump(reason) => {
                 let params = NamespaceParams::from_sysctls(&c.sysctls);
                 let mut agg = c.tracker.begin(&cfg.aggregate, params, now);
-                agg.set_time_wait_overflows(c.counters.as_ref().and_then(|f| f.read_time_wait_overflows(scratch)));
                 let res = dumper.dump(socket, StateSet::ALL, |m| agg.observe(&m));
                 let dumped = match res {
                     Ok(d) => d,
@@ -724,6 +742,12 @@ impl Scanner {
             c.first_seen = group_first_seen(&first_seen, cfg.aggregate.limits.first_seen_groups);
         }
         summary.close_wait.first_seen = c.first_seen.clone();
+        if let Source::Dump(reason) = source
+            && read_overflows_now(c.time_wait_overflows, reason, summary.time_wait.buckets_percent)
+        {
+            c.time_wait_overflows = c.counters.as_ref().and_then(|f| f.read_time_wait_overflows(scratch));
+        }
+        summary.time_wait.overflows = c.time_wait_overflows;
         if reset_socket {
             c.socket = None;
         }
@@ -740,5 +764,21 @@ impl Scanner {
             sysctls: c.sysctls.clone(),
             owners: c.owners.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflows_are_read_where_they_can_move() {
+        let changed = DumpReason::CountersChanged;
+        assert!(read_overflows_now(None, changed, Some(1)), "first dump (or last read failed)");
+        assert!(!read_overflows_now(Some(0), changed, Some(49)), "far from the limit: the last reading stands");
+        assert!(read_overflows_now(Some(0), changed, Some(50)), "half the buckets");
+        assert!(read_overflows_now(Some(3), changed, Some(0)), "overflowed before");
+        assert!(read_overflows_now(Some(0), DumpReason::FullRefresh, Some(0)), "every full refresh");
+        assert!(!read_overflows_now(Some(0), changed, None), "no limit known");
     }
 }

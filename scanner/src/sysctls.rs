@@ -1,5 +1,7 @@
 //! The per-namespace TCP sysctls that explain CLOSE_WAIT and TIME_WAIT
-//! figures, read as evidence (never changed).
+//! figures, read as evidence (never changed); what `tcp_tw_reuse` and
+//! `tcp_timestamps` allow together ([`TimeWaitReuse`]); and the node's
+//! connection-tracking fill ([`ConntrackFiles`]).
 //!
 //! This module owns reading and parsing them. `/proc/sys/net` shows the
 //! namespace of the *calling thread*, so [`NetnsSysctls::read_current`] is
