@@ -405,26 +405,22 @@ pub struct Scanner {
     sweeps: u64,
 }
 
-/// The host's `tcp_child_ehash_entries`, read inside the host's namespace
-/// (that of pid 1, with `hostPID`), or in the scanner's own when that cannot
-/// be entered.
-fn host_child_ehash_entries() -> Option<i64> {
-    NetnsHandle::open("/proc/1/ns/net")
-        .and_then(|h| h.run_in(sysctls::read_child_ehash_entries))
-        .ok()
-        .flatten()
-        .or_else(sysctls::read_child_ehash_entries)
+/// Runs `read` inside the host's network namespace (that of pid 1, with
+/// `hostPID`), or in the scanner's own when that cannot be entered (a
+/// scanner without the privilege or without `hostPID` sees no other).
+fn in_host_netns<T: Send>(read: fn() -> T) -> T {
+    NetnsHandle::open("/proc/1/ns/net").and_then(|h| h.run_in(read)).unwrap_or_else(|_| read())
 }
 
-/// The host's conntrack files, opened inside the host's namespace (that of
-/// pid 1, with `hostPID`), or in the scanner's own when that cannot be
-/// entered. `None` without connection tracking in the kernel.
+/// The host's `tcp_child_ehash_entries` (`None` before kernel 6.1).
+fn host_child_ehash_entries() -> Option<i64> {
+    in_host_netns(sysctls::read_child_ehash_entries)
+}
+
+/// The host's conntrack files, kept open (`None` without connection
+/// tracking in the kernel).
 fn open_host_conntrack() -> Option<ConntrackFiles> {
-    let in_host = NetnsHandle::open("/proc/1/ns/net").and_then(|h| h.run_in(ConntrackFiles::open_current));
-    match in_host {
-        Ok(files) => files.ok(),
-        Err(_) => ConntrackFiles::open_current().ok(),
-    }
+    in_host_netns(ConntrackFiles::open_current).ok()
 }
 
 /// How often (in sweeps) a scanner without conntrack files looks again (the
