@@ -112,13 +112,14 @@ impl Prometheus {
     pub fn vector(&self, expr: &str) -> Vec<Value> {
         let answer = self.query(expr);
         assert_eq!(answer["status"], "success", "{expr}: {answer}");
-        answer["data"]["result"].as_array().cloned().unwrap_or_default()
+        answer["data"]["result"].as_array().cloned().unwrap_or_else(|| panic!("no result list for {expr}: {answer}"))
     }
 
     /// Active alerts (pending and firing).
     pub fn alerts(&self) -> Vec<Value> {
         let answer = self.api("/api/v1/alerts");
-        answer["data"]["alerts"].as_array().cloned().unwrap_or_default()
+        assert_eq!(answer["status"], "success", "/api/v1/alerts: {answer}");
+        answer["data"]["alerts"].as_array().cloned().unwrap_or_else(|| panic!("no alert list in {answer}"))
     }
 }
 
