@@ -105,7 +105,9 @@ use crate::policy::Verdict;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionHealthSpec {
-    /// Name of the node whose agent scanned the pod.
+    /// Name of the node whose agent scanned the pod. The chart's node
+    /// restriction admits the report only from the agent of this node, and
+    /// the operator uses it only while it is the pod's node.
     pub node_name: String,
     /// UID of the pod this report belongs to. A report whose UID differs from
     /// the live pod of the same name is stale (the pod was recreated).

@@ -2,7 +2,10 @@
 //! holding a ServiceAccount's token (`kubectl create token`) and the
 //! cluster's server URL and CA taken from the admin kubeconfig — never the
 //! admin's client certificate — so that a component run with it has exactly
-//! the ServiceAccount's permissions.
+//! the ServiceAccount's permissions. [`TokenKubeconfig::bound_to_node`]
+//! gives the token a DaemonSet pod on a node has (bound to a Pod object on
+//! that node, so the API server names the node in the user's extra info),
+//! which the chart's node restriction requires of the agent.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -14,13 +17,16 @@ use serde_json::json;
 
 use crate::{Cluster, random_suffix};
 
-/// A kubeconfig file for one ServiceAccount, removed when dropped.
+/// A kubeconfig file for one ServiceAccount, removed when dropped (with
+/// the Pod its token is bound to, if any).
 pub struct TokenKubeconfig {
     /// The file (mode 0600).
     pub path: PathBuf,
     /// `system:serviceaccount:<namespace>:<name>`.
     pub username: String,
     bin_dir: PathBuf,
+    /// `(namespace, name)` of the Pod the token is bound to.
+    bound_pod: Option<(String, String)>,
 }
 
 impl TokenKubeconfig {
@@ -28,7 +34,54 @@ impl TokenKubeconfig {
     /// hour: `kubectl create token --duration=1h`) and writes a kubeconfig
     /// with it, the admin kubeconfig's server URL and CA, and nothing else.
     pub fn for_service_account(cluster: &Cluster, namespace: &str, name: &str) -> anyhow::Result<Self> {
-        let token = cluster.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
+        Self::with_token(cluster, namespace, name, &[])
+    }
+
+    /// A token for ServiceAccount `namespace/name` bound to a new Pod object
+    /// of that account placed on `node` — what the kubelet mounts into a
+    /// DaemonSet pod there: the API server puts the node's name into the
+    /// user's extra info (`authentication.kubernetes.io/node-name`). The pod
+    /// never runs (no kubelet serves it); it is deleted with the kubeconfig,
+    /// which ends the token.
+    pub fn bound_to_node(cluster: &Cluster, namespace: &str, name: &str, node: &str) -> anyhow::Result<Self> {
+        let pod = format!("{name}-token-{}", random_suffix());
+        let manifest = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": pod, "namespace": namespace },
+            "spec": {
+                "serviceAccountName": name,
+                "nodeName": node,
+                "automountServiceAccountToken": false,
+                "containers": [{ "name": "token-holder", "image": "token-holder.invalid/none:0" }],
+            },
+        });
+        let (ok, stdout, stderr) = cluster.kubectl_stdin(&["create", "-f", "-"], &manifest.to_string());
+        if !ok {
+            bail!("create the Pod {namespace}/{pod} to bind a token to: {stdout}{stderr}");
+        }
+        let bound = Self::with_token(
+            cluster,
+            namespace,
+            name,
+            &["--bound-object-kind=Pod", &format!("--bound-object-name={pod}")],
+        );
+        match bound {
+            Ok(mut kubeconfig) => {
+                kubeconfig.bound_pod = Some((namespace.to_owned(), pod));
+                Ok(kubeconfig)
+            }
+            Err(error) => {
+                let _ = cluster.kubectl_run(&["delete", "pod", &pod, "-n", namespace, "--grace-period=0", "--force"]);
+                Err(error)
+            }
+        }
+    }
+
+    fn with_token(cluster: &Cluster, namespace: &str, name: &str, token_args: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["create", "token", name, "-n", namespace, "--duration=1h"];
+        args.extend_from_slice(token_args);
+        let token = cluster.kubectl_ok(&args)?;
         let token = token.trim();
         if token.is_empty() {
             bail!("kubectl create token {name} -n {namespace} printed no token");
@@ -74,7 +127,7 @@ impl TokenKubeconfig {
             .open(&path)
             .with_context(|| format!("create {}", path.display()))?;
         file.write_all(serde_yaml::to_string(&config)?.as_bytes())?;
-        Ok(TokenKubeconfig { path, username: user, bin_dir: cluster.bin_dir.clone() })
+        Ok(TokenKubeconfig { path, username: user, bin_dir: cluster.bin_dir.clone(), bound_pod: None })
     }
 
     /// The file's path.
@@ -103,10 +156,43 @@ impl TokenKubeconfig {
         let (ok, stdout, stderr) = self.kubectl_run(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
         if ok { Ok(stdout.trim().to_owned()) } else { Err(stderr) }
     }
+
+    /// The node the API server finds in this kubeconfig's token (the user's
+    /// extra `authentication.kubernetes.io/node-name`): `Ok(None)` when it
+    /// names none, kubectl's error when whoami fails.
+    pub fn token_node(&self) -> Result<Option<String>, String> {
+        let (ok, stdout, stderr) = self.kubectl_run(&["auth", "whoami", "-o", "json"]);
+        if !ok {
+            return Err(stderr);
+        }
+        let review: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| format!("{e}: {stdout}"))?;
+        let nodes = &review["status"]["userInfo"]["extra"]["authentication.kubernetes.io/node-name"];
+        match nodes.as_array().map(Vec::as_slice) {
+            None => Ok(None),
+            Some([node]) => {
+                Ok(Some(node.as_str().ok_or_else(|| format!("node name not a string: {review}"))?.to_owned()))
+            }
+            Some(_) => Err(format!("not exactly one node name: {review}")),
+        }
+    }
 }
 
 impl Drop for TokenKubeconfig {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        if let Some((namespace, pod)) = &self.bound_pod {
+            // At once: no kubelet confirms the end of a pod bound to a node.
+            let _ = Cluster::get().kubectl_run(&[
+                "delete",
+                "pod",
+                pod,
+                "-n",
+                namespace,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+                "--ignore-not-found",
+            ]);
+        }
     }
 }

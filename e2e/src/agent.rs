@@ -104,6 +104,14 @@ pub fn metrics_addr(process: &ChildProcess) -> Option<String> {
     Some(addr.to_owned())
 }
 
+/// The number of sweeps the agent at `addr` has finished, from its metrics.
+pub fn sweeps(addr: &str) -> u64 {
+    let metrics = scrape(addr);
+    let count = metric_value(&metrics, "connhealth_agent_sweep_duration_seconds_count")
+        .unwrap_or_else(|| panic!("no sweep count in the agent's metrics:\n{metrics}"));
+    count as u64
+}
+
 /// `GET /metrics` at `addr`: the whole HTTP response.
 pub fn scrape(addr: &str) -> String {
     http_get(addr, "/metrics")

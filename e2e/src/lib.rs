@@ -27,7 +27,7 @@ pub use access::TokenKubeconfig;
 pub use agent::AgentLock;
 pub use fakepod::{FakePod, require_root};
 pub use proxy::HangingProxy;
-pub use report::{write_report, write_report_seen};
+pub use report::{write_report, write_report_naming, write_report_seen};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -312,9 +312,31 @@ impl TestNamespace {
 }
 
 impl Drop for TestNamespace {
+    /// Deletes the namespace, first what would keep it `Terminating`: the
+    /// finalizers of its policies (the test's operator may be gone; another
+    /// test's operator, which acts on every namespace, would get to them in
+    /// the middle of that test), and its pods at once (pods bound to a node
+    /// wait for a kubelet to confirm their end; the harness plays the
+    /// kubelet, and no kubelet runs these).
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump();
+        }
+        let _ = self.cluster.kubectl_run(&[
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            &self.name,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]);
+        let (_, policies, _) = self.cluster.kubectl_run(&["get", "chp", "-n", &self.name, "-o", "name"]);
+        for policy in policies.lines().filter(|l| !l.is_empty()) {
+            let clear =
+                ["patch", policy, "-n", &self.name, "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#];
+            let _ = self.cluster.kubectl_run(&clear);
         }
         let _ = self.cluster.kubectl_run(&["delete", "namespace", &self.name, "--wait=false"]);
     }

@@ -1,11 +1,13 @@
 //! Playing the agent for operator tests: a ConnectionHealth written the way
 //! the agent writes it (server-side apply, the agent's field manager), with
-//! figures the test chooses.
+//! figures the test chooses, naming the pod's node as the agent of that node
+//! would (the operator ignores a report from another node than its pod's).
 
 use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, SocketOwner, TcpStateCounts};
 use connhealth_crds::names::field_managers;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -26,9 +28,31 @@ pub async fn write_report_seen(
     close_wait: i64,
     seen_ago: SignedDuration,
 ) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let node = pods
+        .get(pod)
+        .await
+        .unwrap_or_else(|e| panic!("read pod {ns}/{pod}: {e}"))
+        .spec
+        .and_then(|s| s.node_name)
+        .unwrap_or_else(|| panic!("pod {ns}/{pod} is bound to no node: set spec.nodeName, as the agent's pods have"));
+    write_report_naming(client, ns, pod, uid, close_wait, seen_ago, &node).await;
+}
+
+/// [`write_report_seen`] naming `node` as the report's node, whichever node
+/// the pod is on (a misplaced or forged report).
+pub async fn write_report_naming(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    uid: &str,
+    close_wait: i64,
+    seen_ago: SignedDuration,
+    node: &str,
+) {
     let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::apply(field_managers::AGENT).force();
-    let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: "node-a".into(), pod_uid: uid.into() });
+    let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: node.to_owned(), pod_uid: uid.into() });
     api.patch(pod, &params, &Patch::Apply(&report)).await.expect("apply report");
     let since = Time(Timestamp::now() - seen_ago);
     let status = ConnectionHealthStatus {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use connhealth_crds::ConnectionHealth;
 use connhealth_e2e::agent::{
-    agent_run_args, diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, scrape, wait_for_readyz,
+    agent_run_args, diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, scrape, sweeps, wait_for_readyz,
 };
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
@@ -37,14 +37,6 @@ fn agent_with(cluster: &Cluster, kubeconfig: &Path, extra_args: &[&str]) -> Chil
     args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ChildProcess::spawn("connhealth-agent", &args, kubeconfig, &[])
-}
-
-/// The number of sweeps the agent has finished, from its metrics.
-fn sweeps(addr: &str) -> u64 {
-    let metrics = scrape(addr);
-    let count = metric_value(&metrics, "connhealth_agent_sweep_duration_seconds_count")
-        .unwrap_or_else(|| panic!("no sweep count in the agent's metrics:\n{metrics}"));
-    count as u64
 }
 
 /// The report of `ns/name` for a poll: `None` while it is absent *or* cannot

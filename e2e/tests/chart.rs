@@ -548,11 +548,39 @@ fn rbac_grants_exactly_the_documented_verbs() {
 fn cluster_scoped_objects_are_named_per_release() {
     for release in ["one", "two-connhealth"] {
         let docs = render(release, "ns", &[]);
-        for doc in docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding") {
+        let cluster_scoped =
+            ["ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"];
+        let found: Vec<&Value> = docs.iter().filter(|d| cluster_scoped.iter().any(|k| d["kind"] == *k)).collect();
+        assert_eq!(found.len(), 6, "two ClusterRoles, their bindings, the node restriction and its binding");
+        for doc in found {
             let (kind, name) = kind_name(doc);
             assert!(name.starts_with(release), "{kind} {name} does not carry the release name {release}");
         }
     }
+}
+
+/// The node restriction binds the policy of its own name, matches only this
+/// release's agent, denies, and goes with `agent.nodeRestriction.enabled`.
+#[test]
+fn the_node_restriction_matches_this_releases_agent_and_can_be_turned_off() {
+    let docs = render("rel", "ops", &["--set", "agent.serviceAccount.name=node-agent"]);
+    let policy = find(&docs, "ValidatingAdmissionPolicy", "rel-connhealth-agent-node-restriction");
+    let binding = find(&docs, "ValidatingAdmissionPolicyBinding", "rel-connhealth-agent-node-restriction");
+    assert_eq!(binding["spec"]["policyName"], "rel-connhealth-agent-node-restriction");
+    assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == \"system:serviceaccount:ops:node-agent\""
+    );
+    let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rules["resources"], serde_json::json!(["connectionhealths", "connectionhealths/status"]));
+    assert_eq!(rules["operations"], serde_json::json!(["CREATE", "UPDATE"]));
+    let off = render("rel", "ops", &["--set", "agent.nodeRestriction.enabled=false"]);
+    assert!(
+        of_kind(&off, "ValidatingAdmissionPolicy").is_empty()
+            && of_kind(&off, "ValidatingAdmissionPolicyBinding").is_empty()
+    );
 }
 
 fn pod_spec(spec: &Option<PodSpec>) -> &PodSpec {
@@ -1110,7 +1138,8 @@ impl Drop for ReleaseGuard {
 
 const NAMESPACED_KINDS: &str =
     "daemonsets,deployments,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,connectionhealthpolicies";
-const CLUSTER_KINDS: &str = "clusterroles,clusterrolebindings";
+const CLUSTER_KINDS: &str =
+    "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings";
 
 #[test]
 fn install_upgrade_uninstall_round_trip() {
@@ -1163,6 +1192,8 @@ fn install_upgrade_uninstall_round_trip() {
         format!("clusterrole.rbac.authorization.k8s.io/{full}-operator"),
         format!("clusterrolebinding.rbac.authorization.k8s.io/{full}-agent"),
         format!("clusterrolebinding.rbac.authorization.k8s.io/{full}-operator"),
+        format!("validatingadmissionpolicy.admissionregistration.k8s.io/{full}-agent-node-restriction"),
+        format!("validatingadmissionpolicybinding.admissionregistration.k8s.io/{full}-agent-node-restriction"),
     ]
     .into();
     assert_eq!(release_objects(cluster, None, CLUSTER_KINDS, &release), expected_cluster);

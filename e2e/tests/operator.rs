@@ -11,17 +11,19 @@
 use std::path::Path;
 use std::time::Duration;
 
+use connhealth_crds::ConnectionHealth;
+use connhealth_crds::names::field_managers;
 use connhealth_e2e::agent::{
     diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, operator_run_args, scrape, wait_for_readyz,
 };
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
     AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, eventually_explained, jsonpath, until,
-    write_report, write_report_seen,
+    write_report, write_report_naming, write_report_seen,
 };
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -38,12 +40,17 @@ fn operator_with(ns: &TestNamespace, identity: &str, kubeconfig: &Path, extra_ar
     ChildProcess::spawn("connhealth-operator", &args, kubeconfig, &[])
 }
 
+/// A pod bound to this machine's Node (no kubelet runs it), as the agent's
+/// pods are: the operator uses a report only from its pod's node.
 async fn create_pod(client: &Client, ns: &str, name: &str) -> String {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": name, "labels": { "app": "api" } },
-        "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
+        "spec": {
+            "nodeName": Cluster::get().node_name(),
+            "containers": [{ "name": "app", "image": "example.invalid/app:1" }],
+        }
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.expect("create pod").uid().unwrap()
@@ -63,6 +70,45 @@ fn events(cluster: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<String> {
         ])
         .unwrap();
     out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+/// A report naming another node than its pod's — an agent claiming a pod
+/// that runs elsewhere, which the chart's admission policy cannot see — is
+/// ignored: no verdict, no annotation, no Event, not counted; the same
+/// report from the pod's own node is used.
+#[tokio::test]
+async fn a_report_from_another_node_than_its_pods_is_ignored() {
+    let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("op-node");
+    let client = cluster.client().await;
+    let op = operator(&ns, "op-node");
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    write_report_naming(&client, &ns.name, "api-1", &uid, 12, SignedDuration::from_mins(10), "elsewhere").await;
+    apply_policy(cluster, &ns.name, "default", "  podSelector: {matchLabels: {app: api}}\n");
+
+    let ignored = format!("report={}/api-1 report_node=elsewhere pod_node={}", ns.name, cluster.node_name());
+    until(WAIT, "the operator to ignore the misplaced report", || {
+        op.logs().lines().any(|l| l.contains("names another node than its pod's") && l.contains(&ignored))
+    })
+    .await;
+    until(WAIT, "the policy's status to count no pod", || {
+        jsonpath(cluster, &ns.name, "chp/default", "{.status.matchedPods}/{.status.observedGeneration}") == "0/1"
+    })
+    .await;
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}"), "");
+    assert_eq!(jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations}"), "");
+    assert!(events(cluster, &ns.name, "api-1", "CloseWaitLeak").is_empty());
+
+    // From the pod's node, the same figures are a leak.
+    write_report(&client, &ns.name, "api-1", &uid, 12).await;
+    until(WAIT, "the report's verdict to be Leaking", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Leaking"
+    })
+    .await;
+    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    let warned = op.logs().lines().filter(|l| l.contains("names another node than its pod's")).count();
+    assert_eq!(warned, 1, "warned once:\n{}", op.logs());
 }
 
 #[tokio::test]
@@ -214,6 +260,105 @@ async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
     // A graceful stop releases the lease at once.
     second.stop(Duration::from_secs(10));
     until(WAIT, "the lease released", || holder().is_empty()).await;
+}
+
+/// A report deleted and created again (someone removed it; the agent writes
+/// it anew) gets its verdict back from the operator, which remembers the
+/// verdict it wrote: same `since`, and no second Event for the same leak.
+/// The new report carries the very observation of the old one (the agent
+/// had nothing newer), so only the object's identity tells the operator
+/// that its verdict is not on it.
+#[tokio::test]
+async fn a_recreated_report_gets_its_verdict_back_without_a_second_event() {
+    let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("op-recreate");
+    let client = cluster.client().await;
+    let _op = operator(&ns, "op-recreate");
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    write_report(&client, &ns.name, "api-1", &uid, 12).await;
+    apply_policy(cluster, &ns.name, "default", "  {}\n");
+    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    until(WAIT, "the Leaking verdict", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Leaking"
+    })
+    .await;
+    let since = jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.since}");
+    let old_uid = jsonpath(cluster, &ns.name, "ch/api-1", "{.metadata.uid}");
+    let reports: Api<ConnectionHealth> = Api::namespaced(client.clone(), &ns.name);
+    let old = reports.get("api-1").await.unwrap();
+    let mut observation = old.status.clone().unwrap();
+    observation.verdict = None;
+
+    cluster.kubectl_ok(&["delete", "ch", "api-1", "-n", &ns.name, "--wait=true"]).unwrap();
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    let recreated = ConnectionHealth::new("api-1", old.spec.clone());
+    reports.patch("api-1", &params, &Patch::Apply(&recreated)).await.unwrap();
+    let status = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionHealth", "status": observation });
+    reports.patch_status("api-1", &params, &Patch::Apply(&status)).await.unwrap();
+    let new_uid = jsonpath(cluster, &ns.name, "ch/api-1", "{.metadata.uid}");
+    assert_ne!(new_uid, old_uid, "a new report object");
+    until(WAIT, "the new report's verdict", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Leaking"
+    })
+    .await;
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.metadata.uid}"), new_uid);
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.since}"), since, "the same leak");
+    // The Event is published before the verdict is written, so any second
+    // one would exist by now.
+    let leaks = events(cluster, &ns.name, "api-1", "CloseWaitLeak");
+    assert_eq!(leaks.len(), 1, "one Event object: {leaks:?}");
+    assert!(leaks[0].starts_with("1|") || leaks[0].starts_with('|'), "no repeat: {leaks:?}");
+}
+
+/// A leak that spans an API server outage: the leader cannot renew its
+/// lease and exits (its Deployment would restart it); the restarted
+/// operator finds the verdict and its last Event in the report, so the leak
+/// has exactly one Event, and its end exactly one Recovered.
+#[tokio::test]
+async fn a_leak_spanning_an_api_outage_has_exactly_one_event() {
+    let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("op-outage");
+    let client = cluster.client().await;
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    write_report(&client, &ns.name, "api-1", &uid, 12).await;
+    apply_policy(cluster, &ns.name, "default", "  {}\n");
+    let mut leader = operator(&ns, "op-outage");
+    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    until(WAIT, "the Leaking verdict", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Leaking"
+    })
+    .await;
+
+    let stopped = cluster.stop_apiserver();
+    until(WAIT, "the leader to give up its lease and exit", || !leader.running()).await;
+    assert!(leader.logs().contains("lost the leader lease"), "{}", leader.logs());
+    stopped.start();
+
+    // Restarted, as its container would be; the leak goes on and grows.
+    let client = cluster.client().await;
+    let restarted = operator(&ns, "op-outage");
+    write_report(&client, &ns.name, "api-1", &uid, 13).await;
+    until(WAIT, "the restarted operator to evaluate the grown leak", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.reasons[0]}").starts_with("13 ")
+    })
+    .await;
+    let leaks = events(cluster, &ns.name, "api-1", "CloseWaitLeak");
+    assert_eq!(leaks.len(), 1, "one Event object: {leaks:?}");
+    assert!(leaks[0].starts_with("1|") || leaks[0].starts_with('|'), "no repeat after the outage: {leaks:?}");
+
+    // The leak ends: one Recovered.
+    write_report(&client, &ns.name, "api-1", &uid, 0).await;
+    until(WAIT, "a Recovered Event", || events(cluster, &ns.name, "api-1", "Recovered").len() == 1).await;
+    until(WAIT, "the Healthy verdict", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Healthy"
+    })
+    .await;
+    let recovered = events(cluster, &ns.name, "api-1", "Recovered");
+    assert!(recovered[0].starts_with("1|") || recovered[0].starts_with('|'), "{recovered:?}");
+    assert_eq!(events(cluster, &ns.name, "api-1", "CloseWaitLeak").len(), 1);
+    drop(restarted);
 }
 
 /// A hung API server (accepts, never answers) cannot stall the operator: a

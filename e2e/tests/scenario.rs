@@ -13,6 +13,10 @@
 //!   annotations left; no request of either component was ever forbidden.
 //! - [`each_capability_the_chart_adds_to_the_agent_is_needed`]: without any
 //!   one of them the agent no longer finds the pod or its socket owner.
+//! - [`the_node_restriction_admits_only_reports_of_the_tokens_node`]
+//!   tries the chart's admission policy with tokens bound to pods on two
+//!   nodes; an agent run with the other node's token logs the refusal once
+//!   and runs on.
 //! - [`agent_missing_one_verb_says_what_it_cannot_do`] and
 //!   [`operator_missing_pod_patch_says_what_it_cannot_do`]: the chart's
 //!   RBAC with one verb removed; the failure is named in the log.
@@ -27,17 +31,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use connhealth_crds::names::{annotations, reasons};
+use connhealth_crds::ConnectionHealth;
+use connhealth_crds::names::{annotations, field_managers, labels, reasons};
 use connhealth_e2e::agent::{
-    agent_run_args, capability_mask, capability_names, process_capabilities, setpriv_with_capabilities,
+    agent_run_args, capability_mask, capability_names, metrics_addr, process_capabilities, scrape,
+    setpriv_with_capabilities, sweeps,
 };
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, TokenKubeconfig, apply_policy, eventually, random_suffix,
-    repo_root, require_root, until, write_report,
+    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, TokenKubeconfig, apply_policy, client_from, eventually,
+    random_suffix, repo_root, require_root, until, write_report,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -124,31 +130,13 @@ impl Drop for Release {
             let _ = cluster.helm_run(&["uninstall", &self.name, "-n", &self.namespace, "--ignore-not-found"]);
         }
         let selector = format!("app.kubernetes.io/instance={}", self.name);
-        let _ =
-            cluster.kubectl_run(&["delete", "clusterroles,clusterrolebindings", "-l", &selector, "--ignore-not-found"]);
-    }
-}
-
-/// Removes the finalizers of every policy in a namespace when dropped, so
-/// that the namespace can be deleted even when no operator runs any more
-/// (after a failed assertion). Declared after the namespace.
-struct ClearPolicyFinalizers(String);
-
-impl Drop for ClearPolicyFinalizers {
-    fn drop(&mut self) {
-        let cluster = Cluster::get();
-        let (_, names, _) = cluster.kubectl_run(&["get", "chp", "-n", &self.0, "-o", "name"]);
-        for name in names.lines().filter(|l| !l.is_empty()) {
-            let _ = cluster.kubectl_run(&[
-                "patch",
-                name,
-                "-n",
-                &self.0,
-                "--type=merge",
-                "-p",
-                r#"{"metadata":{"finalizers":null}}"#,
-            ]);
-        }
+        let _ = cluster.kubectl_run(&[
+            "delete",
+            "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings",
+            "-l",
+            &selector,
+            "--ignore-not-found",
+        ]);
     }
 }
 
@@ -318,7 +306,6 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     // Install as the chart README says: a namespace that admits the agent.
     let system = TestNamespace::new("scn-system");
     let shop = TestNamespace::new("scn-shop");
-    let _clear = ClearPolicyFinalizers(shop.name.clone());
     cluster.kubectl_ok(&["label", "namespace", &system.name, "pod-security.kubernetes.io/enforce=privileged"]).unwrap();
     let release_name = format!("scn-{}", random_suffix());
     let full = format!("{release_name}-connhealth");
@@ -351,7 +338,11 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     assert_eq!(agent_spec.service_account, format!("{full}-agent"));
     assert_eq!(operator_spec.service_account, format!("{full}-operator"));
 
-    let agent_kc = TokenKubeconfig::for_service_account(cluster, &system.name, &agent_spec.service_account).unwrap();
+    // The agent's token is bound to a pod on this node, as the kubelet
+    // mounts it into the DaemonSet's pod: the chart's node restriction
+    // admits its reports of this node's pods.
+    let agent_kc = TokenKubeconfig::bound_to_node(cluster, &system.name, &agent_spec.service_account, &node).unwrap();
+    assert_eq!(agent_kc.token_node(), Ok(Some(node.clone())), "the API server names the agent's node");
     let operator_kc =
         TokenKubeconfig::for_service_account(cluster, &system.name, &operator_spec.service_account).unwrap();
     for kc in [&agent_kc, &operator_kc] {
@@ -760,7 +751,7 @@ async fn agent_missing_one_verb_says_what_it_cannot_do() {
         let mut agent = ChildProcess::spawn("connhealth-agent", &args, &kc.path, &[]);
         let pod_key = format!("{}/web", ns.name);
         let user = format!("User \"{}\"", kc.username);
-        let needles = ["writing the ConnectionHealth report failed", &pod_key, "forbidden", &user, says];
+        let needles = ["the API server refused the ConnectionHealth report", &pod_key, "forbidden", &user, says];
         until(WAIT, &format!("the agent without {verb} on {resource} to log {says:?}"), || {
             log_line(&agent.logs(), &needles).is_some()
         })
@@ -777,13 +768,203 @@ async fn agent_missing_one_verb_says_what_it_cannot_do() {
     }
 }
 
+/// A report as the agent applies it (spec, node label), for pod `pod` of
+/// `namespace` on `node`.
+fn report_manifest(namespace: &str, pod: &str, pod_uid: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "connhealth.io/v1alpha1",
+        "kind": "ConnectionHealth",
+        "metadata": { "name": pod, "namespace": namespace, "labels": { labels::NODE: node } },
+        "spec": { "nodeName": node, "podUID": pod_uid },
+    })
+}
+
+/// Applies `report` as the agent does (server-side apply, its field
+/// manager) with `kubeconfig`'s token; the API server's refusal as
+/// `(code, message)`.
+async fn apply_report_as(kubeconfig: &TokenKubeconfig, report: &Value) -> Result<(), (u16, String)> {
+    let client = client_from(kubeconfig.path()).await;
+    let namespace = report["metadata"]["namespace"].as_str().expect("namespace");
+    let name = report["metadata"]["name"].as_str().expect("name");
+    let api: Api<ConnectionHealth> = Api::namespaced(client, namespace);
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    match api.patch(name, &params, &Patch::Apply(report)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err((status.code, status.message)),
+        Err(other) => panic!("applying {namespace}/{name}: {other}"),
+    }
+}
+
+/// [`apply_report_as`] for the status only (what the agent writes every
+/// time after the first).
+async fn apply_report_status_as(
+    kubeconfig: &TokenKubeconfig,
+    namespace: &str,
+    name: &str,
+) -> Result<(), (u16, String)> {
+    let client = client_from(kubeconfig.path()).await;
+    let api: Api<ConnectionHealth> = Api::namespaced(client, namespace);
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    let body = json!({
+        "apiVersion": "connhealth.io/v1alpha1",
+        "kind": "ConnectionHealth",
+        "status": { "observedAt": "2026-01-01T00:00:00Z" },
+    });
+    match api.patch_status(name, &params, &Patch::Apply(&body)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err((status.code, status.message)),
+        Err(other) => panic!("applying the status of {namespace}/{name}: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn the_node_restriction_admits_only_reports_of_the_tokens_node() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let client = cluster.client().await;
+    let node = cluster.node_name();
+    // A second Node (no kubelet), so that pods bound to it are not
+    // collected as orphans while the test runs.
+    let other_node = format!("scn-other-node-{}", random_suffix());
+    let manifest = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": other_node } });
+    let (ok, out, err) = cluster.kubectl_stdin(&["create", "-f", "-"], &manifest.to_string());
+    assert!(ok, "create Node {other_node}: {out}{err}");
+    let _other_node_object = ClusterScoped(vec![format!("node/{other_node}")]);
+    let system = TestNamespace::new("scn-nr-system");
+    let shop = TestNamespace::new("scn-nr-shop");
+    let release_name = format!("scn-{}", random_suffix());
+    let (_release, _) = Release::install(&release_name, &system.name);
+    let agent_sa = format!("{release_name}-connhealth-agent");
+
+    // Tokens of the agent's ServiceAccount as the kubelet of each node would
+    // mount them, and one bound to nothing (`kubectl create token`).
+    let here = TokenKubeconfig::bound_to_node(cluster, &system.name, &agent_sa, &node).unwrap();
+    let there = TokenKubeconfig::bound_to_node(cluster, &system.name, &agent_sa, &other_node).unwrap();
+    let unbound = TokenKubeconfig::for_service_account(cluster, &system.name, &agent_sa).unwrap();
+    assert_eq!(here.token_node(), Ok(Some(node.clone())));
+    assert_eq!(there.token_node(), Ok(Some(other_node.clone())));
+    assert_eq!(unbound.token_node(), Ok(None));
+
+    // A pod on the other node (an API object: no kubelet serves it) and one
+    // here with a real namespace and a listening socket.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &shop.name);
+    let remote: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "remote" },
+        "spec": { "nodeName": other_node, "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
+    }))
+    .unwrap();
+    let remote_uid = pods.create(&PostParams::default(), &remote).await.unwrap().uid().unwrap();
+    let mut web = FakePod::create(&client, cluster, &shop.name, "web", false).await;
+    web.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
+    let mut api = FakePod::create(&client, cluster, &shop.name, "api", false).await;
+    api.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
+
+    // The agent here may not write the remote pod's report. Waited for: the
+    // API server applies a new policy within a few seconds, and every
+    // admitted write below must be admitted *under* the policy.
+    let remote_there = report_manifest(&shop.name, "remote", &remote_uid, &other_node);
+    let refused = eventually("the agent here to be refused the remote pod's report", WAIT, || {
+        let (here, report) = (&here, &remote_there);
+        async move { apply_report_as(here, report).await.err() }
+    })
+    .await;
+    let says =
+        format!("connhealth node restriction: the agent on node {node} may not write a report for node {other_node}");
+    assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(refused.1.contains(&says), "{refused:?}");
+    let policy = format!("{release_name}-connhealth-agent-node-restriction");
+    assert!(refused.1.contains(&format!("ValidatingAdmissionPolicy '{policy}'")), "{refused:?}");
+
+    // The other node's agent may; then the agent here may neither write
+    // that report's status nor take it over by claiming its own node.
+    apply_report_as(&there, &remote_there).await.expect("the remote node's agent writes its report");
+    let status = apply_report_status_as(&here, &shop.name, "remote").await.unwrap_err();
+    assert!(status.0 == 403 && status.1.contains(&says), "status of another node's report: {status:?}");
+    let takeover = report_manifest(&shop.name, "remote", &remote_uid, &node);
+    let taken = apply_report_as(&here, &takeover).await.unwrap_err();
+    assert_eq!(taken.0, 403, "{taken:?}");
+    assert!(
+        taken.1.contains(&format!("the agent on node {node} may not take over the report of node {other_node}")),
+        "{taken:?}"
+    );
+    // A label naming another node than the spec is refused too.
+    let mut mislabelled = report_manifest(&shop.name, "web", "uid-web", &node);
+    mislabelled["metadata"]["labels"][labels::NODE] = json!(other_node);
+    let mislabel = apply_report_as(&here, &mislabelled).await.unwrap_err();
+    assert!(mislabel.0 == 403 && mislabel.1.contains(&says), "{mislabel:?}");
+    // A token that names no node may write nothing.
+    let nameless = apply_report_as(&unbound, &report_manifest(&shop.name, "web", "uid-web", &node)).await.unwrap_err();
+    assert_eq!(nameless.0, 403, "{nameless:?}");
+    assert!(nameless.1.contains("the agent's token names no node"), "{nameless:?}");
+    let remote_report: ConnectionHealth = Api::namespaced(client.clone(), &shop.name).get("remote").await.unwrap();
+    assert_eq!(remote_report.spec.node_name, other_node, "the remote report is still the remote node's");
+    assert_eq!(remote_report.status.and_then(|s| s.observed_at), None, "and its status untouched");
+
+    // An agent run here with the other node's token: its reports (web's
+    // and api's) are refused; it says so in one line and goes on sweeping.
+    let args = agent_run_args(&node);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut misplaced = ChildProcess::spawn("connhealth-agent", &args, &there.path, &[]);
+    let says = format!("the agent on node {other_node} may not write a report for node {node}");
+    // Whichever pod's report was refused first is named; the other's
+    // refusal, of the same kind, is logged at debug level.
+    let needles = ["the API server refused the ConnectionHealth report;", says.as_str()];
+    until(WAIT, "the misplaced agent to log the refusal", || log_line(&misplaced.logs(), &needles).is_some()).await;
+    let first_refusal = std::time::Instant::now();
+    let addr = eventually("the misplaced agent's metrics address", WAIT, || {
+        let addr = metrics_addr(&misplaced);
+        async move { addr }
+    })
+    .await;
+    let after_refusal = sweeps(&addr);
+    until(WAIT, "three more sweeps of the misplaced agent", || sweeps(&addr) >= after_refusal + 3).await;
+    assert!(misplaced.running(), "{}", misplaced.logs());
+    let logs = misplaced.logs();
+    let refusals: Vec<&str> =
+        logs.lines().filter(|l| l.contains("the API server refused the ConnectionHealth report;")).collect();
+    assert_eq!(refusals.len(), 1, "one line, not one per pod or sweep:\n{}", refusals.join("\n"));
+    let metrics = scrape(&addr);
+    let refused = metrics
+        .lines()
+        .filter(|l| l.starts_with("connhealth_agent_report_writes_total{") && l.contains("outcome=\"refused\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    // Each pod is tried once a minute, not every sweep.
+    if first_refusal.elapsed() < Duration::from_secs(50) {
+        assert_eq!(refused, 2.0, "web's and api's reports refused once each:\n{metrics}");
+    } else {
+        assert!(refused >= 2.0, "web's and api's reports refused:\n{metrics}");
+    }
+    eprintln!("misplaced agent: {}", refusals[0]);
+    for pod in ["web", "api"] {
+        let report = cluster.kubectl_run(&["get", "ch", pod, "-n", &shop.name, "-o", "name"]);
+        assert!(!report.0 && report.2.contains("NotFound"), "no report of {pod} was written: {report:?}");
+    }
+    misplaced.stop(Duration::from_secs(10));
+
+    // The same agent with this node's token writes the report.
+    let mut agent = ChildProcess::spawn("connhealth-agent", &args, &here.path, &[]);
+    let written = eventually("web's report from the agent here", WAIT, || {
+        let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), &shop.name);
+        async move { api.get_opt("web").await.ok().flatten().filter(|r| r.status.is_some()) }
+    })
+    .await;
+    assert_eq!(written.spec.node_name, node);
+    assert!(agent.running(), "{}", agent.logs());
+    assert!(!agent.logs().contains("refused"), "{}", agent.logs());
+    agent.stop(Duration::from_secs(10));
+}
+
 #[tokio::test]
 async fn operator_missing_pod_patch_says_what_it_cannot_do() {
     let cluster = Cluster::get();
     let _serial = AgentLock::acquire(cluster);
     let client = cluster.client().await;
     let ns = TestNamespace::new("scn-op-rbac");
-    let _clear = ClearPolicyFinalizers(ns.name.clone());
 
     let release = format!("scn-{}", random_suffix());
     let full = format!("{release}-connhealth");
@@ -796,7 +977,7 @@ async fn operator_missing_pod_patch_says_what_it_cannot_do() {
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": "api-1", "labels": { "app": "api" } },
-        "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
+        "spec": { "nodeName": cluster.node_name(), "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
     }))
     .unwrap();
     let uid = pods.create(&PostParams::default(), &pod).await.expect("create pod").uid().unwrap();

@@ -198,28 +198,43 @@ fn node_pod(pod: &Pod) -> Option<NodePod> {
     })
 }
 
+/// Runs `sweep` with the scanner on a blocking thread. A panic inside it
+/// (a scanner bug) is logged and answered with a fresh scanner built from
+/// `config` and no sweep, rather than the end of the agent: the next sweep
+/// starts over (namespaces reopened, tracker reloaded).
+async fn sweep_or_start_afresh<T: Send + 'static>(
+    mut scanner: Scanner,
+    config: ScanConfig,
+    sweep: impl FnOnce(&mut Scanner) -> T + Send + 'static,
+) -> (Scanner, Option<T>) {
+    let joined = tokio::task::spawn_blocking(move || {
+        let result = sweep(&mut scanner);
+        (scanner, result)
+    })
+    .await;
+    match joined {
+        Ok((scanner, result)) => (scanner, Some(result)),
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "a sweep panicked; starting with a fresh scanner");
+            (Scanner::new(config), None)
+        }
+    }
+}
+
 impl Agent {
     async fn sweep_once(&mut self, pods: &Store<Pod>, reporter: &mut Reporter) {
         let node_pods: Vec<NodePod> = pods.state().iter().filter_map(|p| node_pod(p)).collect();
 
-        let mut scanner = self.scanner.take().expect("one sweep at a time");
+        let scanner = self.scanner.take().expect("one sweep at a time");
         let wanted: HashSet<String> = node_pods.iter().filter(|p| !p.host_network).map(|p| p.uid.clone()).collect();
-        let joined = tokio::task::spawn_blocking(move || {
-            let targets = pod_targets(&wanted);
-            let sweep = scanner.sweep(&targets);
-            (scanner, sweep)
-        })
-        .await;
-        let (scanner, sweep) = match joined {
-            Ok(done) => done,
-            Err(error) => {
-                // A panic inside the scanner: start afresh rather than stop.
-                tracing::error!(error = %error_chain(&error), "a sweep panicked; starting with a fresh scanner");
-                let scanner = Scanner::new(self.scan_config.clone());
-                self.metrics.record_tracker(scanner.tracker_status());
-                self.scanner = Some(scanner);
-                return;
-            }
+        let scan_config = self.scan_config.clone();
+        let (scanner, sweep) =
+            sweep_or_start_afresh(scanner, scan_config, move |scanner| scanner.sweep(&pod_targets(&wanted))).await;
+        let Some(sweep) = sweep else {
+            // A fresh scanner: its tracker may have loaded differently.
+            self.metrics.record_tracker(scanner.tracker_status());
+            self.scanner = Some(scanner);
+            return;
         };
         self.scanner = Some(scanner);
         self.record_sweep(&sweep);
@@ -328,5 +343,31 @@ fn pod_targets(wanted_uids: &HashSet<String>) -> Vec<Target> {
             tracing::error!(error = %error_chain(&error), "cannot list processes to find pod network namespaces");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic inside a sweep (a scanner bug) leaves the agent with a fresh
+    /// scanner, and the next sweep runs on it.
+    #[tokio::test]
+    async fn a_panicking_sweep_is_answered_with_a_fresh_scanner() {
+        // The running scanner and the configuration a fresh one is built
+        // from differ only in a setting the test can read back.
+        let running = ScanConfig { owners_threshold: Some(1), ..ScanConfig::default() };
+        let fresh = ScanConfig { owners_threshold: Some(99), ..ScanConfig::default() };
+        let threshold = |s: &mut Scanner| s.config().owners_threshold;
+
+        let (scanner, first) = sweep_or_start_afresh(Scanner::new(running), fresh.clone(), threshold).await;
+        assert_eq!(first, Some(Some(1)), "a sweep that returns keeps its scanner");
+        assert_eq!(scanner.config().owners_threshold, Some(1));
+        let (scanner, panicked) =
+            sweep_or_start_afresh(scanner, fresh.clone(), |_| -> Option<u64> { panic!("a scanner bug") }).await;
+        assert_eq!(panicked, None, "no sweep from a panic");
+        assert_eq!(scanner.config().owners_threshold, Some(99), "a fresh scanner");
+        let (_, next) = sweep_or_start_afresh(scanner, fresh, threshold).await;
+        assert_eq!(next, Some(Some(99)), "the fresh scanner sweeps");
     }
 }

@@ -67,7 +67,7 @@ pub struct TrackerLabels {
 /// Report writes by outcome and reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
-    /// `ok` or `error`.
+    /// `ok`, `error` (not answered, 429, 5xx) or `refused` (400, 403, 422).
     pub outcome: String,
     /// Why the report was written (`new`, `states`, `stuck`, ..., `heartbeat`).
     pub reason: String,
@@ -207,7 +207,7 @@ impl AgentMetrics {
         r.register("scan_errors", "Namespaces that could not be scanned, by error category", m.scan_errors.clone());
         r.register(
             "report_writes",
-            "ConnectionHealth writes by outcome (ok, error) and reason (new, states, stuck, heartbeat, ...)",
+            "ConnectionHealth writes by outcome (ok, error, refused: 400/403/422 from the API server) and reason (new, states, stuck, heartbeat, ...)",
             m.report_writes.clone(),
         );
         r.register(

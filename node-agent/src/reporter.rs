@@ -10,9 +10,17 @@
 //! next sweep offers a newer one, and only the newest is ever written (no
 //! backlog is replayed). The first failure of a sweep stops that sweep's
 //! writes, so an API server that is down costs one request per sweep.
+//!
+//! A write the API server *refuses* (400, 403 or 422: RBAC, the chart's
+//! node restriction, validation) would be refused again at once: that pod
+//! alone waits [`REFUSED_RETRY`] before its newest status is tried again,
+//! the other pods' writes go on, and a refusal is logged as a warning once
+//! per kind (HTTP code and reason) and ten minutes, other pods' refusals of
+//! the same kind at debug level, so a misconfigured agent says what is wrong
+//! in one line without flooding its log or the API server.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use connhealth_crds::names::{field_managers, labels};
 use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
@@ -41,12 +49,21 @@ struct Written {
     status: ConnectionHealthStatus,
 }
 
+/// How long a pod whose report the API server refused waits before its
+/// newest status is tried again.
+pub const REFUSED_RETRY: Duration = Duration::from_secs(60);
+
+/// How long refusals of the same kind are logged at debug level after one
+/// was logged as a warning.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(600);
+
 /// A write that failed: the next offer writes the newest status even if it
-/// is unchanged since.
+/// is unchanged since (not before `retry_at`, after a refusal).
 #[derive(Debug, Clone)]
 struct Pending {
     pod_uid: String,
     reason: WriteReason,
+    retry_at: Option<SystemTime>,
 }
 
 /// Outcome of offering a status.
@@ -58,6 +75,8 @@ pub enum Offer {
     Written(WriteReason),
     /// Kept pending (the API server is failing).
     Pending(WriteReason),
+    /// Refused by the API server; tried again after [`REFUSED_RETRY`].
+    Refused(WriteReason),
 }
 
 /// What to do with a pod's newest status: [`WriteBook::decide`].
@@ -102,10 +121,14 @@ impl WriteBook {
         now: SystemTime,
     ) -> Decision {
         let last = self.written.get(key).filter(|w| w.pod_uid == pod_uid).map(|w| &w.status);
-        let reason = match (write_reason(last, status, rule, now), self.pending.get(key)) {
+        let pending = self.pending.get(key).filter(|p| p.pod_uid == pod_uid);
+        if pending.and_then(|p| p.retry_at).is_some_and(|at| now < at) {
+            return Decision::Skip;
+        }
+        let reason = match (write_reason(last, status, rule, now), pending) {
             (Some(reason), _) => reason,
             // Unchanged since the pending one was computed: still write it.
-            (None, Some(p)) if p.pod_uid == pod_uid => p.reason,
+            (None, Some(p)) => p.reason,
             (None, _) => return Decision::Skip,
         };
         if self.failing {
@@ -129,7 +152,13 @@ impl WriteBook {
     /// the rest of this sweep's writes are held too.
     pub fn pending(&mut self, key: &PodKey, pod_uid: &str, reason: WriteReason, failed: bool) {
         self.failing |= failed;
-        self.pending.insert(key.clone(), Pending { pod_uid: pod_uid.to_owned(), reason });
+        self.pending.insert(key.clone(), Pending { pod_uid: pod_uid.to_owned(), reason, retry_at: None });
+    }
+
+    /// Records a write the API server refused: this pod's newest status is
+    /// tried again at `retry_at`; the sweep's other writes go on.
+    pub fn refused(&mut self, key: &PodKey, pod_uid: &str, reason: WriteReason, retry_at: SystemTime) {
+        self.pending.insert(key.clone(), Pending { pod_uid: pod_uid.to_owned(), reason, retry_at: Some(retry_at) });
     }
 
     /// Forgets a pod.
@@ -154,12 +183,16 @@ pub struct Reporter {
     rule: ChangeRule,
     book: WriteBook,
     metrics: AgentMetrics,
+    /// The kind (code, reason) of the last refusal logged at warning level,
+    /// and when (the same kind within [`REFUSAL_LOG_INTERVAL`] goes to debug
+    /// level).
+    last_refusal: Option<((u16, String), SystemTime)>,
 }
 
 impl Reporter {
     /// A reporter for `node`.
     pub fn new(client: Client, node: String, rule: ChangeRule, metrics: AgentMetrics) -> Self {
-        Self { client, node, rule, book: WriteBook::default(), metrics }
+        Self { client, node, rule, book: WriteBook::default(), metrics, last_refusal: None }
     }
 
     /// Reads the reports this node's agent wrote before (a restart), so that
@@ -205,6 +238,22 @@ impl Reporter {
                 self.book.written(key, pod_uid, status);
                 self.count(reason, "ok");
                 Offer::Written(reason)
+            }
+            Err(kube::Error::Api(refusal)) if is_refusal(refusal.code) => {
+                self.count(reason, "refused");
+                let pod = format!("{}/{}", key.namespace, key.name);
+                let kind = (refusal.code, refusal.reason.clone());
+                let repeat = self.last_refusal.as_ref().is_some_and(|(logged, at)| {
+                    *logged == kind && now.duration_since(*at).is_ok_and(|d| d < REFUSAL_LOG_INTERVAL)
+                });
+                if repeat {
+                    tracing::debug!(%pod, error = %refusal.message, "the API server refused the ConnectionHealth report again");
+                } else {
+                    tracing::warn!(%pod, code = refusal.code, error = %refusal.message, "the API server refused the ConnectionHealth report; trying this pod's again in {}s (refusals of this kind are logged at debug level for {} min)", REFUSED_RETRY.as_secs(), REFUSAL_LOG_INTERVAL.as_secs() / 60);
+                    self.last_refusal = Some((kind, now));
+                }
+                self.book.refused(key, pod_uid, reason, now + REFUSED_RETRY);
+                Offer::Refused(reason)
             }
             Err(error) => {
                 self.count(reason, "error");
@@ -261,6 +310,13 @@ impl Reporter {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether an API error means the server refused this write as such (it
+/// would refuse it again at once), rather than failed to serve it: 400 Bad
+/// Request, 403 Forbidden (RBAC, admission policies), 422 Invalid.
+fn is_refusal(code: u16) -> bool {
+    matches!(code, 400 | 403 | 422)
 }
 
 /// The report object without status: name and namespace of the pod, owned
@@ -344,5 +400,43 @@ mod tests {
         assert_eq!(book.decide(&key, "uid-1", &status(3, 700), &rule, at(700)), heartbeat);
         book.forget(&key);
         assert_eq!(book.known(), [other]);
+    }
+
+    #[test]
+    fn a_refused_pod_waits_alone_and_is_tried_again_later() {
+        let rule = ChangeRule::default();
+        let key = PodKey { namespace: "shop".into(), name: "api-1".into() };
+        let other = PodKey { namespace: "shop".into(), name: "api-2".into() };
+        let mut book = WriteBook::default();
+        let new = Decision::Write { reason: WriteReason::New, create: true };
+
+        book.refused(&key, "uid-1", WriteReason::New, at(60));
+        // Not before the retry time, however much changed; the other pods'
+        // writes go on in the same sweep.
+        assert_eq!(book.decide(&key, "uid-1", &status(3, 15), &rule, at(15)), Decision::Skip);
+        assert_eq!(book.decide(&key, "uid-1", &status(300, 59), &rule, at(59)), Decision::Skip);
+        assert_eq!(book.decide(&other, "uid-2", &status(1, 15), &rule, at(15)), new);
+        // Then the newest status, still as a create (nothing was written).
+        assert_eq!(book.decide(&key, "uid-1", &status(3, 60), &rule, at(60)), new);
+        // A new pod of the same name does not wait for the old one's refusal.
+        assert_eq!(book.decide(&key, "uid-9", &status(3, 16), &rule, at(16)), new);
+        // A refusal of a pod already written: the retry is a status write.
+        book.written(&other, "uid-2", status(1, 15));
+        book.refused(&other, "uid-2", WriteReason::States, at(90));
+        assert_eq!(book.decide(&other, "uid-2", &status(50, 30), &rule, at(30)), Decision::Skip);
+        let states = Decision::Write { reason: WriteReason::States, create: false };
+        assert_eq!(book.decide(&other, "uid-2", &status(50, 90), &rule, at(90)), states);
+    }
+
+    #[test]
+    fn refusals_are_the_answers_a_retry_cannot_change() {
+        for code in [400, 403, 422] {
+            assert!(is_refusal(code), "{code}");
+        }
+        // Not found is handled by re-creating; conflicts, throttling,
+        // server errors and an expired token (401) are failures to retry.
+        for code in [401, 404, 409, 429, 500, 503, 504] {
+            assert!(!is_refusal(code), "{code}");
+        }
     }
 }

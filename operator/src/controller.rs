@@ -5,6 +5,14 @@
 //! annotations on pods (server-side apply, the operator's field manager),
 //! Events through kube's `Recorder`, and the policy's status.
 //!
+//! A report counts only when it names its pod's node (`spec.nodeName`): the
+//! chart's admission policy lets an agent write reports of its own node
+//! only, but cannot look up the pod, so an agent could still claim a pod of
+//! another node; [`reports_from_their_pods_nodes`] closes that. The pod cache
+//! holds metadata only, so each pod's node is learnt by listing its
+//! namespace's pods once a report names a pod not known yet (pods never
+//! change node).
+//!
 //! Malformed objects do not stop the watches (`DeserializeGuard`): a policy
 //! that cannot be read is reported `Invalid` in its status; a report that
 //! cannot be read is skipped with a warning.
@@ -15,7 +23,7 @@
 //! at most one per policy and category per [`FAILURE_EVENT_INTERVAL`].
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +35,7 @@ use connhealth_runtime::error_chain;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
@@ -56,6 +64,13 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
 /// folds repeats into a series too, but each repeat is still a request.
 pub const FAILURE_EVENT_INTERVAL: Duration = Duration::from_secs(300);
 
+/// The verdict the operator last wrote for a pod, and to which report
+/// object (its UID, when the API server returned one).
+struct WrittenVerdict {
+    report_uid: Option<String>,
+    verdict: Option<VerdictStatus>,
+}
+
 /// A policy and an error category: what failure Events are limited by.
 type FailureEventKey = (ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>, &'static str);
 
@@ -71,10 +86,17 @@ pub struct Context {
     /// The verdict this replica last wrote per pod UID. The report cache
     /// lags behind our own writes; a reconcile that ran on the stale copy
     /// would publish the same Event again. Only the leader writes verdicts,
-    /// so while it leads, its own last write is the truth.
-    written: Mutex<HashMap<String, Option<VerdictStatus>>>,
+    /// so while it leads, its own last write is the truth — of the report
+    /// object it was written to: a report deleted and created again (by the
+    /// agent) gets the verdict back.
+    written: Mutex<HashMap<String, WrittenVerdict>>,
     /// When a failure Event was last published, per policy and category.
     failure_events: Mutex<HashMap<FailureEventKey, Instant>>,
+    /// The node of each scheduled pod that has a report, by pod UID.
+    pod_nodes: Mutex<HashMap<String, String>>,
+    /// Reports warned about as naming another node than their pod's:
+    /// (pod UID, the report's node).
+    misplaced: Mutex<HashSet<(String, String)>>,
     metrics: OperatorMetrics,
 }
 
@@ -96,6 +118,8 @@ impl Context {
             history: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             failure_events: Mutex::new(HashMap::new()),
+            pod_nodes: Mutex::new(HashMap::new()),
+            misplaced: Mutex::new(HashSet::new()),
             metrics,
         }
     }
@@ -227,7 +251,9 @@ fn error_policy(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, error: &E
         let reference = policy.object_ref(&());
         let recorder = ctx.recorder.clone();
         tokio::spawn(async move {
-            if let Err(error) = recorder.publish(&event, &reference).await {
+            if let Err(error) = recorder.publish(&event, &reference).await
+                && !namespace_terminating(&error)
+            {
                 tracing::warn!(
                     policy = %policy_name,
                     reason = event.reason,
@@ -314,6 +340,7 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
         })
         .collect();
     let all_pods = ctx.pods.state();
+    let live: HashSet<String> = all_pods.iter().filter_map(|p| p.uid()).collect();
     let pods: Vec<PodInput> = all_pods
         .iter()
         .filter(|p| p.namespace() == ns)
@@ -324,7 +351,7 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
             annotations: p.annotations().clone(),
         })
         .collect();
-    let reports: Vec<ReportInput> = ctx
+    let reports: Vec<(ReportInput, String)> = ctx
         .reports
         .state()
         .into_iter()
@@ -334,9 +361,20 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
                 let mut status = report.status.clone().unwrap_or_default();
                 let written = ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if let Some(ours) = written.get(&report.spec.pod_uid) {
-                    status.verdict = ours.clone();
+                    status.verdict = ours.verdict.clone();
+                    if ours.report_uid.is_some() && ours.report_uid != report.metadata.uid {
+                        // A report created again since: the verdict carries
+                        // over (its since and last Event: no Event repeats),
+                        // but this object does not hold it yet, and an
+                        // evaluated observation it never had makes the plan
+                        // write it.
+                        if let Some(verdict) = status.verdict.as_mut() {
+                            verdict.evaluated_observation = None;
+                        }
+                    }
                 }
-                Some(ReportInput { name: report.name_any(), pod_uid: report.spec.pod_uid.clone(), status })
+                let input = ReportInput { name: report.name_any(), pod_uid: report.spec.pod_uid.clone(), status };
+                Some((input, report.spec.node_name.clone()))
             }
             Err(bad) => {
                 tracing::warn!(report = %format!("{namespace}/{}", r.name_any()), error = %bad.error, "skipping a ConnectionHealth that cannot be read");
@@ -344,6 +382,7 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
             }
         })
         .collect();
+    let reports = reports_from_their_pods_nodes(ctx, namespace, reports, &live).await?;
 
     let plan = {
         let mut history = ctx.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -354,7 +393,6 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
             }
         }
         // Forget pods that are gone (of any namespace: the maps are global).
-        let live: std::collections::HashSet<String> = all_pods.iter().filter_map(|p| p.uid()).collect();
         history.retain(|uid, _| live.contains(uid));
         ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|uid, _| live.contains(uid));
         plan::plan(me, me_present, &policies, &pods, &reports, &history, Timestamp::now())
@@ -364,6 +402,80 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
         perform(ctx, namespace, write).await?;
     }
     Ok(plan)
+}
+
+/// The reports (with the node each names) that come from their pod's node.
+/// Pods of the namespace not known yet are looked up with one list of its
+/// pods; a report of a pod not scheduled (or not found) is left out of this
+/// reconcile, and one naming another node than its pod's is ignored, with a
+/// warning once. `live`: the UIDs of all pods in the cache.
+async fn reports_from_their_pods_nodes(
+    ctx: &Context,
+    namespace: &str,
+    reports: Vec<(ReportInput, String)>,
+    live: &HashSet<String>,
+) -> Result<Vec<ReportInput>, Error> {
+    let unknown = {
+        let mut nodes = ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        nodes.retain(|uid, _| live.contains(uid));
+        reports.iter().any(|(r, _)| live.contains(&r.pod_uid) && !nodes.contains_key(&r.pod_uid))
+    };
+    if unknown {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let list = pods
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err(format!("listing the pods of namespace {namespace} to learn their nodes")))?;
+        let mut nodes = ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for pod in list {
+            let node = pod.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty());
+            if let (Some(uid), Some(node)) = (pod.metadata.uid, node) {
+                nodes.insert(uid, node);
+            }
+        }
+    }
+    let nodes = ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (kept, misplaced) = split_by_node(reports, &nodes);
+    let mut warned = ctx.misplaced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    warned.retain(|(uid, _)| live.contains(uid));
+    for (report, node) in misplaced {
+        let pod_node = nodes.get(&report.pod_uid).map_or("", String::as_str);
+        if warned.insert((report.pod_uid.clone(), node.clone())) {
+            tracing::warn!(
+                report = %format!("{namespace}/{}", report.name),
+                report_node = %node,
+                %pod_node,
+                "ignoring a ConnectionHealth that names another node than its pod's (written by the agent of the node it names)"
+            );
+        }
+    }
+    Ok(kept)
+}
+
+/// Whether the API server refused a creation because the namespace is
+/// being deleted (403 with the cause `NamespaceTerminating`).
+fn namespace_terminating(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403
+        && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
+/// Splits reports (with the node each names) by `nodes` (pod UID → node):
+/// those naming their pod's node, and those naming another. Reports of pods
+/// without a known node are in neither.
+fn split_by_node(
+    reports: Vec<(ReportInput, String)>,
+    nodes: &HashMap<String, String>,
+) -> (Vec<ReportInput>, Vec<(ReportInput, String)>) {
+    let mut kept = Vec::new();
+    let mut misplaced = Vec::new();
+    for (report, node) in reports {
+        match nodes.get(&report.pod_uid) {
+            Some(pod_node) if *pod_node == node => kept.push(report),
+            Some(_) => misplaced.push((report, node)),
+            None => {}
+        }
+    }
+    (kept, misplaced)
 }
 
 /// Performs one pod's writes: Event, report verdict, pod annotations.
@@ -389,24 +501,31 @@ pub async fn perform(ctx: &Context, namespace: &str, write: &PodWrite) -> Result
             action: "Evaluate".into(),
             secondary: None,
         };
-        ctx.recorder.publish(&event, &reference).await.map_err(|source| Error::Event {
-            reason: intent.reason,
-            pod: format!("{namespace}/{}", write.pod),
-            source,
-        })?;
+        match ctx.recorder.publish(&event, &reference).await {
+            Ok(()) => {}
+            // The namespace is being deleted, with the pod, its report and
+            // the policy: nobody is left to tell, and nothing to write.
+            Err(error) if namespace_terminating(&error) => {
+                tracing::debug!(pod = %format!("{namespace}/{}", write.pod), reason = intent.reason, "not publishing: the namespace is being deleted");
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(Error::Event { reason: intent.reason, pod: format!("{namespace}/{}", write.pod), source });
+            }
+        }
         ctx.metrics.events.get_or_create(&EventLabels { reason: intent.reason.into() }).inc();
     }
     let params = PatchParams::apply(field_managers::OPERATOR).force();
     if let Some(verdict) = &write.verdict {
         let reports: Api<ConnectionHealth> = Api::namespaced(ctx.client.clone(), namespace);
-        reports
+        let report = reports
             .patch_status(&write.pod, &params, &Patch::Apply(verdict_patch(verdict.as_ref())))
             .await
             .map_err(kube_err(format!("writing the verdict of ConnectionHealth {namespace}/{}", write.pod)))?;
-        ctx.written
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(write.pod_uid.clone(), verdict.clone());
+        ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(
+            write.pod_uid.clone(),
+            WrittenVerdict { report_uid: report.metadata.uid, verdict: verdict.clone() },
+        );
     }
     if let Some(annotations) = &write.annotations {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
@@ -577,6 +696,68 @@ mod tests {
             );
         };
         mock_api::run_against(perform(&ctx, "shop", &write), script).await.expect("perform");
+    }
+
+    #[test]
+    fn only_reports_from_their_pods_node_are_used() {
+        let report = |pod: &str| ReportInput { name: pod.into(), pod_uid: format!("uid-{pod}"), ..Default::default() };
+        let nodes: HashMap<String, String> =
+            [("uid-here", "n1"), ("uid-elsewhere", "n2")].map(|(u, n)| (u.to_owned(), n.to_owned())).into();
+        let (kept, misplaced) = split_by_node(
+            vec![
+                (report("here"), "n1".into()),
+                (report("elsewhere"), "n1".into()),
+                (report("unscheduled"), "n1".into()),
+            ],
+            &nodes,
+        );
+        assert_eq!(kept.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["here"]);
+        assert_eq!(
+            misplaced.iter().map(|(r, node)| (r.name.as_str(), node.as_str())).collect::<Vec<_>>(),
+            [("elsewhere", "n1")]
+        );
+    }
+
+    /// A namespace being deleted refuses new Events (403,
+    /// `NamespaceTerminating`): the pod's write ends there, without an
+    /// error (nothing is left to tell) and without further requests.
+    #[tokio::test(start_paused = true)]
+    async fn an_event_refused_in_a_namespace_being_deleted_ends_the_write_quietly() {
+        let (client, mut handle) = mock_api::client();
+        let ctx = context(client);
+        let write = PodWrite {
+            pod: "api-1".into(),
+            pod_uid: "uid-1".into(),
+            verdict: Some(None),
+            annotations: Some(BTreeMap::new()),
+            event: Some(EventIntent { type_: EventType::Warning, reason: "CloseWaitLeak", note: "12 stuck".into() }),
+        };
+        let script = async move {
+            let (_, answer) = mock_api::next(&mut handle, Method::POST, EVENTS).await;
+            let terminating = json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
+                "message": "unable to create new content in namespace shop because it is being terminated",
+                "details": {"causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]},
+            });
+            mock_api::respond(answer, http::StatusCode::FORBIDDEN, &terminating);
+            let more = tokio::time::timeout(Duration::from_secs(60), handle.next_request()).await;
+            assert!(
+                more.is_err(),
+                "no request after the refusal: {:?}",
+                more.map(|r| r.map(|(req, _)| req.uri().clone()))
+            );
+        };
+        mock_api::run_against(perform(&ctx, "shop", &write), script).await.expect("not an error");
+
+        // Any other refusal of the Event is the reconcile's error.
+        let (client, mut handle) = mock_api::client();
+        let ctx = context(client);
+        let script = async move {
+            let (_, answer) = mock_api::next(&mut handle, Method::POST, EVENTS).await;
+            mock_api::respond_status(answer, http::StatusCode::FORBIDDEN);
+        };
+        let error = mock_api::run_against(perform(&ctx, "shop", &write), script).await.unwrap_err();
+        assert_eq!(error.category(), "EventPublishFailed");
     }
 
     /// A policy as the watch delivers it.

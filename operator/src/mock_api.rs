@@ -70,7 +70,8 @@ pub(crate) fn respond_status(answer: Answer, code: StatusCode) {
     respond(answer, code, &status);
 }
 
-fn respond(answer: Answer, code: StatusCode, value: &serde_json::Value) {
+/// Answers with `code` and the JSON `value`.
+pub(crate) fn respond(answer: Answer, code: StatusCode, value: &serde_json::Value) {
     let body = Body::from(serde_json::to_vec(value).expect("JSON"));
     answer.send_response(Response::builder().status(code).body(body).expect("a response"));
 }

@@ -766,6 +766,66 @@ impl Scanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{TestNetns, assert_counts_equal_ss, can_run_privileged_test, established, listen, time_wait};
+
+    /// Root: a dump that breaks off mid-stream (injected after the first of
+    /// several datagrams of a real reply) is this namespace's error for this
+    /// sweep, the socket still holding the rest of the reply is dropped, and
+    /// the next sweep, on a fresh socket, equals `ss`.
+    #[test]
+    fn a_dump_broken_off_mid_stream_replaces_the_socket_and_the_next_sweep_is_exact() {
+        if !can_run_privileged_test("a_dump_broken_off_mid_stream_replaces_the_socket_and_the_next_sweep_is_exact") {
+            return;
+        }
+        let ns = TestNetns::new("broken");
+        // 800 TIME_WAIT sockets (no descriptors): a reply of several
+        // datagrams.
+        let _listener = ns.run(|| {
+            let l = listen("127.0.0.1:0");
+            for _ in 0..800 {
+                time_wait(&l);
+            }
+            l
+        });
+        let mut scanner = Scanner::new(ScanConfig::default());
+        scanner.dumper.faults.break_after_datagrams = Some(1);
+        let broken = scanner.sweep(&[ns.target()]);
+        assert!(broken.namespaces.is_empty(), "no figures from half a dump");
+        assert_eq!(broken.errors.len(), 1, "{:?}", broken.errors);
+        assert_eq!(broken.errors[0].category, "DiagIo");
+        assert!(broken.errors[0].message.contains("broken off by a test"), "{}", broken.errors[0].message);
+        let cached = scanner.cache.get(&ns.id()).expect("the namespace stays cached");
+        assert!(cached.socket.is_none(), "the socket with the rest of the reply is dropped");
+        assert!(cached.gate.is_none(), "and the next sweep dumps again");
+
+        let counts = assert_counts_equal_ss(&mut scanner, &[&ns]);
+        assert!(counts[0].get(TcpState::TimeWait) >= 700, "{counts:?}");
+        assert!(scanner.cache.get(&ns.id()).is_some_and(|c| c.socket.is_some()), "a fresh socket");
+    }
+
+    /// Root: a kernel that refuses the legacy `TCPDIAG_GETSOCK` request (the
+    /// refusal injected; this kernel has it) gets per-family requests from
+    /// then on, with the same counts as `ss`, IPv4 and IPv6.
+    #[test]
+    fn a_refused_legacy_request_falls_back_to_per_family_dumps_for_good() {
+        if !can_run_privileged_test("a_refused_legacy_request_falls_back_to_per_family_dumps_for_good") {
+            return;
+        }
+        let ns = TestNetns::new("perfamily");
+        let _held = ns.run(|| {
+            let v4 = listen("127.0.0.1:0");
+            let v6 = listen("[::1]:0");
+            let pairs = [established(&v4), established(&v6), established(&v6)];
+            (v4, v6, pairs)
+        });
+        let mut scanner = Scanner::new(ScanConfig::default());
+        assert_eq!(scanner.dumper.mode(), DumpMode::Auto);
+        scanner.dumper.faults.refuse_legacy = true;
+        let counts = assert_counts_equal_ss(&mut scanner, &[&ns]);
+        assert_eq!((counts[0].get(TcpState::Listen), counts[0].get(TcpState::Established)), (2, 6));
+        assert_eq!(scanner.dumper.mode(), DumpMode::PerFamily, "for good");
+        assert_counts_equal_ss(&mut scanner, &[&ns]);
+    }
 
     #[test]
     fn overflows_are_read_where_they_can_move() {

@@ -646,6 +646,21 @@ pub struct Dumper {
     buf: Box<[u8]>,
     seq: u32,
     mode: DumpMode,
+    /// Faults a unit test injects into real dumps.
+    #[cfg(test)]
+    pub(crate) faults: TestFaults,
+}
+
+/// Faults for unit tests, each used once.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct TestFaults {
+    /// Break the next dump off with an I/O error after this many datagrams,
+    /// leaving the rest of the kernel's reply unread in the socket.
+    pub break_after_datagrams: Option<u32>,
+    /// Answer the next legacy request as a kernel without
+    /// `TCPDIAG_GETSOCK` does (`EINVAL`, nothing sent).
+    pub refuse_legacy: bool,
 }
 
 impl Default for Dumper {
@@ -657,7 +672,13 @@ impl Default for Dumper {
 impl Dumper {
     /// A dumper sending the requests of `mode`.
     pub fn new(mode: DumpMode) -> Self {
-        Self { buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(), seq: 0, mode }
+        Self {
+            buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(),
+            seq: 0,
+            mode,
+            #[cfg(test)]
+            faults: TestFaults::default(),
+        }
     }
 
     /// The request mode in force (after an [`DumpMode::Auto`] fallback,
@@ -716,6 +737,10 @@ impl Dumper {
             Request::Legacy => (encode_legacy_request(states, seq), TCPDIAG_GETSOCK),
             Request::Family(f) => (encode_family_request(f, states, seq), SOCK_DIAG_BY_FAMILY),
         };
+        #[cfg(test)]
+        if matches!(req, Request::Legacy) && std::mem::take(&mut self.faults.refuse_legacy) {
+            return Err(ScanError::DiagKernel { source: std::io::Error::from_raw_os_error(libc::EINVAL) });
+        }
         sock.send(&bytes).map_err(|source| ScanError::DiagIo { source })?;
         stats.requests += 1;
         loop {
@@ -729,6 +754,11 @@ impl Dumper {
             stats.sockets += sockets;
             if flow == Flow::Done {
                 return Ok(());
+            }
+            #[cfg(test)]
+            if self.faults.break_after_datagrams.is_some_and(|after| stats.datagrams >= after) {
+                self.faults.break_after_datagrams = None;
+                return Err(ScanError::DiagIo { source: std::io::Error::other("broken off by a test") });
             }
         }
     }
