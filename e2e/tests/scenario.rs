@@ -779,42 +779,50 @@ fn report_manifest(namespace: &str, pod: &str, pod_uid: &str, node: &str) -> Val
     })
 }
 
-/// Applies `report` as the agent does (server-side apply, its field
-/// manager) with `kubeconfig`'s token; the API server's refusal as
-/// `(code, message)`.
-async fn apply_report_as(kubeconfig: &TokenKubeconfig, report: &Value) -> Result<(), (u16, String)> {
-    let client = client_from(kubeconfig.path()).await;
-    let namespace = report["metadata"]["namespace"].as_str().expect("namespace");
-    let name = report["metadata"]["name"].as_str().expect("name");
-    let api: Api<ConnectionHealth> = Api::namespaced(client, namespace);
+/// Applies `body` to report `namespace/name` (to its status subresource
+/// with `status`) as the agent does (server-side apply, its field manager)
+/// with `kubeconfig`'s token; the API server's refusal as `(code, message)`.
+async fn apply_as(
+    kubeconfig: &TokenKubeconfig,
+    namespace: &str,
+    name: &str,
+    body: &Value,
+    status: bool,
+) -> Result<(), (u16, String)> {
+    let api: Api<ConnectionHealth> = Api::namespaced(client_from(kubeconfig.path()).await, namespace);
     let params = PatchParams::apply(field_managers::AGENT).force();
-    match api.patch(name, &params, &Patch::Apply(report)).await {
+    let applied = if status {
+        api.patch_status(name, &params, &Patch::Apply(body)).await
+    } else {
+        api.patch(name, &params, &Patch::Apply(body)).await
+    };
+    match applied {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) => Err((status.code, status.message)),
-        Err(other) => panic!("applying {namespace}/{name}: {other}"),
+        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
+        Err(other) => panic!("applying {namespace}/{name} (status: {status}): {other}"),
     }
 }
 
-/// [`apply_report_as`] for the status only (what the agent writes every
-/// time after the first).
+/// [`apply_as`] of a whole report as [`report_manifest`] makes it.
+async fn apply_report_as(kubeconfig: &TokenKubeconfig, report: &Value) -> Result<(), (u16, String)> {
+    let namespace = report["metadata"]["namespace"].as_str().expect("namespace");
+    let name = report["metadata"]["name"].as_str().expect("name");
+    apply_as(kubeconfig, namespace, name, report, false).await
+}
+
+/// [`apply_as`] of a status (what the agent writes every time after the
+/// first).
 async fn apply_report_status_as(
     kubeconfig: &TokenKubeconfig,
     namespace: &str,
     name: &str,
 ) -> Result<(), (u16, String)> {
-    let client = client_from(kubeconfig.path()).await;
-    let api: Api<ConnectionHealth> = Api::namespaced(client, namespace);
-    let params = PatchParams::apply(field_managers::AGENT).force();
     let body = json!({
         "apiVersion": "connhealth.io/v1alpha1",
         "kind": "ConnectionHealth",
         "status": { "observedAt": "2026-01-01T00:00:00Z" },
     });
-    match api.patch_status(name, &params, &Patch::Apply(&body)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) => Err((status.code, status.message)),
-        Err(other) => panic!("applying the status of {namespace}/{name}: {other}"),
-    }
+    apply_as(kubeconfig, namespace, name, &body, true).await
 }
 
 #[tokio::test]
