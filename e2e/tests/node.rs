@@ -300,8 +300,10 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     // Written under the chart's node restriction, which admits the agent's
     // reports only with a token naming their node: the kubelet's token of
     // the agent pod names it.
-    let restriction = format!("{}-connhealth-agent-node-restriction", release.name);
-    cluster.kubectl_ok(&["get", "validatingadmissionpolicybinding", &restriction]).expect("the node restriction");
+    let selector = format!("app.kubernetes.io/instance={}", release.name);
+    let bindings =
+        cluster.kubectl_ok(&["get", "validatingadmissionpolicybindings", "-l", &selector, "-o", "name"]).unwrap();
+    assert!(bindings.trim().ends_with("-agent-node-restriction"), "the node restriction's binding: {bindings:?}");
     // The DaemonSet (containerd's default seccomp profile, the chart's
     // capabilities) runs the eBPF tracker: the chart's `agent.tracker: auto`
     // did not have to fall back.
