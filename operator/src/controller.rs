@@ -408,7 +408,9 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
 /// Pods of the namespace not known yet are looked up with one list of its
 /// pods; a report of a pod not scheduled (or not found) is left out of this
 /// reconcile, and one naming another node than its pod's is ignored, with a
-/// warning once. `live`: the UIDs of all pods in the cache.
+/// warning once. `live`: the UIDs of all pods in the cache. (Only a forged
+/// report names a pod that is not scheduled; while one does, each reconcile
+/// of its namespace lists the namespace's pods again.)
 async fn reports_from_their_pods_nodes(
     ctx: &Context,
     namespace: &str,
