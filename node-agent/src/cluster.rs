@@ -204,7 +204,7 @@ fn node_pod(pod: &Pod) -> Option<NodePod> {
 /// starts over (namespaces reopened, tracker reloaded).
 async fn sweep_or_start_afresh<T: Send + 'static>(
     mut scanner: Scanner,
-    config: ScanConfig,
+    config: &ScanConfig,
     sweep: impl FnOnce(&mut Scanner) -> T + Send + 'static,
 ) -> (Scanner, Option<T>) {
     let joined = tokio::task::spawn_blocking(move || {
@@ -216,7 +216,7 @@ async fn sweep_or_start_afresh<T: Send + 'static>(
         Ok((scanner, result)) => (scanner, Some(result)),
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "a sweep panicked; starting with a fresh scanner");
-            (Scanner::new(config), None)
+            (Scanner::new(config.clone()), None)
         }
     }
 }
@@ -227,9 +227,9 @@ impl Agent {
 
         let scanner = self.scanner.take().expect("one sweep at a time");
         let wanted: HashSet<String> = node_pods.iter().filter(|p| !p.host_network).map(|p| p.uid.clone()).collect();
-        let scan_config = self.scan_config.clone();
         let (scanner, sweep) =
-            sweep_or_start_afresh(scanner, scan_config, move |scanner| scanner.sweep(&pod_targets(&wanted))).await;
+            sweep_or_start_afresh(scanner, &self.scan_config, move |scanner| scanner.sweep(&pod_targets(&wanted)))
+                .await;
         let Some(sweep) = sweep else {
             // A fresh scanner: its tracker may have loaded differently.
             self.metrics.record_tracker(scanner.tracker_status());
@@ -360,14 +360,14 @@ mod tests {
         let fresh = ScanConfig { owners_threshold: Some(99), ..ScanConfig::default() };
         let threshold = |s: &mut Scanner| s.config().owners_threshold;
 
-        let (scanner, first) = sweep_or_start_afresh(Scanner::new(running), fresh.clone(), threshold).await;
+        let (scanner, first) = sweep_or_start_afresh(Scanner::new(running), &fresh, threshold).await;
         assert_eq!(first, Some(Some(1)), "a sweep that returns keeps its scanner");
         assert_eq!(scanner.config().owners_threshold, Some(1));
         let (scanner, panicked) =
-            sweep_or_start_afresh(scanner, fresh.clone(), |_| -> Option<u64> { panic!("a scanner bug") }).await;
+            sweep_or_start_afresh(scanner, &fresh, |_| -> Option<u64> { panic!("a scanner bug") }).await;
         assert_eq!(panicked, None, "no sweep from a panic");
         assert_eq!(scanner.config().owners_threshold, Some(99), "a fresh scanner");
-        let (_, next) = sweep_or_start_afresh(scanner, fresh, threshold).await;
+        let (_, next) = sweep_or_start_afresh(scanner, &fresh, threshold).await;
         assert_eq!(next, Some(Some(99)), "the fresh scanner sweeps");
     }
 }

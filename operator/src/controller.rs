@@ -92,7 +92,8 @@ pub struct Context {
     written: Mutex<HashMap<String, WrittenVerdict>>,
     /// When a failure Event was last published, per policy and category.
     failure_events: Mutex<HashMap<FailureEventKey, Instant>>,
-    /// The node of each scheduled pod that has a report, by pod UID.
+    /// The node of each scheduled pod by pod UID, for the namespaces listed
+    /// by [`reports_from_their_pods_nodes`]; pruned with the pods.
     pod_nodes: Mutex<HashMap<String, String>>,
     /// Reports warned about as naming another node than their pod's:
     /// (pod UID, the report's node).
@@ -395,6 +396,8 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
         // Forget pods that are gone (of any namespace: the maps are global).
         history.retain(|uid, _| live.contains(uid));
         ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|uid, _| live.contains(uid));
+        ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|uid, _| live.contains(uid));
+        ctx.misplaced.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|(uid, _)| live.contains(uid));
         plan::plan(me, me_present, &policies, &pods, &reports, &history, Timestamp::now())
     };
 
@@ -418,8 +421,7 @@ async fn reports_from_their_pods_nodes(
     live: &HashSet<String>,
 ) -> Result<Vec<ReportInput>, Error> {
     let unknown = {
-        let mut nodes = ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        nodes.retain(|uid, _| live.contains(uid));
+        let nodes = ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         reports.iter().any(|(r, _)| live.contains(&r.pod_uid) && !nodes.contains_key(&r.pod_uid))
     };
     if unknown {
@@ -439,7 +441,6 @@ async fn reports_from_their_pods_nodes(
     let nodes = ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (kept, misplaced) = split_by_node(reports, &nodes);
     let mut warned = ctx.misplaced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    warned.retain(|(uid, _)| live.contains(uid));
     for (report, node) in misplaced {
         let pod_node = nodes.get(&report.pod_uid).map_or("", String::as_str);
         if warned.insert((report.pod_uid.clone(), node.clone())) {
