@@ -2,7 +2,8 @@
 //! lock that keeps two of them from acting on one cluster at once, the
 //! agent's test-speed command line, its metrics endpoint, and the Linux
 //! capability names and masks used to run it under the chart's capability
-//! set and to read a running process's sets back from `/proc`.
+//! set and to read a running process's sets back from `/proc`, and its CPU
+//! time and resident memory (for the benchmark binaries).
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
@@ -291,6 +292,27 @@ pub fn setpriv_with_capabilities(caps: &[&str]) -> Vec<String> {
         "--no-new-privs".into(),
         "--".into(),
     ]
+}
+
+/// User + system CPU seconds of a process.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may contain spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat: indexes 11 and 12 after the command.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident set of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -48,12 +48,26 @@ impl FakePod {
     /// `app=<name>`), writes a running status, and makes its namespace and
     /// cgroup.
     pub async fn create(client: &Client, cluster: &Cluster, namespace: &str, name: &str, host_network: bool) -> Self {
+        Self::create_on_node(client, cluster, namespace, name, &cluster.node_name(), host_network).await
+    }
+
+    /// Like [`FakePod::create`], bound to the Node `node` instead: another
+    /// virtual node on this machine, whose agent runs here too (the Node
+    /// object must exist, or the pod garbage collector deletes the pod).
+    pub async fn create_on_node(
+        client: &Client,
+        cluster: &Cluster,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        host_network: bool,
+    ) -> Self {
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": name, "labels": { "app": name } },
             "spec": {
-                "nodeName": cluster.node_name(),
+                "nodeName": node,
                 "hostNetwork": host_network,
                 "containers": [{ "name": "server", "image": "connhealth-demo:local" }]
             }

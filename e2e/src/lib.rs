@@ -413,6 +413,11 @@ impl ChildProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How it ended, once it has (reaping it); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Stops it: SIGTERM, then SIGKILL after `grace`. Nothing is sent to a
     /// child already reaped: its pid may belong to another process by now
     /// (pids wrap around quickly on a busy test machine). An exited child

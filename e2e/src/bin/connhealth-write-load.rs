@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use connhealth_crds::ConnectionHealth;
+use connhealth_e2e::agent::{process_cpu_seconds, rss_kib};
 use connhealth_e2e::{AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, require_root};
 use futures::TryStreamExt;
 use kube::api::ListParams;
@@ -95,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let every = args.leak_every_ms.to_string();
     leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", &leaks, "--interval-ms", &every]);
 
-    let cpu_before = process_cpu(agent.pid());
+    let cpu_before = process_cpu_seconds(agent.pid());
     let window = Duration::from_secs(args.minutes * 60);
     let mut writes: HashMap<String, u64> = HashMap::new();
     let stream = watcher(api.clone(), watcher::Config::default()).touched_objects();
@@ -121,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(Err(error)) => eprintln!("watch error (retrying): {error}"),
         }
     }
-    let cpu = process_cpu(agent.pid()) - cpu_before;
+    let cpu = process_cpu_seconds(agent.pid()) - cpu_before;
     let rss = rss_kib(agent.pid());
 
     let hours = window.as_secs_f64() / 3600.0;
@@ -148,25 +149,4 @@ async fn main() -> anyhow::Result<()> {
     drop(leaky);
     drop(pods);
     Ok(())
-}
-
-/// User + system CPU seconds of a process.
-fn process_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may contain spaces) start after ") ".
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat: indexes 11 and 12 after the command.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Resident set of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
