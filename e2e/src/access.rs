@@ -72,7 +72,7 @@ impl TokenKubeconfig {
                 Ok(kubeconfig)
             }
             Err(error) => {
-                delete_pod_now(cluster, namespace, &pod);
+                cluster.delete_pod_now(namespace, &pod);
                 Err(error)
             }
         }
@@ -181,23 +181,7 @@ impl Drop for TokenKubeconfig {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         if let Some((namespace, pod)) = &self.bound_pod {
-            delete_pod_now(Cluster::get(), namespace, pod);
+            Cluster::get().delete_pod_now(namespace, pod);
         }
     }
-}
-
-/// Deletes a pod at once, without waiting: no kubelet confirms the end of
-/// a pod bound to a node here.
-fn delete_pod_now(cluster: &Cluster, namespace: &str, pod: &str) {
-    let _ = cluster.kubectl_run(&[
-        "delete",
-        "pod",
-        pod,
-        "-n",
-        namespace,
-        "--grace-period=0",
-        "--force",
-        "--wait=false",
-        "--ignore-not-found",
-    ]);
 }

@@ -198,17 +198,7 @@ impl Drop for FakePod {
         }
         // No kubelet confirms a graceful deletion: remove the object at once
         // (it may be gone already), so that its namespace can go too.
-        let _ = self.cluster.kubectl_run(&[
-            "delete",
-            "pod",
-            &self.name,
-            "-n",
-            &self.namespace,
-            "--grace-period=0",
-            "--force",
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
+        self.cluster.delete_pod_now(&self.namespace, &self.name);
     }
 }
 

@@ -177,6 +177,23 @@ impl Cluster {
         self.kubeconfig.parent().expect("kubeconfig has a directory").to_path_buf()
     }
 
+    /// Deletes a pod at once, without waiting, and whether or not it still
+    /// exists: no kubelet confirms the end of a pod bound to a node here.
+    /// Best effort (for clean-up paths).
+    pub fn delete_pod_now(&self, namespace: &str, pod: &str) {
+        let _ = self.kubectl_run(&[
+            "delete",
+            "pod",
+            pod,
+            "-n",
+            namespace,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+
     /// Stops kube-apiserver (only it: etcd and the data stay), for tests of
     /// behaviour while the API server is away. The returned guard starts it
     /// again with the same command line, when told or when dropped.

@@ -312,7 +312,7 @@ async fn soak(args: &Args, seed: u64) -> anyhow::Result<()> {
     let table = ctx.tally().table(elapsed, seed, &components, &outages, &memory_rows);
     println!("{table}");
     drop(components);
-    let _ = client_delete_namespace(&client, &system).await;
+    let _ = delete_namespace(&client, &system).await;
     let _ = cluster.kubectl_run(&["delete", "node", NODE_B, "--wait=false"]);
     let failures = ctx.tally().failures.clone();
     if failures.is_empty() {
@@ -661,7 +661,9 @@ fn register_node(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
 }
 
 /// Creates a namespace and waits for its `default` ServiceAccount (pods are
-/// refused before it exists).
+/// refused before it exists). Not [`connhealth_e2e::TestNamespace`]: its
+/// drop clears the policies' finalizers, which here is the operator's job
+/// under test, and it blocks a thread where this awaits.
 async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
@@ -675,7 +677,7 @@ async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn client_delete_namespace(client: &Client, name: &str) -> kube::Result<()> {
+async fn delete_namespace(client: &Client, name: &str) -> kube::Result<()> {
     Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::default()).await.map(|_| ())
 }
 
@@ -731,7 +733,7 @@ async fn namespace_life(ctx: Arc<Ctx>, index: u32) {
 
     {
         let _api = ctx.api_up.read().await;
-        if let Err(e) = client_delete_namespace(&ctx.client, &name).await {
+        if let Err(e) = delete_namespace(&ctx.client, &name).await {
             ctx.fail(format!("could not delete namespace {name}: {e}"));
             return;
         }
