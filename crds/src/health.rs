@@ -92,7 +92,7 @@ use crate::policy::Verdict;
         name = "Verdict",
         type_ = "string",
         json_path = ".status.verdict.result",
-        description = "Healthy, Warning or Leaking, as decided by a ConnectionHealthPolicy"
+        description = "Healthy, Warning or Leaking, as decided by a ConnectionHealthPolicy; Unknown while the agent on the pod's node is not renewing its Lease"
     ),
     printcolumn(
         name = "Policy",
@@ -119,9 +119,11 @@ pub struct ConnectionHealthSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionHealthStatus {
-    /// When the agent last read the pod's sockets and found the figures below.
-    /// Reports are rewritten only when a figure changes meaningfully or as a
-    /// slow heartbeat, so this can be older than the agent's scan interval.
+    /// When the agent read the pod's sockets and found the figures below.
+    /// Reports are rewritten only when a figure changes meaningfully, so this
+    /// can be hours old: the figures are current as long as the agent on
+    /// the node renews its Lease (in the release namespace, named after the
+    /// node); when it does not, the operator makes the verdict `Unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<Time>,
 
@@ -443,7 +445,8 @@ pub struct NetnsSysctls {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VerdictStatus {
-    /// `Healthy`, `Warning` or `Leaking`.
+    /// `Healthy`, `Warning` or `Leaking`; `Unknown` while the agent on the
+    /// pod's node is not renewing its Lease (`reasons` says since when).
     pub result: Verdict,
     /// The ConnectionHealthPolicy that decided it (the strictest of those
     /// that select the pod).
@@ -461,6 +464,23 @@ pub struct VerdictStatus {
     /// operator honours the policy's cooldown instead of repeating it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<LastEvent>,
+    /// While the result is `Unknown`: the verdict before it. When the agent
+    /// renews its Lease again, the pod is judged against this one, so an
+    /// agent that restarts or is briefly unreachable causes no
+    /// Recovered/Leaking Event pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_known: Option<LastKnownVerdict>,
+}
+
+/// The verdict a pod had before it became `Unknown`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastKnownVerdict {
+    /// `Healthy`, `Warning` or `Leaking`.
+    pub result: Verdict,
+    /// When the pod entered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// A published Event, remembered for the cooldown.

@@ -35,6 +35,23 @@ pub mod labels {
     pub const MANAGED_BY_VALUE: &str = "connhealth";
 }
 
+/// The agents' liveness: one `coordination.k8s.io` Lease per node, in the
+/// release namespace, named after the node and held by it (as the kubelet's
+/// node Leases are), renewed by the node's agent while it sweeps. The
+/// operator watches them by these labels; a report of a node whose Lease
+/// has run out is `Unknown`.
+pub mod agent_leases {
+    /// Label key naming the component.
+    pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+    /// Its value on agent Leases.
+    pub const COMPONENT: &str = "agent-lease";
+    /// The label selector the operator watches them by.
+    pub fn selector() -> String {
+        use super::labels::{MANAGED_BY, MANAGED_BY_VALUE};
+        format!("{COMPONENT_LABEL}={COMPONENT},{MANAGED_BY}={MANAGED_BY_VALUE}")
+    }
+}
+
 /// Event reasons (PascalCase, as Kubernetes conventions ask). They are also
 /// the `reason` label of the operator's Event metrics.
 pub mod reasons {

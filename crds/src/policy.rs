@@ -69,6 +69,13 @@ fn bounded_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
         description = "Selected pods whose verdict is Warning or Leaking"
     ),
     printcolumn(
+        name = "Unknown",
+        type_ = "integer",
+        json_path = ".status.unknownPods",
+        priority = 1,
+        description = "Selected pods whose verdict is Unknown: the agent on their node is not renewing its Lease"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
@@ -244,6 +251,12 @@ pub struct ConnectionHealthPolicyStatus {
     #[serde(default)]
     pub violating_pods: i64,
 
+    /// Number of selected pods whose verdict is Unknown: the connhealth
+    /// agent on their node has not renewed its Lease in time, so their
+    /// reports may be out of date.
+    #[serde(default)]
+    pub unknown_pods: i64,
+
     /// The violating pods, worst first, at most 20 of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
@@ -274,6 +287,11 @@ pub struct PolicyViolation {
 /// How healthy a pod's connections are, as decided by a policy.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verdict {
+    /// Not known: the connhealth agent on the pod's node is not renewing
+    /// its Lease, so the report may be out of date. The verdict before is
+    /// kept in `lastKnown` and returns, without Events, when the agent does.
+    /// Sorts below Healthy: never counted as violating.
+    Unknown,
     /// Below every threshold of the deciding policy.
     Healthy,
     /// Over a warning threshold: many CLOSE_WAIT sockets, port pressure, or
@@ -287,6 +305,7 @@ impl Verdict {
     /// The verdict as written in annotations and status.
     pub fn as_str(self) -> &'static str {
         match self {
+            Verdict::Unknown => "Unknown",
             Verdict::Healthy => "Healthy",
             Verdict::Warning => "Warning",
             Verdict::Leaking => "Leaking",

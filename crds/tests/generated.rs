@@ -116,7 +116,8 @@ fn policy_crd_has_names_columns_status_and_rules() {
 
     let columns = printer_columns(&crd);
     let column_names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(column_names, ["Matched", "Violating", "Ready", "Age"]);
+    assert_eq!(column_names, ["Matched", "Violating", "Unknown", "Ready", "Age"]);
+    assert!(columns.contains(&("Unknown".into(), ".status.unknownPods".into())));
     assert!(columns.contains(&("Ready".into(), ".status.conditions[?(@.type==\"Ready\")].status".into())));
 
     let schema = &version["schema"]["openAPIV3Schema"];

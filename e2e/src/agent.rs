@@ -53,9 +53,10 @@ impl AgentLock {
 }
 
 /// `connhealth-agent run` for this node at test speed: a sweep a second,
-/// CLOSE_WAIT sockets stuck after 3 s, no heartbeat writes, metrics on a
-/// free loopback port.
-pub fn agent_run_args(node_name: &str) -> Vec<String> {
+/// CLOSE_WAIT sockets stuck after 3 s, its Lease in `lease_namespace` (the
+/// operator's) renewed every second and valid for 10 s, metrics on a free
+/// loopback port.
+pub fn agent_run_args(node_name: &str, lease_namespace: &str) -> Vec<String> {
     [
         "run",
         "--node-name",
@@ -64,8 +65,12 @@ pub fn agent_run_args(node_name: &str) -> Vec<String> {
         "1s",
         "--close-wait-min-age",
         "3s",
-        "--heartbeat",
-        "1h",
+        "--lease-namespace",
+        lease_namespace,
+        "--lease-duration",
+        "10s",
+        "--lease-renew-interval",
+        "1s",
         "--metrics-addr",
         "127.0.0.1:0",
     ]

@@ -35,8 +35,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use kube::Client;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use serde_json::json;
 
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
@@ -558,4 +561,53 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The Events of pod `ns/pod` with `reason`, one `count|note` line each
+/// (`kubectl get events` by field selector).
+pub fn pod_events(cluster: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<String> {
+    let out = cluster
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("involvedObject.name={pod},reason={reason}"),
+            "-o",
+            "jsonpath={range .items[*]}{.count}|{.message}{.note}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+/// Registers a Node without a kubelet (as `e2e/cluster/up` does for this
+/// machine), so that pods bound to it are not garbage-collected.
+pub fn register_node(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+        "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}}});
+    let (ok, _, err) = cluster.kubectl_stdin(&["apply", "-f", "-"], &node.to_string());
+    anyhow::ensure!(ok, "create Node {name}: {err}");
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "registered by a connhealth bench (no kubelet)"}]}});
+    cluster.kubectl_ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status.to_string()])?;
+    Ok(())
+}
+
+/// Creates a namespace and waits for its `default` ServiceAccount (pods are
+/// refused before it exists), for the bench binaries. Not
+/// [`TestNamespace`]: its drop clears the policies' finalizers, which there
+/// is the operator's job under test, and it blocks a thread where this
+/// awaits.
+pub async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while accounts.get_opt("default").await?.is_none() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "namespace {name}: no default ServiceAccount after 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }

@@ -1,14 +1,17 @@
 //! Playing the agent for operator tests: a ConnectionHealth written the way
 //! the agent writes it (server-side apply, the agent's field manager), with
 //! figures the test chooses, naming the pod's node as the agent of that node
-//! would (the operator ignores a report from another node than its pod's).
+//! would (the operator ignores a report from another node than its pod's),
+//! and that node's agent Lease renewed (the operator makes reports of a node
+//! without a live Lease Unknown).
 
 use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, SocketOwner, TcpStateCounts};
-use connhealth_crds::names::field_managers;
+use connhealth_crds::names::{agent_leases, field_managers, labels};
 use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -50,6 +53,7 @@ pub async fn write_report_naming(
     seen_ago: SignedDuration,
     node: &str,
 ) {
+    renew_agent_lease(client, ns, node, SignedDuration::from_hours(1)).await;
     let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::apply(field_managers::AGENT).force();
     let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: node.to_owned(), pod_uid: uid.into() });
@@ -80,4 +84,26 @@ pub async fn write_report_naming(
     };
     let body = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionHealth", "status": status });
     api.patch_status(pod, &params, &Patch::Apply(&body)).await.expect("apply report status");
+}
+
+/// Renews `node`'s agent Lease in `namespace` (where the operator under test
+/// looks for it: its `--lease-namespace`) as the agent does, valid for
+/// `valid_for` from now.
+pub async fn renew_agent_lease(client: &Client, namespace: &str, node: &str, valid_for: SignedDuration) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": node, "labels": {
+            agent_leases::COMPONENT_LABEL: agent_leases::COMPONENT,
+            labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+        }},
+        "spec": {
+            "holderIdentity": node,
+            "leaseDurationSeconds": valid_for.as_secs(),
+            "renewTime": MicroTime(Timestamp::now()),
+        },
+    });
+    api.patch(node, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&lease))
+        .await
+        .unwrap_or_else(|e| panic!("renew the agent Lease {namespace}/{node}: {e}"));
 }

@@ -13,27 +13,32 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use connhealth_crds::ConnectionHealth;
+use connhealth_crds::health::VerdictStatus;
+use connhealth_crds::{ConnectionHealth, Verdict};
 use connhealth_e2e::agent::{
-    agent_run_args, diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, scrape, sweeps, wait_for_readyz,
+    agent_run_args, diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, operator_run_args, scrape, sweeps,
+    wait_for_readyz,
 };
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, FakePod, HangingProxy, TestNamespace, eventually, eventually_explained,
-    require_root,
+    AgentLock, ChildProcess, Cluster, FakePod, HangingProxy, TestNamespace, apply_policy, eventually,
+    eventually_explained, jsonpath, pod_events, require_root, until,
 };
+use jiff::SignedDuration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn agent(cluster: &Cluster, kubeconfig: &Path) -> ChildProcess {
-    agent_with(cluster, kubeconfig, &[])
+/// The agent at test speed, its Lease in `lease_namespace`.
+fn agent(cluster: &Cluster, kubeconfig: &Path, lease_namespace: &str) -> ChildProcess {
+    agent_with(cluster, kubeconfig, lease_namespace, &[])
 }
 
-fn agent_with(cluster: &Cluster, kubeconfig: &Path, extra_args: &[&str]) -> ChildProcess {
-    let mut args = agent_run_args(&cluster.node_name());
+fn agent_with(cluster: &Cluster, kubeconfig: &Path, lease_namespace: &str, extra_args: &[&str]) -> ChildProcess {
+    let mut args = agent_run_args(&cluster.node_name(), lease_namespace);
     args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ChildProcess::spawn("connhealth-agent", &args, kubeconfig, &[])
@@ -65,7 +70,7 @@ async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
     healthy.spawn(&["serve", "--listen", "127.0.0.1:8080", "--close-after-ms", "50"]);
     let host = FakePod::create(&client, cluster, &ns.name, "hostnet", true).await;
 
-    let agent = agent(cluster, &cluster.kubeconfig);
+    let agent = agent(cluster, &cluster.kubeconfig, &ns.name);
 
     // The leaking pod: CLOSE_WAIT equal to ss, peers, owner, growing age.
     let leaky_report = eventually("the leaky pod's report with 12 CLOSE_WAIT", WAIT, || {
@@ -223,7 +228,7 @@ async fn a_restarted_agent_takes_ages_from_the_kernel_and_does_not_rewrite() {
     std::thread::sleep(Duration::from_millis(300));
     leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "6", "--interval-ms", "20"]);
 
-    let mut first = agent(cluster, &cluster.kubeconfig);
+    let mut first = agent(cluster, &cluster.kubeconfig, &ns.name);
     let before = eventually("6 stuck CLOSE_WAIT", WAIT, || {
         let client = client.clone();
         let ns = ns.name.clone();
@@ -238,7 +243,7 @@ async fn a_restarted_agent_takes_ages_from_the_kernel_and_does_not_rewrite() {
     let oldest_before =
         since(before.status.as_ref().unwrap().close_wait.as_ref().unwrap().oldest_since.as_ref().unwrap());
 
-    let second = agent(cluster, &cluster.kubeconfig);
+    let second = agent(cluster, &cluster.kubeconfig, &ns.name);
     let addr = eventually("the restarted agent's metrics address", WAIT, || {
         let addr = metrics_addr(&second);
         async move { addr }
@@ -314,7 +319,7 @@ async fn a_hung_api_server_stalls_neither_sweeps_nor_readiness() {
 
     let proxy = HangingProxy::start(apiserver_addr(&cluster.kubeconfig));
     let kubeconfig = proxy.kubeconfig(&cluster.kubeconfig);
-    let mut agent = agent_with(cluster, &kubeconfig, &["--api-timeout", "2s"]);
+    let mut agent = agent_with(cluster, &kubeconfig, &ns.name, &["--api-timeout", "2s"]);
     wait_for_close_wait(&client, &ns.name, "leaky", 6, &agent).await;
     wait_for_readyz(&agent, 200, WAIT).await;
 
@@ -323,7 +328,11 @@ async fn a_hung_api_server_stalls_neither_sweeps_nor_readiness() {
     leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "8", "--interval-ms", "20"]);
     let unready = wait_for_readyz(&agent, 503, WAIT).await;
     assert!(failed_writes_in_a_row(&unready).is_some_and(|n| n >= 3), "{unready}");
-    assert!(unready.contains("no answer from the API server within 2s (PATCH /apis/connhealth.io/"), "{unready}");
+    // The last write that failed: a report's, or the node Lease's renewal
+    // (the agent's writes share one client and one record).
+    let report_write = "no answer from the API server within 2s (PATCH /apis/connhealth.io/";
+    let lease_write = "no answer from the API server within 2s (PATCH /apis/coordination.k8s.io/";
+    assert!(unready.contains(report_write) || unready.contains(lease_write), "{unready}");
     assert!(agent.logs().contains("no answer from the API server within 2s"), "the timeout is logged");
     // Sweeps go on while the server hangs, and so do the metrics.
     let addr = metrics_addr(&agent).expect("metrics address in the log");
@@ -353,4 +362,117 @@ async fn a_hung_api_server_stalls_neither_sweeps_nor_readiness() {
     assert!(metrics.contains("connhealth_agent_api_failed_writes_in_a_row 0"), "{metrics}");
     assert!(metrics.contains("connhealth_agent_api_writes_total{outcome=\"failed\"}"), "{metrics}");
     let _ = std::fs::remove_file(&kubeconfig);
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a child process.
+fn signal(process: &ChildProcess, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), process.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {}", process.pid());
+}
+
+/// The verdict on `ns/pod`'s report, once it has one.
+async fn verdict(client: &Client, ns: &str, pod: &str) -> Option<VerdictStatus> {
+    report(client, ns, pod).await?.status?.verdict
+}
+
+/// Waits until `ns/pod`'s verdict is `result`; returns it.
+async fn verdict_becomes(client: &Client, ns: &str, pod: &str, result: Verdict) -> VerdictStatus {
+    eventually(&format!("{ns}/{pod} to be {result}"), WAIT, || async move {
+        verdict(client, ns, pod).await.filter(|v| v.result == result)
+    })
+    .await
+}
+
+/// Liveness is the node's Lease: an agent that stops renewing it (SIGSTOP:
+/// alive, but neither sweeping nor renewing, as a hung agent) makes its
+/// pods' verdicts Unknown once the Lease has run out — not before — with no
+/// Event and with the verdict before remembered; when it goes on, the
+/// verdicts return as they were (same `since`), with no Recovered/Leaking
+/// pair.
+#[tokio::test]
+async fn an_agent_that_stops_renewing_its_lease_makes_verdicts_unknown_until_it_renews() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("agent-lease");
+    let client = cluster.client().await;
+    let node = cluster.node_name();
+
+    let mut leaky = FakePod::create(&client, cluster, &ns.name, "leaky", false).await;
+    leaky.spawn(&["serve", "--listen", "127.0.0.1:8080"]);
+    until(WAIT, "the server to listen", || leaky.ss_count("listening") == 1).await;
+    leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "8", "--interval-ms", "10"]);
+    until(WAIT, "8 CLOSE_WAIT sockets", || leaky.ss_count("close-wait") == 8).await;
+    let mut healthy = FakePod::create(&client, cluster, &ns.name, "healthy", false).await;
+    healthy.spawn(&["serve", "--listen", "127.0.0.1:8080"]);
+    apply_policy(cluster, &ns.name, "default", "  closeWait: {stuckCount: 5, minAge: 3s}\n");
+
+    let mut agent = agent(cluster, &cluster.kubeconfig, &ns.name);
+    let operator_args = operator_run_args(&ns.name, "lease-test-operator");
+    let operator_args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
+    let mut operator = ChildProcess::spawn("connhealth-operator", &operator_args, &cluster.kubeconfig, &[]);
+
+    let leaking = verdict_becomes(&client, &ns.name, "leaky", Verdict::Leaking).await;
+    verdict_becomes(&client, &ns.name, "healthy", Verdict::Healthy).await;
+    until(WAIT, "the CloseWaitLeak Event", || pod_events(cluster, &ns.name, "leaky", "CloseWaitLeak").len() == 1).await;
+
+    // The agent's Lease: in the release namespace, named after the node,
+    // held by it, owned by its Node (collected with it).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let lease = leases.get(&node).await.expect("the agent's Lease");
+    assert_eq!(lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()), Some(node.as_str()));
+    let owner = &lease.metadata.owner_references.as_ref().expect("owned by the Node")[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", node.as_str()));
+
+    // Stopped: Unknown, no sooner than the Lease ran out.
+    signal(&agent, "STOP");
+    let unknown = verdict_becomes(&client, &ns.name, "leaky", Verdict::Unknown).await;
+    let last = leases.get(&node).await.unwrap().spec.unwrap();
+    let ran_out = last.renew_time.unwrap().0 + SignedDuration::from_secs(last.lease_duration_seconds.unwrap().into());
+    let unknown_since = unknown.since.clone().expect("since").0;
+    // `since` is kept to the second: compare whole seconds.
+    assert!(
+        unknown_since.as_second() >= ran_out.as_second(),
+        "Unknown at {unknown_since}, the Lease ran out at {ran_out}"
+    );
+    eprintln!("Unknown {} after the Lease ran out", unknown_since.duration_since(ran_out));
+    assert!(
+        unknown.reasons[0].contains(&format!("the connhealth agent on node {node} stopped renewing its Lease")),
+        "{unknown:?}"
+    );
+    let known = unknown.last_known.as_ref().expect("the verdict before");
+    assert_eq!((known.result, &known.since), (Verdict::Leaking, &leaking.since));
+    assert_eq!(unknown.last_event, leaking.last_event, "the cooldown goes on");
+    let healthy_unknown = verdict_becomes(&client, &ns.name, "healthy", Verdict::Unknown).await;
+    assert_eq!(healthy_unknown.last_known.map(|k| k.result), Some(Verdict::Healthy));
+    until(WAIT, "the policy to count 2 unknown pods", || {
+        jsonpath(cluster, &ns.name, "chp/default", "{.status.unknownPods}") == "2"
+    })
+    .await;
+    let annotations = jsonpath(cluster, &ns.name, "pod/leaky", "{.metadata.annotations.connhealth\\.io/verdict}");
+    assert_eq!(annotations, "Leaking", "annotations keep the last known verdict");
+
+    // Going on: the verdicts return as they were, without Events.
+    signal(&agent, "CONT");
+    let back = verdict_becomes(&client, &ns.name, "leaky", Verdict::Leaking).await;
+    assert_eq!((back.since, back.last_known), (leaking.since, None));
+    verdict_becomes(&client, &ns.name, "healthy", Verdict::Healthy).await;
+    until(WAIT, "the policy to count no unknown pod", || {
+        jsonpath(cluster, &ns.name, "chp/default", "{.status.unknownPods}") == "0"
+    })
+    .await;
+    let leaks = pod_events(cluster, &ns.name, "leaky", "CloseWaitLeak");
+    assert_eq!(leaks.len(), 1, "one Event object: {leaks:?}");
+    assert!(leaks[0].starts_with("1|") || leaks[0].starts_with('|'), "no repeat: {leaks:?}");
+    for pod in ["leaky", "healthy"] {
+        assert_eq!(pod_events(cluster, &ns.name, pod, "Recovered"), Vec::<String>::new(), "{pod}");
+    }
+    assert!(agent.running() && operator.running(), "{}\n{}", agent.logs(), operator.logs());
+    agent.stop(Duration::from_secs(10));
+    operator.stop(Duration::from_secs(10));
 }

@@ -48,7 +48,12 @@ fn crds_are_established_and_explained() {
     let effective = explain("connectionhealth.status.portPressure.effectivePercent");
     assert!(effective.contains("Policies compare this figure"), "{effective}");
     let status = explain("connectionhealth.status");
-    assert!(status.contains("When the agent last read the pod's sockets"), "{status}");
+    assert!(status.contains("When the agent read the pod's sockets"), "{status}");
+    assert!(status.contains("renews its Lease"), "{status}");
+    let last_known = explain("connectionhealth.status.verdict.lastKnown");
+    assert!(last_known.contains("the verdict before it"), "{last_known}");
+    let unknown = explain("connectionhealthpolicy.status.unknownPods");
+    assert!(unknown.contains("not renewed its Lease"), "{unknown}");
     let cw = explain("connectionhealth.status.closeWait.stuck");
     assert!(cw.contains("stuckAfterSeconds"), "{cw}");
     // Short names and the category resolve.

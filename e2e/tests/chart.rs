@@ -486,7 +486,8 @@ fn rbac_grants_exactly_the_documented_verbs() {
     let table = |role: &str| documented.get(role).cloned().unwrap_or_else(|| panic!("no {role:?} rows in the table"));
     let (expected_agent, expected_operator, expected_lease) =
         (table("agent (ClusterRole)"), table("operator (ClusterRole)"), table("operator (Role, release namespace)"));
-    assert_eq!(documented.len(), 3, "roles in the table: {:?}", documented.keys());
+    let expected_agent_lease = table("agent (Role, release namespace)");
+    assert_eq!(documented.len(), 4, "roles in the table: {:?}", documented.keys());
     // The table is read as meant: a few rows spelled out.
     assert!(expected_agent.contains(&("".into(), "pods".into(), "watch".into(), None)));
     assert!(expected_lease.contains(&(
@@ -496,21 +497,27 @@ fn rbac_grants_exactly_the_documented_verbs() {
         Some(operator.clone())
     )));
     assert!(expected_lease.contains(&("coordination.k8s.io".into(), "leases".into(), "create".into(), None)));
+    assert!(expected_lease.contains(&("coordination.k8s.io".into(), "leases".into(), "watch".into(), None)));
+    assert!(expected_agent_lease.contains(&("coordination.k8s.io".into(), "leases".into(), "patch".into(), None)));
 
     assert_eq!(grants(find(&docs, "ClusterRole", &agent)), expected_agent, "agent ClusterRole");
     assert_eq!(grants(find(&docs, "ClusterRole", &operator)), expected_operator, "operator ClusterRole");
     let lease_role = find(&docs, "Role", &operator);
     assert_eq!(lease_role["metadata"]["namespace"], ns);
     assert_eq!(grants(lease_role), expected_lease, "operator Role");
+    let agent_lease_role = find(&docs, "Role", &agent);
+    assert_eq!(agent_lease_role["metadata"]["namespace"], ns);
+    assert_eq!(grants(agent_lease_role), expected_agent_lease, "agent Role");
     // No other role anywhere.
     let roles: Vec<_> =
         docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role").map(kind_name).collect();
-    assert_eq!(roles.len(), 3, "unexpected roles: {roles:?}");
+    assert_eq!(roles.len(), 4, "unexpected roles: {roles:?}");
 
     // Each role is bound to its component's ServiceAccount, and only to it.
     for (kind, role_kind, name) in [
         ("ClusterRoleBinding", "ClusterRole", &agent),
         ("ClusterRoleBinding", "ClusterRole", &operator),
+        ("RoleBinding", "Role", &agent),
         ("RoleBinding", "Role", &operator),
     ] {
         let binding = find(&docs, kind, name);
@@ -526,7 +533,7 @@ fn rbac_grants_exactly_the_documented_verbs() {
         find(&docs, "ServiceAccount", name);
     }
     let bindings = docs.iter().filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding").count();
-    assert_eq!(bindings, 3);
+    assert_eq!(bindings, 4);
 
     // The Lease the Role names is the one the operator is told to use.
     let deployment: Deployment = serde_json::from_value(find(&docs, "Deployment", &operator).clone()).unwrap();
@@ -535,10 +542,14 @@ fn rbac_grants_exactly_the_documented_verbs() {
         operator
     );
 
-    // Without leader election there is no Lease, so no Role.
+    // Without leader election the operator has no Lease of its own: its
+    // Role only reads the agents' Leases.
     let single =
         render(release, ns, &["--set", "operator.replicas=1", "--set", "operator.leaderElection.enabled=false"]);
-    assert!(of_kind(&single, "Role").is_empty() && of_kind(&single, "RoleBinding").is_empty());
+    let reads_only: BTreeSet<Grant> = ["list", "watch"]
+        .map(|verb| ("coordination.k8s.io".to_owned(), "leases".to_owned(), verb.to_owned(), None))
+        .into();
+    assert_eq!(grants(find(&single, "Role", &operator)), reads_only);
     assert!(of_kind(&single, "PodDisruptionBudget").is_empty(), "a PDB for one replica would block drains");
 }
 
@@ -551,7 +562,11 @@ fn cluster_scoped_objects_are_named_per_release() {
         let cluster_scoped =
             ["ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"];
         let found: Vec<&Value> = docs.iter().filter(|d| cluster_scoped.iter().any(|k| d["kind"] == *k)).collect();
-        assert_eq!(found.len(), 6, "two ClusterRoles, their bindings, the node restriction and its binding");
+        assert_eq!(
+            found.len(),
+            8,
+            "two ClusterRoles, their bindings, the node and Lease restrictions and their bindings"
+        );
         for doc in found {
             let (kind, name) = kind_name(doc);
             assert!(name.starts_with(release), "{kind} {name} does not carry the release name {release}");
@@ -576,6 +591,15 @@ fn the_node_restriction_matches_this_releases_agent_and_can_be_turned_off() {
     let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
     assert_eq!(rules["resources"], serde_json::json!(["connectionhealths", "connectionhealths/status"]));
     assert_eq!(rules["operations"], serde_json::json!(["CREATE", "UPDATE"]));
+    // The Lease restriction, likewise: this release's agent, its Leases.
+    let lease_policy = find(&docs, "ValidatingAdmissionPolicy", "rel-connhealth-agent-lease-restriction");
+    let lease_binding = find(&docs, "ValidatingAdmissionPolicyBinding", "rel-connhealth-agent-lease-restriction");
+    assert_eq!(lease_binding["spec"]["policyName"], "rel-connhealth-agent-lease-restriction");
+    assert_eq!(lease_binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    assert_eq!(lease_policy["spec"]["matchConditions"], policy["spec"]["matchConditions"]);
+    let lease_rules = &lease_policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(lease_rules["apiGroups"], serde_json::json!(["coordination.k8s.io"]));
+    assert_eq!(lease_rules["resources"], serde_json::json!(["leases"]));
     let off = render("rel", "ops", &["--set", "agent.nodeRestriction.enabled=false"]);
     assert!(
         of_kind(&off, "ValidatingAdmissionPolicy").is_empty()
@@ -645,7 +669,9 @@ fn agent_daemonset_has_the_documented_security_model_and_settings() {
     assert_eq!(env_field_ref(c, "NODE_NAME"), "spec.nodeName");
     assert_eq!(env_value(c, "CONNHEALTH_SCAN_INTERVAL"), "15s");
     assert_eq!(env_value(c, "CONNHEALTH_CLOSE_WAIT_MIN_AGE"), "2m");
-    assert_eq!(env_value(c, "CONNHEALTH_HEARTBEAT"), "10m");
+    assert_eq!(env_field_ref(c, "POD_NAMESPACE"), "metadata.namespace");
+    assert_eq!(env_value(c, "CONNHEALTH_LEASE_DURATION"), "40s");
+    assert_eq!(env_value(c, "CONNHEALTH_LEASE_RENEW_INTERVAL"), "10s");
     assert_eq!(env_value(c, "CONNHEALTH_METRICS_ADDR"), "0.0.0.0:9090");
     assert_eq!(env_value(c, "CONNHEALTH_LOG_FORMAT"), "text");
     assert_eq!(env_value(c, "CONNHEALTH_API_TIMEOUT"), "10s");
@@ -800,6 +826,7 @@ fn monitoring_objects_select_the_right_services_metrics_and_jobs() {
         [
             "ConnhealthAgentAbsent",
             "ConnhealthAgentDown",
+            "ConnhealthAgentLeaseExpired",
             "ConnhealthNodeConntrackFull",
             "ConnhealthOperatorNoLeader",
             "ConnhealthPodLeaking",
@@ -830,6 +857,10 @@ fn monitoring_objects_select_the_right_services_metrics_and_jobs() {
             .as_str()
             .unwrap()
             .contains(&format!("connhealth_operator_leader{{job=\"{operator_job}\"}}"))
+    );
+    assert_eq!(
+        alerts["ConnhealthAgentLeaseExpired"]["expr"],
+        format!("max(connhealth_operator_expired_agent_leases{{job=\"{operator_job}\"}}) > 0")
     );
     for (name, alert) in &alerts {
         assert_eq!(alert["labels"]["severity"], "warning", "{name}");
@@ -1180,7 +1211,9 @@ fn install_upgrade_uninstall_round_trip() {
         format!("service/{full}-operator"),
         format!("serviceaccount/{full}-agent"),
         format!("serviceaccount/{full}-operator"),
+        format!("role.rbac.authorization.k8s.io/{full}-agent"),
         format!("role.rbac.authorization.k8s.io/{full}-operator"),
+        format!("rolebinding.rbac.authorization.k8s.io/{full}-agent"),
         format!("rolebinding.rbac.authorization.k8s.io/{full}-operator"),
         format!("poddisruptionbudget.policy/{full}-operator"),
         "connectionhealthpolicy.connhealth.io/connhealth-default".to_owned(),
@@ -1194,6 +1227,8 @@ fn install_upgrade_uninstall_round_trip() {
         format!("clusterrolebinding.rbac.authorization.k8s.io/{full}-operator"),
         format!("validatingadmissionpolicy.admissionregistration.k8s.io/{full}-agent-node-restriction"),
         format!("validatingadmissionpolicybinding.admissionregistration.k8s.io/{full}-agent-node-restriction"),
+        format!("validatingadmissionpolicy.admissionregistration.k8s.io/{full}-agent-lease-restriction"),
+        format!("validatingadmissionpolicybinding.admissionregistration.k8s.io/{full}-agent-lease-restriction"),
     ]
     .into();
     assert_eq!(release_objects(cluster, None, CLUSTER_KINDS, &release), expected_cluster);

@@ -18,8 +18,8 @@ use connhealth_e2e::agent::{
 };
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, eventually_explained, jsonpath, until,
-    write_report, write_report_naming, write_report_seen,
+    AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, eventually_explained, jsonpath,
+    pod_events, until, write_report, write_report_naming, write_report_seen,
 };
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Pod;
@@ -56,22 +56,6 @@ async fn create_pod(client: &Client, ns: &str, name: &str) -> String {
     pods.create(&PostParams::default(), &pod).await.expect("create pod").uid().unwrap()
 }
 
-fn events(cluster: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<String> {
-    let out = cluster
-        .kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("involvedObject.name={pod},reason={reason}"),
-            "-o",
-            "jsonpath={range .items[*]}{.count}|{.message}{.note}{\"\\n\"}{end}",
-        ])
-        .unwrap();
-    out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
-}
-
 /// A report naming another node than its pod's — an agent claiming a pod
 /// that runs elsewhere, which the chart's admission policy cannot see — is
 /// ignored: no verdict, no annotation, no Event, not counted; the same
@@ -98,7 +82,7 @@ async fn a_report_from_another_node_than_its_pods_is_ignored() {
     .await;
     assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}"), "");
     assert_eq!(jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations}"), "");
-    assert!(events(cluster, &ns.name, "api-1", "CloseWaitLeak").is_empty());
+    assert!(pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").is_empty());
 
     // From the pod's node, the same figures are a leak.
     write_report(&client, &ns.name, "api-1", &uid, 12).await;
@@ -106,7 +90,7 @@ async fn a_report_from_another_node_than_its_pods_is_ignored() {
         jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Leaking"
     })
     .await;
-    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
     let warned = op.logs().lines().filter(|l| l.contains("names another node than its pod's")).count();
     assert_eq!(warned, 1, "warned once:\n{}", op.logs());
 }
@@ -133,8 +117,8 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
     .await;
     let summary = jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations.connhealth\\.io/summary}");
     assert_eq!(summary, "12 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)");
-    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
-    let event = &events(cluster, &ns.name, "api-1", "CloseWaitLeak")[0];
+    until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    let event = &pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak")[0];
     assert!(event.contains("Top peer 10.20.30.40:5432 (12 sockets)"), "{event}");
     assert!(
         event.contains("Held by leaky-server (pid 31337) in container app: 12 sockets, 52 of 1024 fds open"),
@@ -176,7 +160,7 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
         !jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.annotations}").contains("connhealth.io/")
     })
     .await;
-    until(WAIT, "a Recovered Event", || events(cluster, &ns.name, "api-1", "Recovered").len() == 1).await;
+    until(WAIT, "a Recovered Event", || pod_events(cluster, &ns.name, "api-1", "Recovered").len() == 1).await;
 
     // Leak again, then delete the policy: annotations and verdict go.
     write_report(&client, &ns.name, "api-1", &uid, 30).await;
@@ -232,7 +216,7 @@ async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
     apply_policy(cluster, &ns.name, "default", "  {}\n");
 
     let mut first = operator(&ns, "op-a");
-    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
     let holder = || jsonpath(cluster, &ns.name, "lease/connhealth-operator", "{.spec.holderIdentity}");
     assert_eq!(holder(), "op-a");
 
@@ -252,7 +236,7 @@ async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
         jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.reasons[0]}").starts_with("13 ")
     })
     .await;
-    let leaks = events(cluster, &ns.name, "api-1", "CloseWaitLeak");
+    let leaks = pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak");
     assert_eq!(leaks.len(), 1, "one Event object: {leaks:?}");
     assert!(leaks[0].starts_with("1|") || leaks[0].starts_with("|"), "no repeat within the cooldown: {leaks:?}");
     first.stop(Duration::from_secs(1));
@@ -278,7 +262,7 @@ async fn a_recreated_report_gets_its_verdict_back_without_a_second_event() {
     let uid = create_pod(&client, &ns.name, "api-1").await;
     write_report(&client, &ns.name, "api-1", &uid, 12).await;
     apply_policy(cluster, &ns.name, "default", "  {}\n");
-    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
     until(WAIT, "the Leaking verdict", || {
         jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Leaking"
     })
@@ -306,7 +290,7 @@ async fn a_recreated_report_gets_its_verdict_back_without_a_second_event() {
     assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.since}"), since, "the same leak");
     // The Event is published before the verdict is written, so any second
     // one would exist by now.
-    let leaks = events(cluster, &ns.name, "api-1", "CloseWaitLeak");
+    let leaks = pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak");
     assert_eq!(leaks.len(), 1, "one Event object: {leaks:?}");
     assert!(leaks[0].starts_with("1|") || leaks[0].starts_with('|'), "no repeat: {leaks:?}");
 }
@@ -325,7 +309,7 @@ async fn a_leak_spanning_an_api_outage_has_exactly_one_event() {
     write_report(&client, &ns.name, "api-1", &uid, 12).await;
     apply_policy(cluster, &ns.name, "default", "  {}\n");
     let mut leader = operator(&ns, "op-outage");
-    until(WAIT, "a CloseWaitLeak Event", || events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
     until(WAIT, "the Leaking verdict", || {
         jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Leaking"
     })
@@ -344,20 +328,20 @@ async fn a_leak_spanning_an_api_outage_has_exactly_one_event() {
         jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.reasons[0]}").starts_with("13 ")
     })
     .await;
-    let leaks = events(cluster, &ns.name, "api-1", "CloseWaitLeak");
+    let leaks = pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak");
     assert_eq!(leaks.len(), 1, "one Event object: {leaks:?}");
     assert!(leaks[0].starts_with("1|") || leaks[0].starts_with('|'), "no repeat after the outage: {leaks:?}");
 
     // The leak ends: one Recovered.
     write_report(&client, &ns.name, "api-1", &uid, 0).await;
-    until(WAIT, "a Recovered Event", || events(cluster, &ns.name, "api-1", "Recovered").len() == 1).await;
+    until(WAIT, "a Recovered Event", || pod_events(cluster, &ns.name, "api-1", "Recovered").len() == 1).await;
     until(WAIT, "the Healthy verdict", || {
         jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}") == "Healthy"
     })
     .await;
-    let recovered = events(cluster, &ns.name, "api-1", "Recovered");
+    let recovered = pod_events(cluster, &ns.name, "api-1", "Recovered");
     assert!(recovered[0].starts_with("1|") || recovered[0].starts_with('|'), "{recovered:?}");
-    assert_eq!(events(cluster, &ns.name, "api-1", "CloseWaitLeak").len(), 1);
+    assert_eq!(pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len(), 1);
     drop(restarted);
 }
 

@@ -42,7 +42,7 @@ fn promtool_unit_tests_cover_every_alert() {
         text.lines().filter_map(|l| l.trim().strip_prefix(key)).map(|n| n.trim().to_owned()).collect()
     };
     let alerts = alert_names(&rules, "- alert:");
-    assert_eq!(alerts.len(), 10, "{alerts:?}");
+    assert_eq!(alerts.len(), 11, "{alerts:?}");
     assert_eq!(alert_names(&tests, "alertname:"), alerts, "every alert, and only those, is tested");
 
     let dir = std::env::temp_dir().join(format!("connhealth-promtool-{}", random_suffix()));
@@ -88,7 +88,7 @@ async fn a_real_prometheus_scrapes_both_components_and_fires_on_the_leak() {
 
     // The agent and the operator (admin credentials: the scenario proves
     // the chart's RBAC), metrics on free loopback ports.
-    let node_args = agent_run_args(&cluster.node_name());
+    let node_args = agent_run_args(&cluster.node_name(), &ns.name);
     let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
     let agent = ChildProcess::spawn("connhealth-agent", &node_args, &cluster.kubeconfig, &[]);
     let identity = format!("prom-operator-{}", random_suffix());

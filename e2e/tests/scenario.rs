@@ -42,6 +42,7 @@ use connhealth_e2e::{
     random_suffix, repo_root, require_root, until, write_report,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -319,6 +320,7 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     let mut agent_spec =
         ChartContainer::from_pod_spec(ds.spec.unwrap().template.spec.as_ref().unwrap(), |field| match field {
             "spec.nodeName" => node.clone(),
+            "metadata.namespace" => system.name.clone(),
             other => panic!("the agent reads field {other}; teach the test"),
         });
     let deploy: Deployment =
@@ -426,6 +428,15 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     let tracker =
         cluster.kubectl_ok(&["get", "ch", "leaky", "-n", &shop.name, "-o", "jsonpath={.status.tracker}"]).unwrap();
     assert_eq!(tracker, "ebpf");
+    // The agent's Lease, written under the chart's RBAC and admitted by its
+    // Lease restriction: in the release namespace, named after the node,
+    // held by it, owned by its Node (read with the chart's `get nodes`).
+    let lease_path =
+        "jsonpath={.spec.holderIdentity}|{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}";
+    let lease = cluster.kubectl_ok(&["get", "lease", &node, "-n", &system.name, "-o", lease_path]).unwrap();
+    assert_eq!(lease, format!("{node}|Node/{node}"));
+    assert!(!agent.logs().contains("renewing the agent Lease failed"), "{}", agent.logs());
+    assert!(!agent.logs().contains("cannot read this node's Node object"), "{}", agent.logs());
     // The owner is found: the agent read the other user's /proc/<pid>/fd.
     assert_eq!(row.get("OWNER").map(String::as_str), Some("connhealth-demo"), "{row:?}");
     let owner_pid = cluster
@@ -746,7 +757,7 @@ async fn agent_missing_one_verb_says_what_it_cannot_do() {
         remove_verb(&mut docs, resource, verb);
         let (_rbac, sa) = apply_rbac(&docs);
         let kc = TokenKubeconfig::for_service_account(cluster, &ns.name, &sa).unwrap();
-        let args = agent_run_args(&cluster.node_name());
+        let args = agent_run_args(&cluster.node_name(), &ns.name);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut agent = ChildProcess::spawn("connhealth-agent", &args, &kc.path, &[]);
         let pod_key = format!("{}/web", ns.name);
@@ -800,6 +811,28 @@ async fn apply_as(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
         Err(other) => panic!("applying {namespace}/{name} (status: {status}): {other}"),
+    }
+}
+
+/// Applies an agent Lease `namespace/name` held by `holder` as the agent
+/// does (server-side apply, its field manager) with `kubeconfig`'s token;
+/// the API server's refusal as `(code, message)`.
+async fn apply_lease_as(
+    kubeconfig: &TokenKubeconfig,
+    namespace: &str,
+    name: &str,
+    holder: &str,
+) -> Result<(), (u16, String)> {
+    let api: Api<Lease> = Api::namespaced(client_from(kubeconfig.path()).await, namespace);
+    let body = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": name },
+        "spec": { "holderIdentity": holder, "leaseDurationSeconds": 40 },
+    });
+    match api.patch(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
+        Err(other) => panic!("applying Lease {namespace}/{name}: {other}"),
     }
 }
 
@@ -908,13 +941,26 @@ async fn the_node_restriction_admits_only_reports_of_the_tokens_node() {
     let nameless = apply_report_as(&unbound, &report_manifest(&shop.name, "web", "uid-web", &node)).await.unwrap_err();
     assert_eq!(nameless.0, 403, "{nameless:?}");
     assert!(nameless.1.contains("the agent's token names no node"), "{nameless:?}");
+    // Leases the same way: the agent here renews its own node's Lease in
+    // the release namespace, not the other node's (a stolen token cannot
+    // keep another node's reports looking current), and a token that names
+    // no node renews none.
+    apply_lease_as(&here, &system.name, &node, &node).await.expect("the agent here renews its node's Lease");
+    let lease_says =
+        format!("connhealth node restriction: the agent on node {node} may renew only the Lease of its own node, not");
+    for (name, holder) in [(&other_node, &other_node), (&other_node, &node), (&node, &other_node)] {
+        let refused = apply_lease_as(&here, &system.name, name, holder).await.unwrap_err();
+        assert!(refused.0 == 403 && refused.1.contains(&lease_says), "Lease {name} held by {holder}: {refused:?}");
+    }
+    let nameless = apply_lease_as(&unbound, &system.name, &node, &node).await.unwrap_err();
+    assert!(nameless.0 == 403 && nameless.1.contains("the agent's token names no node"), "{nameless:?}");
     let remote_report: ConnectionHealth = Api::namespaced(client.clone(), &shop.name).get("remote").await.unwrap();
     assert_eq!(remote_report.spec.node_name, other_node, "the remote report is still the remote node's");
     assert_eq!(remote_report.status.and_then(|s| s.observed_at), None, "and its status untouched");
 
     // An agent run here with the other node's token: its reports (web's
     // and api's) are refused; it says so in one line and goes on sweeping.
-    let args = agent_run_args(&node);
+    let args = agent_run_args(&node, &system.name);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut misplaced = ChildProcess::spawn("connhealth-agent", &args, &there.path, &[]);
     let says = format!("the agent on node {other_node} may not write a report for node {node}");

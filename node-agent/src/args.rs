@@ -18,7 +18,7 @@ use connhealth_scan::tracker::TrackerChoice;
 
 // What `run` needs: only with cluster mode.
 #[cfg(feature = "cluster")]
-use crate::{cluster::AgentConfig, error::Error, report::ChangeRule};
+use crate::{cluster::AgentConfig, error::Error, lease::LeaseSettings, report::ChangeRule};
 #[cfg(feature = "cluster")]
 use connhealth_runtime::{apiclient, logging::LogFormat};
 #[cfg(feature = "cluster")]
@@ -134,9 +134,21 @@ pub struct RunArgs {
     #[arg(long, env = "CONNHEALTH_CLOSE_WAIT_MIN_AGE", default_value = "2m", value_parser = parse_duration)]
     pub close_wait_min_age: Duration,
 
-    /// An unchanged report is rewritten after this long, e.g. `10m`.
-    #[arg(long, env = "CONNHEALTH_HEARTBEAT", default_value = "10m", value_parser = parse_duration)]
-    pub heartbeat: Duration,
+    /// Namespace of this node's agent Lease (the release namespace; the
+    /// DaemonSet sets it from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "connhealth-system")]
+    pub lease_namespace: String,
+
+    /// How long a renewal of the node's agent Lease is valid, e.g. `40s`.
+    /// When it runs out, the operator makes this node's verdicts Unknown.
+    /// At least twice `--scan-interval` (a renewal needs a finished sweep).
+    #[arg(long, env = "CONNHEALTH_LEASE_DURATION", default_value = "40s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How often the node's agent Lease is renewed, e.g. `10s`; shorter
+    /// than `--lease-duration`.
+    #[arg(long, env = "CONNHEALTH_LEASE_RENEW_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew_interval: Duration,
 
     /// A state count must move by at least this many sockets to be written...
     #[arg(long, env = "CONNHEALTH_CHANGE_ABS", default_value_t = 5)]
@@ -219,11 +231,22 @@ impl RunArgs {
         if self.scan_interval < Duration::from_millis(100) {
             return invalid(format!("--scan-interval {:?} is too short; use at least 100ms", self.scan_interval));
         }
-        if self.heartbeat < self.scan_interval {
+        if self.lease_duration < self.scan_interval * 2 {
             return invalid(format!(
-                "--heartbeat ({:?}) must not be shorter than --scan-interval ({:?})",
-                self.heartbeat, self.scan_interval
+                "--lease-duration ({:?}) must be at least twice --scan-interval ({:?}): a renewal needs a finished sweep",
+                self.lease_duration, self.scan_interval
             ));
+        }
+        if self.lease_renew_interval.is_zero() || self.lease_renew_interval >= self.lease_duration {
+            return invalid(format!(
+                "--lease-renew-interval ({:?}) must be above zero and shorter than --lease-duration ({:?})",
+                self.lease_renew_interval, self.lease_duration
+            ));
+        }
+        if self.lease_namespace.trim().is_empty() {
+            return invalid(
+                "--lease-namespace (POD_NAMESPACE) is empty; set it from the downward API (metadata.namespace)".into(),
+            );
         }
         if !(0.0..=10.0).contains(&self.change_rel) {
             return invalid(format!(
@@ -235,11 +258,11 @@ impl RunArgs {
             node_name: self.node_name.clone(),
             scan_interval: self.scan_interval,
             close_wait_min_age: self.close_wait_min_age,
-            change: ChangeRule {
-                abs_margin: self.change_abs,
-                rel_margin: self.change_rel,
-                heartbeat: self.heartbeat,
-                ..ChangeRule::default()
+            change: ChangeRule { abs_margin: self.change_abs, rel_margin: self.change_rel, ..ChangeRule::default() },
+            lease: LeaseSettings {
+                namespace: self.lease_namespace.clone(),
+                duration: self.lease_duration,
+                renew_every: self.lease_renew_interval,
             },
             metrics_addr: self.metrics_addr,
             owners_threshold: self.owners_threshold,
@@ -301,17 +324,33 @@ mod tests {
         };
         let config = run.config().unwrap();
         assert_eq!((config.node_name.as_str(), config.scan_interval), ("n1", Duration::from_secs(5)));
-        assert_eq!(config.change.heartbeat, Duration::from_secs(600));
-        // One-line errors for settings clap cannot check.
-        let Command::Run(run) =
-            Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--heartbeat", "1s"]).unwrap().command
-        else {
-            panic!("run")
-        };
         assert_eq!(
-            run.config().unwrap_err().to_string(),
-            "--heartbeat (1s) must not be shorter than --scan-interval (15s)"
+            config.lease,
+            LeaseSettings {
+                namespace: "connhealth-system".into(),
+                duration: Duration::from_secs(40),
+                renew_every: Duration::from_secs(10)
+            }
         );
+        // One-line errors for settings clap cannot check.
+        for (flags, says) in [
+            (
+                &["--lease-duration", "20s"][..],
+                "--lease-duration (20s) must be at least twice --scan-interval (15s): a renewal needs a finished sweep",
+            ),
+            (
+                &["--lease-renew-interval", "40s"][..],
+                "--lease-renew-interval (40s) must be above zero and shorter than --lease-duration (40s)",
+            ),
+            (
+                &["--lease-namespace", " "][..],
+                "--lease-namespace (POD_NAMESPACE) is empty; set it from the downward API (metadata.namespace)",
+            ),
+        ] {
+            let argv = [&["connhealth-agent", "run", "--node-name", "n1"][..], flags].concat();
+            let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else { panic!("run") };
+            assert_eq!(run.config().unwrap_err().to_string(), says);
+        }
         // Every API call has a deadline: 10s unless set, within bounds.
         assert_eq!(config.api_timeout, Duration::from_secs(10));
         let too_long = Cli::try_parse_from(["connhealth-agent", "run", "--node-name", "n1", "--api-timeout", "20m"]);

@@ -12,6 +12,9 @@
 //!   ([`connhealth_runtime::apiclient`]), sweeps go on, metrics stay
 //!   current, `/readyz` says writes are failing, and the newest report per
 //!   pod is written when it is back.
+//! - Liveness is the node's agent Lease ([`crate::lease`]), renewed while
+//!   sweeps finish; reports themselves are never rewritten just to say the
+//!   agent is alive.
 //! - A restart reads the node's reports back, so unchanged pods are not
 //!   rewritten. CLOSE_WAIT ages need nothing carried over: the scanner dates
 //!   each socket from the kernel.
@@ -37,6 +40,7 @@ use connhealth_scan::tracker::TrackerChoice;
 
 use crate::args::RunArgs;
 use crate::error::Error;
+use crate::lease::{self, LeaseSettings};
 use crate::metrics::{AgentMetrics, KindLabels, PodLabels, PodStateLabels, StateLabels};
 use crate::report::{self, ChangeRule, MAX_FIRST_SEEN_GROUPS, ReportContext};
 use crate::reporter::{PodKey, Reporter};
@@ -65,6 +69,8 @@ pub struct AgentConfig {
     pub close_wait_min_age: Duration,
     /// When a report is rewritten.
     pub change: ChangeRule,
+    /// This node's agent Lease.
+    pub lease: LeaseSettings,
     /// Where /metrics, /healthz, /readyz are served.
     pub metrics_addr: SocketAddr,
     /// Owner lookup from this many CLOSE_WAIT sockets on.
@@ -91,6 +97,10 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
     tokio::spawn(endpoint.serve());
 
     let pods = watch_node_pods(client.clone(), &config.node_name);
+    // The sweep loop reports each finished sweep; the Lease is renewed only
+    // while they keep coming.
+    let (sweep_finished, sweeps) = tokio::sync::watch::channel(None);
+    tokio::spawn(lease::renew(client.clone(), config.node_name.clone(), config.lease.clone(), sweeps, metrics.clone()));
     let mut reporter = Reporter::new(client, config.node_name.clone(), config.change, metrics.clone());
     let mut scan_config = ScanConfig::default();
     scan_config.aggregate.min_age = config.close_wait_min_age;
@@ -129,6 +139,7 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
             }
         }
         agent.sweep_once(&pods, &mut reporter).await;
+        sweep_finished.send_replace(Some(std::time::Instant::now()));
         readiness.set(true);
     }
 }

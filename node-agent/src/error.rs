@@ -75,7 +75,12 @@ mod tests {
             error_chain(&error),
             "cannot discover network namespaces: cannot list processes in /proc: gone away"
         );
-        let error = Error::InvalidSetting("--heartbeat (1s) must not be shorter than --scan-interval (15s)".into());
-        assert_eq!(error_chain(&error), "--heartbeat (1s) must not be shorter than --scan-interval (15s)");
+        let error = Error::InvalidSetting(
+            "--lease-renew-interval (40s) must be above zero and shorter than --lease-duration (40s)".into(),
+        );
+        assert_eq!(
+            error_chain(&error),
+            "--lease-renew-interval (40s) must be above zero and shorter than --lease-duration (40s)"
+        );
     }
 }

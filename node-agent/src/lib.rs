@@ -21,6 +21,8 @@ pub mod args;
 pub mod cluster;
 pub mod error;
 #[cfg(feature = "cluster")]
+pub mod lease;
+#[cfg(feature = "cluster")]
 pub mod metrics;
 #[cfg(feature = "cluster")]
 pub mod report;

@@ -69,7 +69,7 @@ pub struct TrackerLabels {
 pub struct WriteLabels {
     /// `ok`, `error` (not answered, 429, 5xx) or `refused` (400, 403, 422).
     pub outcome: String,
-    /// Why the report was written (`new`, `states`, `stuck`, ..., `heartbeat`).
+    /// Why the report was written (`new`, `states`, `stuck`, ...).
     pub reason: String,
 }
 
@@ -107,6 +107,8 @@ pub struct AgentMetrics {
     pub scan_errors: Family<KindLabels, Counter>,
     /// Report writes.
     pub report_writes: Family<WriteLabels, Counter>,
+    /// Renewals of this node's agent Lease by outcome (`ok`, `error`).
+    pub lease_renewals: Family<KindLabels, Counter>,
     /// Running pods on this node whose network namespace was not found.
     pub pods_without_namespace: Gauge,
     /// 1 for the change detection in use.
@@ -139,6 +141,7 @@ impl AgentMetrics {
             namespaces: Family::default(),
             scan_errors: Family::default(),
             report_writes: Family::default(),
+            lease_renewals: Family::default(),
             pods_without_namespace: Gauge::default(),
             tracker: Family::default(),
             tracker_close_wait_table_full: Gauge::default(),
@@ -207,8 +210,13 @@ impl AgentMetrics {
         r.register("scan_errors", "Namespaces that could not be scanned, by error category", m.scan_errors.clone());
         r.register(
             "report_writes",
-            "ConnectionHealth writes by outcome (ok, error, refused: 400/403/422 from the API server) and reason (new, states, stuck, heartbeat, ...)",
+            "ConnectionHealth writes by outcome (ok, error, refused: 400/403/422 from the API server) and reason (new, states, stuck, peer, ...)",
             m.report_writes.clone(),
+        );
+        r.register(
+            "lease_renewals",
+            "Renewals of this node's agent Lease (the operator's sign that the node's reports are current) by outcome in kind: ok or error",
+            m.lease_renewals.clone(),
         );
         r.register(
             "pods_without_namespace",

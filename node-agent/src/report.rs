@@ -5,7 +5,8 @@
 //! ## When a report is written
 //!
 //! The API server is shared, so a report is rewritten only when a figure a
-//! person would care about changed, or as a slow heartbeat:
+//! person would care about changed — never just to say the agent is alive
+//! (that is the node's agent Lease, [`crate::lease`]):
 //!
 //! - it is new (no report yet, or its pod UID differs);
 //! - a state count moved by more than `max(abs_margin, rel_margin × old)`,
@@ -18,15 +19,14 @@
 //!   percent, or the namespace's first TIME_WAIT overflow was counted (more
 //!   overflows alone do not rewrite: the count rises on every close while
 //!   the limit is reached);
-//! - the pod became or stopped being `hostNetwork`;
-//! - nothing of the above for `heartbeat` since the last write.
+//! - the pod became or stopped being `hostNetwork`.
 //!
 //! Ages need no writes: the report carries *when* each group of CLOSE_WAIT
 //! sockets entered CLOSE_WAIT (`closeWait.firstSeen`, `oldestSince`, dated
 //! by the kernel), and readers compute ages from those times.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use connhealth_crds::ConnectionHealthStatus;
 use connhealth_crds::health::{
@@ -199,13 +199,11 @@ pub struct ChangeRule {
     /// Port pressure and the TIME_WAIT bucket share are compared in bands
     /// of this many percent.
     pub pressure_band: i32,
-    /// A report unchanged for this long is rewritten anyway.
-    pub heartbeat: Duration,
 }
 
 impl Default for ChangeRule {
     fn default() -> Self {
-        Self { abs_margin: 5, rel_margin: 0.1, pressure_band: 10, heartbeat: Duration::from_secs(600) }
+        Self { abs_margin: 5, rel_margin: 0.1, pressure_band: 10 }
     }
 }
 
@@ -229,8 +227,6 @@ pub enum WriteReason {
     TimeWaitBuckets,
     /// The pod's hostNetwork status changed.
     HostNetwork,
-    /// Nothing changed for a heartbeat interval.
-    Heartbeat,
 }
 
 impl WriteReason {
@@ -245,7 +241,6 @@ impl WriteReason {
             WriteReason::PortPressure => "portPressure",
             WriteReason::TimeWaitBuckets => "timeWaitBuckets",
             WriteReason::HostNetwork => "hostNetwork",
-            WriteReason::Heartbeat => "heartbeat",
         }
     }
 }
@@ -261,7 +256,6 @@ pub fn write_reason(
     last: Option<&ConnectionHealthStatus>,
     new: &ConnectionHealthStatus,
     rule: &ChangeRule,
-    now: SystemTime,
 ) -> Option<WriteReason> {
     let Some(last) = last else { return Some(WriteReason::New) };
     if last.host_network != new.host_network {
@@ -301,16 +295,13 @@ pub fn write_reason(
     if buckets(last) != buckets(new) {
         return Some(WriteReason::TimeWaitBuckets);
     }
-    let last_at = last.observed_at.as_ref().map(|t| SystemTime::from(t.0)).unwrap_or(SystemTime::UNIX_EPOCH);
-    if now.duration_since(last_at).unwrap_or_default() >= rule.heartbeat {
-        return Some(WriteReason::Heartbeat);
-    }
     None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
@@ -327,7 +318,7 @@ mod tests {
 
     #[test]
     fn write_rule_table() {
-        let rule = ChangeRule::default(); // abs 5, rel 10 %, band 10 %, heartbeat 10 min
+        let rule = ChangeRule::default(); // abs 5, rel 10 %, band 10 %
         let base = status(20, 3, 100, 0);
         let cases: Vec<(&str, ConnectionHealthStatus, Option<WriteReason>)> = vec![
             ("unchanged", status(20, 3, 100, 60), None),
@@ -336,7 +327,7 @@ mod tests {
             ("close-wait +4 is below the margin", status(24, 3, 100, 60), None),
             ("close-wait +5", status(25, 3, 100, 60), Some(WriteReason::States)),
             ("stuck +1", status(20, 4, 100, 60), Some(WriteReason::Stuck)),
-            ("heartbeat", status(20, 3, 100, 600), Some(WriteReason::Heartbeat)),
+            ("unchanged for hours: no heartbeat", status(20, 3, 100, 36_000), None),
             (
                 "host network",
                 ConnectionHealthStatus { host_network: Some(true), ..status(20, 3, 100, 60) },
@@ -344,23 +335,12 @@ mod tests {
             ),
         ];
         for (name, new, expected) in cases {
-            assert_eq!(write_reason(Some(&base), &new, &rule, at(new_obs(&new))), expected, "{name}");
+            assert_eq!(write_reason(Some(&base), &new, &rule), expected, "{name}");
         }
-        assert_eq!(write_reason(None, &base, &rule, at(0)), Some(WriteReason::New));
+        assert_eq!(write_reason(None, &base, &rule), Some(WriteReason::New));
         // CLOSE_WAIT appearing or vanishing is always written.
-        assert_eq!(
-            write_reason(Some(&status(0, 0, 100, 0)), &status(1, 0, 100, 5), &rule, at(5)),
-            Some(WriteReason::States)
-        );
-        assert_eq!(
-            write_reason(Some(&status(2, 0, 100, 0)), &status(0, 0, 100, 5), &rule, at(5)),
-            Some(WriteReason::States)
-        );
-    }
-
-    fn new_obs(s: &ConnectionHealthStatus) -> u64 {
-        let t = SystemTime::from(s.observed_at.as_ref().unwrap().0);
-        t.duration_since(at(0)).unwrap().as_secs()
+        assert_eq!(write_reason(Some(&status(0, 0, 100, 0)), &status(1, 0, 100, 5), &rule), Some(WriteReason::States));
+        assert_eq!(write_reason(Some(&status(2, 0, 100, 0)), &status(0, 0, 100, 5), &rule), Some(WriteReason::States));
     }
 
     #[test]
@@ -372,11 +352,11 @@ mod tests {
         let peer = |e: &str| EndpointCount { endpoint: e.into(), count: 3 };
         a.close_wait.as_mut().unwrap().top_peers = vec![peer("10.0.0.1:80")];
         b.close_wait.as_mut().unwrap().top_peers = vec![peer("10.0.0.2:80")];
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::Peer));
+        assert_eq!(write_reason(Some(&a), &b, &rule), Some(WriteReason::Peer));
         b.close_wait.as_mut().unwrap().top_peers = vec![peer("10.0.0.1:80")];
         b.close_wait.as_mut().unwrap().owners =
             vec![ReportOwner { pid: 7, command: "java".into(), ..Default::default() }];
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::Owner));
+        assert_eq!(write_reason(Some(&a), &b, &rule), Some(WriteReason::Owner));
         a.close_wait.as_mut().unwrap().owners = b.close_wait.as_ref().unwrap().owners.clone();
         let pressure = |p: i32, effective: i32| {
             Some(PortPressureDetail {
@@ -388,11 +368,11 @@ mod tests {
         };
         a.port_pressure = pressure(41, 12);
         b.port_pressure = pressure(49, 19);
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), None, "same band");
+        assert_eq!(write_reason(Some(&a), &b, &rule), None, "same band");
         b.port_pressure = pressure(50, 19);
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::PortPressure));
+        assert_eq!(write_reason(Some(&a), &b, &rule), Some(WriteReason::PortPressure));
         b.port_pressure = pressure(41, 20);
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::PortPressure), "effective band");
+        assert_eq!(write_reason(Some(&a), &b, &rule), Some(WriteReason::PortPressure), "effective band");
         b.port_pressure = pressure(41, 12);
 
         let buckets = |percent: i32, overflows: Option<i64>| {
@@ -400,14 +380,14 @@ mod tests {
         };
         a.time_wait = buckets(3, Some(0));
         b.time_wait = buckets(9, Some(0));
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), None, "same band");
+        assert_eq!(write_reason(Some(&a), &b, &rule), None, "same band");
         b.time_wait = buckets(10, Some(0));
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::TimeWaitBuckets));
+        assert_eq!(write_reason(Some(&a), &b, &rule), Some(WriteReason::TimeWaitBuckets));
         b.time_wait = buckets(3, Some(5));
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), Some(WriteReason::TimeWaitBuckets), "first overflow");
+        assert_eq!(write_reason(Some(&a), &b, &rule), Some(WriteReason::TimeWaitBuckets), "first overflow");
         a.time_wait = buckets(3, Some(5));
         b.time_wait = buckets(3, Some(500));
-        assert_eq!(write_reason(Some(&a), &b, &rule, at(30)), None, "more overflows alone do not rewrite");
+        assert_eq!(write_reason(Some(&a), &b, &rule), None, "more overflows alone do not rewrite");
     }
 
     #[test]

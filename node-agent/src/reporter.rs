@@ -125,7 +125,7 @@ impl WriteBook {
         if pending.and_then(|p| p.retry_at).is_some_and(|at| now < at) {
             return Decision::Skip;
         }
-        let reason = match (write_reason(last, status, rule, now), pending) {
+        let reason = match (write_reason(last, status, rule), pending) {
             (Some(reason), _) => reason,
             // Unchanged since the pending one was computed: still write it.
             (None, Some(p)) => p.reason,
@@ -393,11 +393,11 @@ mod tests {
         assert_eq!(book.decide(&other, "uid-9", &status(1, 30), &rule, at(30)), new);
         assert_eq!(book.known(), [key.clone(), other.clone()]);
 
-        // Written: pending cleared; a heartbeat after long enough.
+        // Written: pending cleared; unchanged stays unwritten, however long
+        // (liveness is the node's Lease, not a rewrite).
         book.written(&key, "uid-1", status(3, 30));
         assert_eq!(book.decide(&key, "uid-1", &status(3, 60), &rule, at(60)), Decision::Skip);
-        let heartbeat = Decision::Write { reason: WriteReason::Heartbeat, create: false };
-        assert_eq!(book.decide(&key, "uid-1", &status(3, 700), &rule, at(700)), heartbeat);
+        assert_eq!(book.decide(&key, "uid-1", &status(3, 86_400), &rule, at(86_400)), Decision::Skip);
         book.forget(&key);
         assert_eq!(book.known(), [other]);
     }

@@ -47,7 +47,8 @@ pub struct RunArgs {
     #[arg(long, env = "CONNHEALTH_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
 
-    /// Namespace of the leader-election Lease (normally the operator's own).
+    /// The release namespace (normally the operator's own): where the
+    /// leader-election Lease is and the agents renew theirs.
     #[arg(long, env = "POD_NAMESPACE", default_value = "connhealth-system")]
     pub lease_namespace: String,
 
@@ -119,7 +120,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let client = apiclient::connect(args.api_timeout, &api_health).await?;
 
     if !args.leader_election {
-        crate::controller::run(client, identity, metrics, readiness).await;
+        crate::controller::run(client, identity, args.lease_namespace.clone(), metrics, readiness).await;
         return Ok(());
     }
     let mut elector = LeaderElector::new(
@@ -143,7 +144,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     readiness.set(false);
     let lost = tokio::select! {
         lost = elector.hold() => Some(lost),
-        () = crate::controller::run(client, identity, metrics.clone(), readiness) => None,
+        () = crate::controller::run(client, identity, args.lease_namespace.clone(), metrics.clone(), readiness) => None,
     };
     metrics.leader.set(0);
     match lost {

@@ -13,6 +13,12 @@
 //! namespace's pods once a report names a pod not known yet (pods never
 //! change node).
 //!
+//! A report counts as current only while the agent of its node renews its
+//! Lease ([`crate::liveness`]): the agents' Leases are watched in the
+//! release namespace, a task brings the [`LivenessBook`] up to date every
+//! [`liveness::TICK`] and asks for a reconcile of just the policies of
+//! namespaces with reports of the nodes whose liveness changed.
+//!
 //! Malformed objects do not stop the watches (`DeserializeGuard`): a policy
 //! that cannot be read is reported `Invalid` in its status; a report that
 //! cannot be read is skipped with a warning.
@@ -28,12 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connhealth_crds::health::VerdictStatus;
-use connhealth_crds::names::{POLICY_FINALIZER, field_managers};
+use connhealth_crds::names::{POLICY_FINALIZER, agent_leases, field_managers};
 use connhealth_crds::policy::ConnectionHealthPolicyStatus;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthPolicy};
 use connhealth_runtime::error_chain;
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
@@ -47,6 +54,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, kube as kube_err};
 use crate::evaluate::{self, EventType, GrowthHistory};
+use crate::liveness::{self, AgentLease, LivenessBook};
 use crate::metrics::{EventLabels, OperatorMetrics, PolicyLabels, ReconcileLabels};
 use crate::plan::{self, PodInput, PodWrite, PolicyInput, ReportInput};
 use crate::status;
@@ -98,6 +106,8 @@ pub struct Context {
     /// Reports warned about as naming another node than their pod's:
     /// (pod UID, the report's node).
     misplaced: Mutex<HashSet<(String, String)>>,
+    /// Which nodes' agents renew their Lease, as of the last liveness tick.
+    liveness: Arc<Mutex<LivenessBook>>,
     metrics: OperatorMetrics,
 }
 
@@ -108,6 +118,7 @@ impl Context {
         policies: Store<DeserializeGuard<ConnectionHealthPolicy>>,
         reports: Store<DeserializeGuard<ConnectionHealth>>,
         pods: Store<PartialObjectMeta<Pod>>,
+        liveness: Arc<Mutex<LivenessBook>>,
         metrics: OperatorMetrics,
     ) -> Self {
         Self {
@@ -121,6 +132,7 @@ impl Context {
             failure_events: Mutex::new(HashMap::new()),
             pod_nodes: Mutex::new(HashMap::new()),
             misplaced: Mutex::new(HashSet::new()),
+            liveness,
             metrics,
         }
     }
@@ -148,10 +160,12 @@ impl Context {
 }
 
 /// Runs the controller until a shutdown signal. `identity` names this
-/// replica in Events.
+/// replica in Events; `lease_namespace` is the release namespace, where the
+/// agents renew their Leases.
 pub async fn run(
     client: Client,
     identity: String,
+    lease_namespace: String,
     metrics: OperatorMetrics,
     ready: connhealth_runtime::endpoint::Readiness,
 ) {
@@ -175,11 +189,40 @@ pub async fn run(
         .touched_objects()
         .predicate_filter(predicates::labels, Default::default());
 
+    // The agents' Leases: only their renewals, read by the liveness task.
+    let leases_api: Api<Lease> = Api::namespaced(client.clone(), &lease_namespace);
+    let (leases, leases_writer) = reflector::store();
+    let lease_events = reflector::reflector(
+        leases_writer,
+        watcher(leases_api, watcher::Config::default().labels(&agent_leases::selector())),
+    )
+    .default_backoff()
+    .touched_objects();
+    let liveness_book = Arc::new(Mutex::new(LivenessBook::new(&lease_namespace)));
+    let (liveness_trigger, liveness_changes) = futures::channel::mpsc::unbounded();
+    tokio::spawn(track_liveness(
+        leases,
+        lease_events,
+        liveness_book.clone(),
+        reports.clone(),
+        policy_store.clone(),
+        liveness_trigger,
+        metrics.clone(),
+    ));
+
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: field_managers::OPERATOR.into(), instance: Some(identity) },
     );
-    let ctx = Arc::new(Context::new(client, recorder, policy_store.clone(), reports.clone(), pods.clone(), metrics));
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        policy_store.clone(),
+        reports.clone(),
+        pods.clone(),
+        liveness_book,
+        metrics,
+    ));
 
     let by_namespace = {
         let store = policy_store.clone();
@@ -206,6 +249,7 @@ pub async fn run(
     controller
         .watches_stream(report_events, move |r: DeserializeGuard<ConnectionHealth>| map_report(r.namespace()))
         .watches_stream(pod_events, move |p: PartialObjectMeta<Pod>| by_namespace(p.namespace()))
+        .reconcile_on(liveness_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -283,6 +327,11 @@ async fn reconcile(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, ctx: A
 }
 
 async fn reconcile_inner(policy: &DeserializeGuard<ConnectionHealthPolicy>, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).ready() {
+        // Which agents are alive is not known yet: judging now would call
+        // every node's reports Unknown.
+        return Ok(Action::requeue(liveness::TICK));
+    }
     let name = policy.name_any();
     let namespace = policy.namespace().ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let api: Api<ConnectionHealthPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -312,6 +361,7 @@ async fn reconcile_inner(policy: &DeserializeGuard<ConnectionHealthPolicy>, ctx:
         status::policy_status(meta.generation, invalid.as_deref(), &plan.selected, previous.as_ref(), Timestamp::now());
     let labels = PolicyLabels { namespace: namespace.clone(), policy: name.clone() };
     ctx.metrics.matched_pods.get_or_create(&labels).set(new_status.matched_pods);
+    ctx.metrics.unknown_pods.get_or_create(&labels).set(new_status.unknown_pods);
     ctx.metrics.violating_pods.get_or_create(&labels).set(new_status.violating_pods);
     if previous.as_ref() != Some(&new_status) {
         write_policy_status(&api, &name, &new_status).await?;
@@ -374,7 +424,13 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
                         }
                     }
                 }
-                let input = ReportInput { name: report.name_any(), pod_uid: report.spec.pod_uid.clone(), status };
+                let stale = ctx
+                    .liveness
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .stale_reason(&report.spec.node_name);
+                let input =
+                    ReportInput { name: report.name_any(), pod_uid: report.spec.pod_uid.clone(), status, stale };
                 Some((input, report.spec.node_name.clone()))
             }
             Err(bad) => {
@@ -453,6 +509,57 @@ async fn reports_from_their_pods_nodes(
         }
     }
     Ok(kept)
+}
+
+/// Keeps the Lease cache `leases` current (by polling `lease_events`) and,
+/// every [`liveness::TICK`] once it has been listed, brings `book` up to
+/// date; for the nodes whose liveness changed, sends the policies of every
+/// namespace with a report of such a node on `trigger`. Ends when the
+/// controller stops listening.
+async fn track_liveness(
+    leases: Store<Lease>,
+    lease_events: impl futures::Stream<Item = Result<Lease, watcher::Error>> + Send + 'static,
+    book: Arc<Mutex<LivenessBook>>,
+    reports: Store<DeserializeGuard<ConnectionHealth>>,
+    policies: Store<DeserializeGuard<ConnectionHealthPolicy>>,
+    trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>>,
+    metrics: OperatorMetrics,
+) {
+    tokio::spawn(lease_events.for_each(|event| async move {
+        if let Err(error) = event {
+            tracing::warn!(error = %error_chain(&error), "watching the agents' Leases failed; retrying");
+        }
+    }));
+    let _ = leases.wait_until_ready().await;
+    let mut tick = tokio::time::interval(liveness::TICK);
+    loop {
+        tick.tick().await;
+        let current: HashMap<String, AgentLease> =
+            leases.state().iter().filter_map(|lease| AgentLease::from_lease(lease)).collect();
+        let (changed, expired) = {
+            let mut book = book.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            (book.update(&current, Timestamp::now()), book.expired())
+        };
+        metrics.expired_agent_leases.set(i64::try_from(expired).unwrap_or(i64::MAX));
+        if changed.is_empty() {
+            continue;
+        }
+        tracing::info!(nodes = ?changed, "agent liveness changed; re-evaluating the policies of their reports' namespaces");
+        let changed: HashSet<String> = changed.into_iter().collect();
+        let namespaces: HashSet<String> = reports
+            .state()
+            .iter()
+            .filter(|r| r.0.as_ref().is_ok_and(|report| changed.contains(&report.spec.node_name)))
+            .filter_map(|r| r.namespace())
+            .collect();
+        for policy in policies.state() {
+            if policy.namespace().is_some_and(|ns| namespaces.contains(&ns))
+                && trigger.unbounded_send(ObjectRef::from_obj(&*policy)).is_err()
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// Whether the API server refused a creation because the namespace is
@@ -634,7 +741,17 @@ mod tests {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "connhealth-operator".into(), instance: None });
         let metrics = OperatorMetrics::register(&mut Registry::default());
-        Context::new(client, recorder, reflector::store().0, reflector::store().0, reflector::store().0, metrics)
+        let mut book = LivenessBook::new("connhealth-system");
+        book.update(&HashMap::new(), Timestamp::now());
+        Context::new(
+            client,
+            recorder,
+            reflector::store().0,
+            reflector::store().0,
+            reflector::store().0,
+            Arc::new(Mutex::new(book)),
+            metrics,
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -648,6 +765,7 @@ mod tests {
             since: None,
             evaluated_observation: None,
             last_event: None,
+            last_known: None,
         };
         let annotations: BTreeMap<String, String> =
             [("connhealth.io/verdict".to_owned(), "Leaking".to_owned())].into_iter().collect();

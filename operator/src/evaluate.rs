@@ -15,6 +15,11 @@
 //! - **Several policies on one pod: the strictest verdict wins**
 //!   (Leaking > Warning > Healthy); among equals, the policy whose name sorts
 //!   first. The deciding policy's actions apply.
+//! - A report of a node whose agent is not renewing its Lease is not
+//!   assessed: the verdict is `Unknown`, with the verdict before kept in
+//!   `lastKnown`; no Event, annotations left as they are. When the Lease is
+//!   renewed again, the pod is judged against that last known verdict, so an
+//!   agent restart or a short outage publishes no Recovered/Leaking pair.
 //! - An Event is published when a pod becomes Warning or Leaking, when its
 //!   verdict worsens, and otherwise at most once per `eventCooldown` per
 //!   reason while it stays so; `Recovered` when it is Healthy again after
@@ -26,7 +31,8 @@ use std::time::Duration as StdDuration;
 
 use connhealth_crds::Verdict;
 use connhealth_crds::health::{
-    CloseWaitDetail, ConnectionHealthStatus, DestinationPressure, LastEvent, PortPressureDetail, VerdictStatus,
+    CloseWaitDetail, ConnectionHealthStatus, DestinationPressure, LastEvent, LastKnownVerdict, PortPressureDetail,
+    VerdictStatus,
 };
 use connhealth_crds::names::{annotations, reasons};
 use connhealth_crds::policy::ConnectionHealthPolicySpec;
@@ -478,11 +484,52 @@ pub fn outcome(
             since: Some(since),
             evaluated_observation: report.observed_at.clone(),
             last_event,
+            last_known: None,
         }),
         annotations: annotations_out,
         event,
         recheck_at: assessment.recheck_at,
     }
+}
+
+/// The verdict of a pod whose report is not current (`why`: the agent on
+/// its node is not renewing its Lease): `Unknown`, decided by `policy`,
+/// keeping what the previous verdict knew — its last Event (the cooldown
+/// goes on) and, in `lastKnown`, its result and since. `since` is when it
+/// became Unknown. Nothing else follows: no Event, no annotation change.
+pub fn unknown_outcome(
+    policy: &str,
+    report: &ConnectionHealthStatus,
+    previous: Option<&VerdictStatus>,
+    why: &str,
+    now: Timestamp,
+) -> VerdictStatus {
+    let (since, last_known) = match previous {
+        Some(p) if p.result == Verdict::Unknown => (p.since.clone(), p.last_known.clone()),
+        Some(p) => (Some(Time(now)), Some(LastKnownVerdict { result: p.result, since: p.since.clone() })),
+        None => (Some(Time(now)), None),
+    };
+    VerdictStatus {
+        result: Verdict::Unknown,
+        policy: policy.to_owned(),
+        reasons: vec![why.to_owned()],
+        since,
+        evaluated_observation: report.observed_at.clone(),
+        last_event: previous.and_then(|p| p.last_event.clone()),
+        last_known,
+    }
+}
+
+/// The verdict to judge a pod's next assessment against: `previous`
+/// itself, or, when it is `Unknown`, the verdict it had before (with the
+/// Unknown one's last Event); `None` when none was known.
+pub fn known_previous(previous: Option<&VerdictStatus>) -> Option<VerdictStatus> {
+    let previous = previous?;
+    if previous.result != Verdict::Unknown {
+        return Some(previous.clone());
+    }
+    let known = previous.last_known.as_ref()?;
+    Some(VerdictStatus { result: known.result, since: known.since.clone(), last_known: None, ..previous.clone() })
 }
 
 /// The key figure behind a verdict, for annotations and policy status.

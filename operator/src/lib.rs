@@ -7,6 +7,8 @@
 //! - [`cli`]: settings and the `run` command.
 //! - [`controller`]: watches, reconcile, and the writes it performs.
 //! - [`leader`]: leader election on a Lease.
+//! - [`liveness`]: which nodes' agents renew their Lease (reports of the
+//!   others are Unknown).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: the one error type, each variant with a stable category.
 //! - [`plan`]: what one reconcile must write, pure.
@@ -20,6 +22,7 @@ pub mod controller;
 pub mod error;
 pub mod evaluate;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 #[cfg(test)]
 mod mock_api;

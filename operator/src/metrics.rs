@@ -43,6 +43,11 @@ pub struct OperatorMetrics {
     pub violating_pods: Family<PolicyLabels, Gauge>,
     /// Matched pods per policy.
     pub matched_pods: Family<PolicyLabels, Gauge>,
+    /// Pods per policy whose verdict is Unknown (their node's agent Lease
+    /// ran out).
+    pub unknown_pods: Family<PolicyLabels, Gauge>,
+    /// Agent Leases that have run out (their nodes' verdicts are Unknown).
+    pub expired_agent_leases: Gauge,
     /// Events published by reason.
     pub events: Family<EventLabels, Counter>,
     /// 1 while this replica holds the leader lease.
@@ -57,6 +62,8 @@ impl OperatorMetrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             violating_pods: Family::default(),
             matched_pods: Family::default(),
+            unknown_pods: Family::default(),
+            expired_agent_leases: Gauge::default(),
             events: Family::default(),
             leader: Gauge::default(),
         };
@@ -73,6 +80,16 @@ impl OperatorMetrics {
             m.violating_pods.clone(),
         );
         r.register("matched_pods", "Pods a policy selects that have a ConnectionHealth report", m.matched_pods.clone());
+        r.register(
+            "unknown_pods",
+            "Pods a policy selects whose verdict is Unknown: the agent on their node is not renewing its Lease",
+            m.unknown_pods.clone(),
+        );
+        r.register(
+            "expired_agent_leases",
+            "Agent Leases in the release namespace that have run out: the agents of these nodes stopped renewing, their pods' verdicts are Unknown",
+            m.expired_agent_leases.clone(),
+        );
         r.register("events_published", "Events published on pods, by reason", m.events.clone());
         r.register("leader", "1 while this replica holds the leader lease and acts, else 0", m.leader.clone());
         m
@@ -83,5 +100,6 @@ impl OperatorMetrics {
         let labels = PolicyLabels { namespace: namespace.to_owned(), policy: policy.to_owned() };
         self.violating_pods.remove(&labels);
         self.matched_pods.remove(&labels);
+        self.unknown_pods.remove(&labels);
     }
 }

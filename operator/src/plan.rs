@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use connhealth_crds::Verdict;
 use connhealth_crds::health::{ConnectionHealthStatus, VerdictStatus};
 use connhealth_crds::names::annotations;
 use connhealth_crds::policy::ConnectionHealthPolicySpec;
@@ -52,6 +53,9 @@ pub struct ReportInput {
     pub pod_uid: String,
     /// Its status (observation and current verdict).
     pub status: ConnectionHealthStatus,
+    /// Why its figures are not current (the agent on its node is not
+    /// renewing its Lease), or `None` when they are.
+    pub stale: Option<String>,
 }
 
 /// What to write for one pod. `None` fields need no write.
@@ -127,13 +131,14 @@ pub fn plan(
             .collect();
 
         if let Some((_, mine)) = assessed.iter().find(|(p, _)| p.name == me) {
-            out.selected.push(PodVerdict {
-                pod: pod.name.clone(),
-                verdict: mine.verdict,
-                summary: evaluate::summary(mine),
-                since: None,
-            });
-            out.recheck_at = earliest(out.recheck_at, mine.recheck_at);
+            let (verdict, summary) = match &report.stale {
+                Some(_) => (Verdict::Unknown, UNKNOWN_SUMMARY.to_owned()),
+                None => {
+                    out.recheck_at = earliest(out.recheck_at, mine.recheck_at);
+                    (mine.verdict, evaluate::summary(mine))
+                }
+            };
+            out.selected.push(PodVerdict { pod: pod.name.clone(), verdict, summary, since: None });
         }
 
         let decided = evaluate::decide(&assessed);
@@ -143,16 +148,26 @@ pub fn plan(
         if !responsible {
             continue;
         }
-        let outcome = evaluate::outcome(decided, &report.status, previous, now);
-        if let Some(mine) = out.selected.last_mut().filter(|s| s.pod == pod.name) {
-            mine.since = outcome.verdict.as_ref().filter(|v| v.policy == me).and_then(|v| v.since.clone());
-        }
         let current_annotations: BTreeMap<String, String> = pod
             .annotations
             .iter()
             .filter(|(k, _)| annotations::ALL.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let outcome = match (&report.stale, decided) {
+            // Not current: Unknown under the policy that decides it, and
+            // nothing else changes.
+            (Some(why), Some((policy, _))) => evaluate::PodOutcome {
+                verdict: Some(evaluate::unknown_outcome(policy.name, &report.status, previous, why, now)),
+                annotations: current_annotations.clone(),
+                event: None,
+                recheck_at: None,
+            },
+            _ => evaluate::outcome(decided, &report.status, evaluate::known_previous(previous).as_ref(), now),
+        };
+        if let Some(mine) = out.selected.last_mut().filter(|s| s.pod == pod.name) {
+            mine.since = outcome.verdict.as_ref().filter(|v| v.policy == me).and_then(|v| v.since.clone());
+        }
         let write = PodWrite {
             pod: pod.name.clone(),
             pod_uid: pod.uid.clone(),
@@ -166,6 +181,9 @@ pub fn plan(
     }
     out
 }
+
+/// What a policy's status says of a pod whose verdict is Unknown.
+pub const UNKNOWN_SUMMARY: &str = "unknown: the agent on its node is not renewing its Lease";
 
 fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
@@ -216,6 +234,7 @@ mod tests {
                 }),
                 ..Default::default()
             },
+            stale: None,
         }
     }
 
@@ -293,6 +312,84 @@ mod tests {
         let verdict = p.writes[0].verdict.clone().unwrap().unwrap();
         assert_eq!((verdict.policy.as_str(), verdict.result), ("b", Verdict::Leaking));
         assert!(p.selected.is_empty(), "an invalid policy evaluates nothing");
+    }
+
+    /// Applies a plan's writes to the pod and report, as the controller does.
+    fn apply(p: &Plan, pods: &mut [PodInput], reports: &mut [ReportInput]) {
+        for w in &p.writes {
+            let i = pods.iter().position(|pod| pod.name == w.pod).unwrap();
+            if let Some(verdict) = &w.verdict {
+                reports[i].status.verdict = verdict.clone();
+            }
+            if let Some(annotations) = &w.annotations {
+                pods[i].annotations = annotations.clone();
+            }
+        }
+    }
+
+    #[test]
+    fn a_report_of_a_node_without_a_live_lease_is_unknown_and_comes_back_without_events() {
+        let policies = [policy("all", None)];
+        let mut pods = [pod("api-1", "api"), pod("web-1", "web")];
+        let mut reports = [report("api-1", 50), report("web-1", 0)];
+        let first = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
+        apply(&first, &mut pods, &mut reports);
+        let leaking = reports[0].status.verdict.clone().unwrap();
+        let annotated = pods[0].annotations.clone();
+        assert_eq!(leaking.result, Verdict::Leaking);
+
+        // The agent stops renewing: both Unknown, no Event, annotations kept,
+        // the verdict before remembered; not violating, counted as unknown.
+        let why = "the connhealth agent on node a stopped renewing its Lease";
+        for r in &mut reports {
+            r.stale = Some(why.into());
+        }
+        let out = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(700));
+        assert!(out.writes.iter().all(|w| w.event.is_none() && w.annotations.is_none()), "{out:?}");
+        apply(&out, &mut pods, &mut reports);
+        let unknown = reports[0].status.verdict.clone().unwrap();
+        assert_eq!((unknown.result, unknown.reasons.as_slice()), (Verdict::Unknown, &[why.to_owned()][..]));
+        assert_eq!(unknown.since, Some(Time(ts(700))));
+        assert_eq!(unknown.last_event, leaking.last_event);
+        let known = unknown.last_known.as_ref().unwrap();
+        assert_eq!((known.result, &known.since), (Verdict::Leaking, &leaking.since));
+        assert_eq!(pods[0].annotations, annotated);
+        assert_eq!(out.selected.iter().map(|s| s.verdict).collect::<Vec<_>>(), [Verdict::Unknown; 2]);
+        assert_eq!(out.recheck_at, None);
+        // Still out later: nothing to write.
+        let still = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(800));
+        assert_eq!(still.writes, []);
+
+        // Renewing again, same figures: Leaking since the first time, no
+        // Leaking Event again (and no Recovered before it), Healthy stays
+        // Healthy without an Event.
+        for r in &mut reports {
+            r.stale = None;
+        }
+        let back = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(900));
+        assert!(back.writes.iter().all(|w| w.event.is_none() && w.annotations.is_none()), "{back:?}");
+        apply(&back, &mut pods, &mut reports);
+        assert_eq!(
+            reports[0].status.verdict.as_ref().map(|v| (v.result, v.since.clone(), v.last_known.clone())),
+            Some((Verdict::Leaking, leaking.since.clone(), None))
+        );
+        assert_eq!(reports[1].status.verdict.as_ref().map(|v| v.result), Some(Verdict::Healthy));
+
+        // Recovered while the agent was away: a Recovered Event, as for any
+        // recovery.
+        for r in &mut reports {
+            r.stale = Some(why.into());
+        }
+        let out = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(1000));
+        apply(&out, &mut pods, &mut reports);
+        reports[0] = ReportInput {
+            status: ConnectionHealthStatus { verdict: reports[0].status.verdict.clone(), ..report("api-1", 0).status },
+            ..report("api-1", 0)
+        };
+        let recovered = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(1100));
+        let events: Vec<_> =
+            recovered.writes.iter().filter_map(|w| w.event.as_ref().map(|e| (w.pod.as_str(), e.reason))).collect();
+        assert_eq!(events, [("api-1", "Recovered")]);
     }
 
     #[test]

@@ -51,9 +51,19 @@ pub fn policy_status(
         })
         .collect();
 
+    let unknown = pods.iter().filter(|p| p.verdict == Verdict::Unknown).count();
+    let unknown_words = match unknown {
+        0 => String::new(),
+        n => format!(", {n} unknown (the agent on their node is not renewing its Lease)"),
+    };
     let (ready, invalid_cond) = match invalid {
         None => (
-            cond(READY, "True", "Evaluated", &format!("evaluating {} pods, {} violating", pods.len(), violating.len())),
+            cond(
+                READY,
+                "True",
+                "Evaluated",
+                &format!("evaluating {} pods, {} violating{unknown_words}", pods.len(), violating.len()),
+            ),
             cond(INVALID, "False", "Valid", "the spec is valid"),
         ),
         Some(why) => (cond(READY, "False", "InvalidSpec", why), cond(INVALID, "True", "InvalidSpec", why)),
@@ -68,6 +78,7 @@ pub fn policy_status(
         observed_generation: generation,
         matched_pods: if invalid.is_some() { 0 } else { pods.len() as i64 },
         violating_pods: if invalid.is_some() { 0 } else { violating.len() as i64 },
+        unknown_pods: if invalid.is_some() { 0 } else { unknown as i64 },
         violations: if invalid.is_some() { Vec::new() } else { violations },
         conditions,
     }
@@ -123,6 +134,18 @@ mod tests {
         assert_eq!(s.violations[1].pod, "w00");
         let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!((ready.status.as_str(), ready.message.as_str()), ("True", "evaluating 32 pods, 31 violating"));
+        assert_eq!(s.unknown_pods, 0);
+
+        // Unknown pods are counted, said, and never violating.
+        pods.push(pod("a-unknown", Verdict::Unknown));
+        let s = policy_status(Some(3), None, &pods, None, ts(0));
+        assert_eq!((s.matched_pods, s.violating_pods, s.unknown_pods), (33, 31, 1));
+        assert!(s.violations.iter().all(|v| v.pod != "a-unknown"));
+        let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            ready.message,
+            "evaluating 33 pods, 31 violating, 1 unknown (the agent on their node is not renewing its Lease)"
+        );
     }
 
     #[test]

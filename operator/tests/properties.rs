@@ -304,6 +304,7 @@ fn arb_previous(range: Range) -> impl Strategy<Value = Option<VerdictStatus>> {
             since: since.map(Time),
             evaluated_observation: None,
             last_event,
+            last_known: None,
         },
     ))
 }

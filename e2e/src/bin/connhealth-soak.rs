@@ -52,12 +52,13 @@ use clap::Parser;
 use connhealth_crds::ConnectionHealth;
 use connhealth_crds::names::reasons;
 use connhealth_e2e::agent::{agent_run_args, operator_run_args, rss_kib};
-use connhealth_e2e::{ChildProcess, Cluster, FakePod, apply_policy, random_suffix, require_root};
+use connhealth_e2e::{
+    ChildProcess, Cluster, FakePod, apply_policy, create_namespace, random_suffix, register_node, require_root,
+};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, ServiceAccount};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
 use tokio::sync::RwLock;
 use tokio::task::{JoinHandle, block_in_place};
 
@@ -172,8 +173,8 @@ async fn soak(args: &Args, seed: u64) -> anyhow::Result<()> {
 
     let kubeconfig = cluster.kubeconfig.clone();
     let mut components = vec![
-        Component::start("agent-a", "connhealth-agent", agent_run_args(&node_a), &kubeconfig),
-        Component::start("agent-b", "connhealth-agent", agent_run_args(NODE_B), &kubeconfig),
+        Component::start("agent-a", "connhealth-agent", agent_run_args(&node_a, &system), &kubeconfig),
+        Component::start("agent-b", "connhealth-agent", agent_run_args(NODE_B, &system), &kubeconfig),
         Component::start("operator-1", "connhealth-operator", operator_run_args(&system, "operator-1"), &kubeconfig),
         Component::start("operator-2", "connhealth-operator", operator_run_args(&system, "operator-2"), &kubeconfig),
     ];
@@ -645,36 +646,6 @@ async fn restart_apiserver(ctx: Arc<Ctx>, outage: Duration) -> Duration {
     let down_for = stopped_at.elapsed();
     eprintln!("soak: the API server is back after {:.0} s", down_for.as_secs_f64());
     down_for
-}
-
-/// Registers a Node without a kubelet (as `e2e/cluster/up` does for this
-/// machine), so that pods bound to it are not garbage-collected.
-fn register_node(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
-    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
-        "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}}});
-    let (ok, _, err) = cluster.kubectl_stdin(&["apply", "-f", "-"], &node.to_string());
-    anyhow::ensure!(ok, "create Node {name}: {err}");
-    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-        "message": "registered by connhealth-soak (no kubelet)"}]}});
-    cluster.kubectl_ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status.to_string()])?;
-    Ok(())
-}
-
-/// Creates a namespace and waits for its `default` ServiceAccount (pods are
-/// refused before it exists). Not [`connhealth_e2e::TestNamespace`]: its
-/// drop clears the policies' finalizers, which here is the operator's job
-/// under test, and it blocks a thread where this awaits.
-async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-    namespaces.create(&PostParams::default(), &ns).await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while accounts.get_opt("default").await?.is_none() {
-        anyhow::ensure!(Instant::now() < deadline, "namespace {name}: no default ServiceAccount after 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 async fn delete_namespace(client: &Client, name: &str) -> kube::Result<()> {

@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let node = cluster.node_name();
     agent_args.push(&node);
     agent_args.extend(["--scan-interval", &args.scan_interval, "--metrics-addr", "127.0.0.1:0"]);
+    agent_args.extend(["--lease-namespace", &ns.name]);
     let agent = ChildProcess::spawn("connhealth-agent", &agent_args, &cluster.kubeconfig, &[]);
 
     // Warm-up: every pod has its first report.
