@@ -536,15 +536,22 @@ async fn track_liveness(
         tick.tick().await;
         let current: HashMap<String, AgentLease> =
             leases.state().iter().filter_map(|lease| AgentLease::from_lease(lease)).collect();
-        let (changed, expired) = {
+        let (changed, expired, live) = {
             let mut book = book.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            (book.update(&current, Timestamp::now()), book.expired())
+            let changed = book.update(&current, Timestamp::now());
+            let live: Vec<String> = changed.iter().filter(|n| book.stale_reason(n).is_none()).cloned().collect();
+            (changed, book.expired(), live)
         };
         metrics.expired_agent_leases.set(i64::try_from(expired).unwrap_or(i64::MAX));
         if changed.is_empty() {
             continue;
         }
-        tracing::info!(nodes = ?changed, "agent liveness changed; re-evaluating the policies of their reports' namespaces");
+        let not_renewing: Vec<&String> = changed.iter().filter(|n| !live.contains(n)).collect();
+        tracing::info!(
+            renewing = ?live,
+            ?not_renewing,
+            "agents started or stopped renewing their Lease; re-evaluating the policies of their nodes' reports (Unknown while not renewing)"
+        );
         let changed: HashSet<String> = changed.into_iter().collect();
         let namespaces: HashSet<String> = reports
             .state()
