@@ -20,6 +20,9 @@ pub mod annotations {
     /// RFC 3339 time at which the pod entered its current verdict.
     pub const SINCE: &str = "connhealth.io/since";
 
+    /// The prefix of every annotation key the operator owns.
+    pub const PREFIX: &str = "connhealth.io/";
+
     /// Every annotation key the operator owns, so cleanup can remove them all.
     pub const ALL: [&str; 4] = [VERDICT, SUMMARY, POLICY, SINCE];
 }
@@ -85,3 +88,13 @@ pub mod field_managers {
 /// Finalizer the operator puts on policies, so that deleting a policy first
 /// removes the annotations it set on pods.
 pub const POLICY_FINALIZER: &str = "connhealth.io/cleanup";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operator_annotation_has_the_prefix_the_operator_keeps_in_its_cache() {
+        assert!(annotations::ALL.iter().all(|key| key.starts_with(annotations::PREFIX)));
+    }
+}

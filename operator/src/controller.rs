@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connhealth_crds::health::VerdictStatus;
-use connhealth_crds::names::{POLICY_FINALIZER, agent_leases, field_managers};
+use connhealth_crds::names::{POLICY_FINALIZER, agent_leases, annotations, field_managers};
 use connhealth_crds::policy::ConnectionHealthPolicyStatus;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthPolicy};
 use connhealth_runtime::error_chain;
@@ -177,17 +177,31 @@ pub async fn run(
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)));
     let policy_store = controller.store();
 
+    // The caches hold one report and one pod per pod of the cluster: only
+    // what is read is kept. Managed fields (server-side apply's record of
+    // who owns what, as large as the report's status itself) are never
+    // read; of a pod's annotations only the operator's own are.
     let (reports, reports_writer) = reflector::store();
-    let report_events = reflector::reflector(reports_writer, watcher(reports_api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
+    let report_events = reflector::reflector(
+        reports_writer,
+        watcher(reports_api, watcher::Config::default())
+            .modify(|report: &mut DeserializeGuard<ConnectionHealth>| report.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .touched_objects();
     let (pods, pods_writer) = reflector::store();
     // Pods: metadata only. Only label changes can change which policy
     // selects a pod, so other pod updates trigger nothing.
-    let pod_events = reflector::reflector(pods_writer, watcher(pods_api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(predicates::labels, Default::default());
+    let pod_events = reflector::reflector(
+        pods_writer,
+        watcher(pods_api, watcher::Config::default()).modify(|pod: &mut PartialObjectMeta<Pod>| {
+            pod.managed_fields_mut().clear();
+            pod.annotations_mut().retain(|key, _| key.starts_with(annotations::PREFIX));
+        }),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::labels, Default::default());
 
     // The agents' Leases: only their renewals, read by the liveness task.
     let leases_api: Api<Lease> = Api::namespaced(client.clone(), &lease_namespace);
