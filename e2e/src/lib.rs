@@ -35,8 +35,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::json;
@@ -582,15 +582,25 @@ pub fn pod_events(cluster: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<S
 }
 
 /// Registers a Node without a kubelet (as `e2e/cluster/up` does for this
-/// machine), so that pods bound to it are not garbage-collected.
-pub fn register_node(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
-    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
-        "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}}});
-    let (ok, _, err) = cluster.kubectl_stdin(&["apply", "-f", "-"], &node.to_string());
-    anyhow::ensure!(ok, "create Node {name}: {err}");
+/// machine), labelled with `labels` besides its host name, and marks it
+/// Ready, so that pods bound to it are not garbage-collected. Server-side
+/// apply: registering a Node that exists already is no error.
+pub async fn register_node(client: &Client, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut node_labels = serde_json::Map::new();
+    node_labels.insert("kubernetes.io/hostname".into(), json!(name));
+    for (key, value) in labels {
+        node_labels.insert((*key).into(), json!(value));
+    }
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": node_labels}});
+    let nodes: Api<Node> = Api::all(client.clone());
+    let params = PatchParams::apply("connhealth-e2e").force();
+    nodes.patch(name, &params, &Patch::Apply(&node)).await.with_context(|| format!("create Node {name}"))?;
     let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
         "message": "registered by a connhealth bench (no kubelet)"}]}});
-    cluster.kubectl_ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status.to_string()])?;
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("mark Node {name} Ready"))?;
     Ok(())
 }
 

@@ -416,8 +416,11 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
             annotations: p.annotations().clone(),
         })
         .collect();
-    let reports: Vec<(ReportInput, String)> = ctx
-        .reports
+    // One look at the liveness book for the whole namespace (it changes
+    // every tick at most; a change triggers another reconcile).
+    let reports: Vec<(ReportInput, String)> = {
+        let liveness = ctx.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ctx.reports
         .state()
         .into_iter()
         .filter(|r| r.namespace() == ns)
@@ -438,11 +441,7 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
                         }
                     }
                 }
-                let stale = ctx
-                    .liveness
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .stale_reason(&report.spec.node_name);
+                let stale = liveness.stale_reason(&report.spec.node_name);
                 let input =
                     ReportInput { name: report.name_any(), pod_uid: report.spec.pod_uid.clone(), status, stale };
                 Some((input, report.spec.node_name.clone()))
@@ -452,7 +451,8 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
                 None
             }
         })
-        .collect();
+        .collect()
+    };
     let reports = reports_from_their_pods_nodes(ctx, namespace, reports, &live).await?;
 
     let plan = {

@@ -34,19 +34,17 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::Parser;
 use connhealth_agent::lease::{self, LeaseSettings};
 use connhealth_agent::metrics::AgentMetrics;
-use connhealth_agent::report::ChangeRule;
+use connhealth_agent::report::{ChangeRule, to_time};
 use connhealth_agent::reporter::{Offer, PodKey, Reporter};
 use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, TcpStateCounts};
 use connhealth_crds::names::reasons;
 use connhealth_crds::{ConnectionHealthPolicy, ConnectionHealthStatus};
 use connhealth_e2e::agent::{process_cpu_seconds, rss_kib};
-use connhealth_e2e::{AgentLock, ChildProcess, Cluster, create_namespace, random_suffix};
+use connhealth_e2e::{AgentLock, ChildProcess, Cluster, create_namespace, random_suffix, register_node};
 use futures::{StreamExt, TryStreamExt};
-use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -84,6 +82,10 @@ struct Args {
 /// Event cooldown longer than any run, so a second Event is a duplicate.
 const POLICY: &str = "fleet";
 const MIN_AGE: Duration = Duration::from_secs(30);
+/// The label of the fleet's Nodes (they are deleted by it).
+const FLEET_NODE_LABEL: &str = "connhealth.io/fleet";
+/// The operator replicas, by identity.
+const OPERATORS: [&str; 2] = ["fleet-operator-1", "fleet-operator-2"];
 /// CLOSE_WAIT sockets a leaking pod holds.
 const LEAK_SOCKETS: i64 = 8;
 /// A recovering leak ends this long after it started.
@@ -157,7 +159,7 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
     create_namespace(client, &system).await?;
     let laid_out = Instant::now();
     let nodes: Vec<String> = (0..args.nodes).map(|i| format!("{run}-n{i}")).collect();
-    futures::stream::iter(nodes.iter().map(|n| register_node(client, n)))
+    futures::stream::iter(nodes.iter().map(|n| register_node(client, n, &[(FLEET_NODE_LABEL, "true")])))
         .buffer_unordered(args.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
@@ -214,7 +216,7 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
     // The operator: two replicas under one Lease with the chart's
     // leader-election timing (not the tests' faster one: a renewal must
     // survive an API server busy with the fleet, as in a real cluster).
-    let operator_args: Vec<Vec<String>> = ["fleet-operator-1", "fleet-operator-2"]
+    let operator_args: Vec<Vec<String>> = OPERATORS
         .iter()
         .map(|id| {
             ["run", "--metrics-addr", "127.0.0.1:0", "--lease-namespace", &system, "--identity", id]
@@ -271,7 +273,7 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
 
     // The window.
     let before = api_metrics(cluster)?;
-    let leader = leader_pid(client, &system, &operators).await;
+    let leader = leader_pid(client, &system, &operators).await?;
     let cpu_before = process_cpu_seconds(leader);
     *window_start.lock().unwrap_or_else(|p| p.into_inner()) = SystemTime::now();
     let window_begun = Instant::now();
@@ -403,14 +405,9 @@ fn status_at(now: SystemTime, leak: Option<(SystemTime, bool)>) -> ConnectionHea
         Some((start, recovers)) if now >= start && !(recovers && now >= start + LEAK_LASTS) => Some(start),
         _ => None,
     };
-    let to_time = |t: SystemTime| Time(Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH));
-    let whole = |t: SystemTime| {
-        let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    };
     let count = if close_wait.is_some() { LEAK_SOCKETS } else { 0 };
     ConnectionHealthStatus {
-        observed_at: Some(to_time(whole(now))),
+        observed_at: Some(to_time(now)),
         states: Some(TcpStateCounts { established: 10, listen: 1, close_wait: count, ..Default::default() }),
         close_wait: Some(CloseWaitDetail {
             count,
@@ -420,10 +417,8 @@ fn status_at(now: SystemTime, leak: Option<(SystemTime, bool)>) -> ConnectionHea
                 _ => 0,
             },
             stuck_after_seconds: 120,
-            oldest_since: close_wait.map(|s| to_time(whole(s))),
-            first_seen: close_wait
-                .map(|s| vec![FirstSeenGroup { since: to_time(whole(s)), count }])
-                .unwrap_or_default(),
+            oldest_since: close_wait.map(to_time),
+            first_seen: close_wait.map(|s| vec![FirstSeenGroup { since: to_time(s), count }]).unwrap_or_default(),
             top_peers: close_wait
                 .map(|_| vec![EndpointCount { endpoint: "10.96.0.10".into(), count }])
                 .unwrap_or_default(),
@@ -483,8 +478,10 @@ fn api_metrics(cluster: &Cluster) -> anyhow::Result<ApiMetrics> {
     Ok(m)
 }
 
-/// The pid of the operator replica holding the leader Lease.
-async fn leader_pid(client: &Client, system: &str, operators: &[ChildProcess]) -> u32 {
+/// The pid of the operator replica holding the leader Lease; an error when
+/// none holds it within a minute (measuring another replica would report a
+/// follower's idle figures as the operator's).
+async fn leader_pid(client: &Client, system: &str, operators: &[ChildProcess]) -> anyhow::Result<u32> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), system);
     for _ in 0..60 {
         let holder = leases
@@ -494,22 +491,12 @@ async fn leader_pid(client: &Client, system: &str, operators: &[ChildProcess]) -
             .flatten()
             .and_then(|l| l.spec?.holder_identity)
             .unwrap_or_default();
-        if let Some(i) = ["fleet-operator-1", "fleet-operator-2"].iter().position(|id| *id == holder) {
-            return operators[i].pid();
+        if let Some(i) = OPERATORS.iter().position(|id| *id == holder) {
+            return Ok(operators[i].pid());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    operators[0].pid()
-}
-
-async fn register_node(client: &Client, name: &str) -> anyhow::Result<()> {
-    let node: Node = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
-        "labels": {"kubernetes.io/hostname": name, "connhealth.io/fleet": "true"}}}))?;
-    Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await?;
-    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-        "message": "registered by connhealth-fleet (no kubelet)"}]}});
-    Api::<Node>::all(client.clone()).patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await?;
-    Ok(())
+    anyhow::bail!("no operator replica holds the leader Lease {system}/connhealth-operator after 60 s")
 }
 
 /// Deletes the fleet: pods at once (no kubelet would confirm a graceful
@@ -527,7 +514,7 @@ async fn cleanup(client: &Client, run: &str, args: &Args) {
     .await;
     let nodes: Api<Node> = Api::all(client.clone());
     let _ = nodes
-        .delete_collection(&DeleteParams::default(), &ListParams::default().labels("connhealth.io/fleet=true"))
+        .delete_collection(&DeleteParams::default(), &ListParams::default().labels(&format!("{FLEET_NODE_LABEL}=true")))
         .await;
 }
 

@@ -158,7 +158,7 @@ async fn soak(args: &Args, seed: u64) -> anyhow::Result<()> {
     let cluster = Cluster::get();
     let client = cluster.client().await;
     let node_a = cluster.node_name();
-    register_node(cluster, NODE_B)?;
+    register_node(&client, NODE_B, &[("kubernetes.io/os", "linux")]).await?;
     let system = format!("soak-system-{}", random_suffix());
     create_namespace(&client, &system).await?;
 
