@@ -470,6 +470,25 @@ pub struct VerdictStatus {
     /// Recovered/Leaking Event pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_known: Option<LastKnownVerdict>,
+    /// The CLOSE_WAIT counts the growth rule measures from (when observed,
+    /// how many), oldest first: the count at the start of the longest
+    /// `growth.window` of the namespace's policies and every change since,
+    /// at most 32. Kept only while a policy of the namespace has a growth
+    /// rule. An operator that starts leading (a failover, a restart) takes
+    /// its growth history from here, so no growth seen before is lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub close_wait_counts: Vec<CountSample>,
+}
+
+/// A CLOSE_WAIT count and when it was observed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CountSample {
+    /// The report's `observedAt`.
+    pub at: Time,
+    /// CLOSE_WAIT sockets then.
+    pub count: i64,
 }
 
 /// The verdict a pod had before it became `Unknown`.

@@ -312,10 +312,22 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
 
 /// Resident set of a process in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// The largest resident set a process had over its life (the kernel's
+/// high-water mark), in KiB: unlike sampling `VmRSS`, no burst between two
+/// samples is missed.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// A `/proc/PID/status` field given in kB (0 when the process is gone).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }

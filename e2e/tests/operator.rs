@@ -246,6 +246,72 @@ async fn restart_publishes_no_duplicate_events_and_one_of_two_replicas_acts() {
     until(WAIT, "the lease released", || holder().is_empty()).await;
 }
 
+/// A failover keeps the growth rule's history: the leader carries it in the
+/// verdicts it writes, and the next one takes it up from there. Before, the
+/// new leader knew only the current count, measured no growth and published
+/// a Recovered Event for a pod still Leaking by growth.
+#[tokio::test]
+async fn a_failover_keeps_the_growth_history() {
+    let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("op-growth");
+    let client = cluster.client().await;
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    // Only the growth rule can decide: the other thresholds are out of reach.
+    apply_policy(
+        cluster,
+        &ns.name,
+        "growth",
+        "  closeWait: {warningCount: 1000, stuckCount: 1000, growth: {count: 5, window: 10m}}\n",
+    );
+    let observed_at = || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.observedAt}");
+    let evaluated = || jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.evaluatedObservation}");
+    // Reports are dated in whole seconds: the next one must be dated later
+    // to be a new observation.
+    let next_second = |previous: String| async move {
+        let previous: jiff::Timestamp = previous.parse().expect("observedAt is a timestamp");
+        until(WAIT, "a new second for the next observation", || {
+            jiff::Timestamp::now().as_second() > previous.as_second()
+        })
+        .await;
+    };
+
+    let mut first = operator(&ns, "op-a");
+    write_report(&client, &ns.name, "api-1", &uid, 1).await;
+    until(WAIT, "op-a to evaluate 1 CLOSE_WAIT socket", || !observed_at().is_empty() && evaluated() == observed_at())
+        .await;
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}"), "Healthy");
+    next_second(observed_at()).await;
+    write_report(&client, &ns.name, "api-1", &uid, 8).await;
+    until(WAIT, "Leaking by growth", || {
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.reasons[0]}").starts_with("CLOSE_WAIT grew by 7 ")
+    })
+    .await;
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.closeWaitCounts[*].count}"), "1 8");
+    let since = jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.since}");
+    until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+
+    // The leader dies without releasing; the next one takes over and sees
+    // the next observation: the same 8 sockets.
+    let _ = std::process::Command::new("kill").args(["-KILL", &first.pid().to_string()]).status();
+    let mut second = operator(&ns, "op-b");
+    let holder = || jsonpath(cluster, &ns.name, "lease/connhealth-operator", "{.spec.holderIdentity}");
+    until(WAIT, "op-b to take over", || holder() == "op-b").await;
+    next_second(observed_at()).await;
+    write_report(&client, &ns.name, "api-1", &uid, 8).await;
+    until(WAIT, "op-b to evaluate the next observation", || evaluated() == observed_at()).await;
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.result}"), "Leaking");
+    assert!(
+        jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.reasons[0]}").starts_with("CLOSE_WAIT grew by 7 "),
+        "growth measured from op-a's history"
+    );
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.verdict.since}"), since, "the same leak");
+    assert_eq!(pod_events(cluster, &ns.name, "api-1", "Recovered"), Vec::<String>::new(), "no Recovered");
+    assert_eq!(pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len(), 1);
+    first.stop(Duration::from_secs(1));
+    second.stop(Duration::from_secs(10));
+}
+
 /// A report deleted and created again (someone removed it; the agent writes
 /// it anew) gets its verdict back from the operator, which remembers the
 /// verdict it wrote: same `since`, and no second Event for the same leak.

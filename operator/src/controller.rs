@@ -1,6 +1,11 @@
 //! The controller: ConnectionHealthPolicy objects are the primary objects;
-//! ConnectionHealth reports and Pods (metadata only) are watched and mapped
-//! to the policies of their namespace. A reconcile reads the caches, asks
+//! ConnectionHealth reports and Pods (metadata only) are watched; a report's
+//! change is mapped to the policies that select its pod (and the one its
+//! verdict names), a pod's label change to the policies of its namespace.
+//! At most [`MAX_CONCURRENT_RECONCILES`] run at once; the controller's queue
+//! holds each policy once, so it is bounded by the number of policies, and
+//! its debounce folds a burst of report changes into one reconcile (one
+//! status write) per policy. A reconcile reads the caches, asks
 //! [`crate::plan`] what to write, and writes it: the verdict on reports,
 //! annotations on pods (server-side apply, the operator's field manager),
 //! Events through kube's `Recorder`, and the policy's status.
@@ -38,10 +43,11 @@ use connhealth_crds::names::{POLICY_FINALIZER, agent_leases, annotations, field_
 use connhealth_crds::policy::ConnectionHealthPolicyStatus;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthPolicy};
 use connhealth_runtime::error_chain;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -57,11 +63,22 @@ use crate::evaluate::{self, EventType, GrowthHistory};
 use crate::liveness::{self, AgentLease, LivenessBook};
 use crate::metrics::{EventLabels, OperatorMetrics, PolicyLabels, ReconcileLabels};
 use crate::plan::{self, PodInput, PodWrite, PolicyInput, ReportInput};
+use crate::pod_index::PodsByNamespace;
 use crate::status;
 
 /// How often a policy is re-evaluated when nothing changes (growth windows
 /// slide, reports age).
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Reconciles running at once. Each plans one namespace and writes its
+/// pods' changes one after another; unbounded, a start-up at thousands of
+/// namespaces ran them all at once, every one holding its copies of the
+/// caches while it waited for the API server, and starved the leader's
+/// Lease renewal of CPU.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 8;
+
+/// How often what is kept per pod is pruned of pods that are gone.
+pub const FORGET_GONE_PODS_EVERY: Duration = Duration::from_secs(60);
 
 /// When a failed reconcile is tried again.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
@@ -89,6 +106,8 @@ pub struct Context {
     policies: Store<DeserializeGuard<ConnectionHealthPolicy>>,
     reports: Store<DeserializeGuard<ConnectionHealth>>,
     pods: Store<PartialObjectMeta<Pod>>,
+    /// The names of the cached pods by namespace.
+    pods_by_namespace: PodsByNamespace,
     /// CLOSE_WAIT history per pod UID for the growth rule.
     history: Mutex<HashMap<String, GrowthHistory>>,
     /// The verdict this replica last wrote per pod UID. The report cache
@@ -111,22 +130,30 @@ pub struct Context {
     metrics: OperatorMetrics,
 }
 
+/// The caches a reconcile reads.
+struct Caches {
+    policies: Store<DeserializeGuard<ConnectionHealthPolicy>>,
+    reports: Store<DeserializeGuard<ConnectionHealth>>,
+    pods: Store<PartialObjectMeta<Pod>>,
+    pods_by_namespace: PodsByNamespace,
+}
+
 impl Context {
     fn new(
         client: Client,
         recorder: Recorder,
-        policies: Store<DeserializeGuard<ConnectionHealthPolicy>>,
-        reports: Store<DeserializeGuard<ConnectionHealth>>,
-        pods: Store<PartialObjectMeta<Pod>>,
+        caches: Caches,
         liveness: Arc<Mutex<LivenessBook>>,
         metrics: OperatorMetrics,
     ) -> Self {
+        let Caches { policies, reports, pods, pods_by_namespace } = caches;
         Self {
             client,
             recorder,
             policies,
             reports,
             pods,
+            pods_by_namespace,
             history: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             failure_events: Mutex::new(HashMap::new()),
@@ -135,6 +162,18 @@ impl Context {
             liveness,
             metrics,
         }
+    }
+
+    /// Forgets what is kept per pod (growth history, written verdicts,
+    /// nodes, misplacement warnings) of every pod not in `live` (UIDs).
+    fn forget_gone_pods(&self, live: &HashSet<String>) {
+        fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+            m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+        lock(&self.history).retain(|uid, _| live.contains(uid));
+        lock(&self.written).retain(|uid, _| live.contains(uid));
+        lock(&self.pod_nodes).retain(|uid, _| live.contains(uid));
+        lock(&self.misplaced).retain(|(uid, _)| live.contains(uid));
     }
 
     /// Whether a failure Event for `policy` and `category` may be published
@@ -173,31 +212,43 @@ pub async fn run(
     let reports_api: Api<DeserializeGuard<ConnectionHealth>> = Api::all(client.clone());
     let pods_api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
 
-    let controller = Controller::new(policies_api, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)));
+    let controller = Controller::new(policies_api, watcher::Config::default().any_semantic()).with_config(
+        ControllerConfig::default().debounce(Duration::from_millis(500)).concurrency(MAX_CONCURRENT_RECONCILES),
+    );
     let policy_store = controller.store();
 
     // The caches hold one report and one pod per pod of the cluster: only
-    // what is read is kept. Managed fields (server-side apply's record of
-    // who owns what, as large as the report's status itself) are never
-    // read; of a pod's annotations only the operator's own are.
+    // what is read is kept (`keep_what_is_read`). Managed fields
+    // (server-side apply's record of who owns what, as large as the
+    // report's status itself) are never read; of a pod's annotations only
+    // the operator's own are.
     let (reports, reports_writer) = reflector::store();
     let report_events = reflector::reflector(
         reports_writer,
         watcher(reports_api, watcher::Config::default())
-            .modify(|report: &mut DeserializeGuard<ConnectionHealth>| report.managed_fields_mut().clear()),
+            .modify(|report: &mut DeserializeGuard<ConnectionHealth>| keep_what_is_read(report.meta_mut())),
     )
     .default_backoff()
     .touched_objects();
     let (pods, pods_writer) = reflector::store();
+    let pods_by_namespace = PodsByNamespace::default();
     // Pods: metadata only. Only label changes can change which policy
     // selects a pod, so other pod updates trigger nothing.
     let pod_events = reflector::reflector(
         pods_writer,
-        watcher(pods_api, watcher::Config::default()).modify(|pod: &mut PartialObjectMeta<Pod>| {
-            pod.managed_fields_mut().clear();
-            pod.annotations_mut().retain(|key, _| key.starts_with(annotations::PREFIX));
-        }),
+        watcher(pods_api, watcher::Config::default())
+            .modify(|pod: &mut PartialObjectMeta<Pod>| {
+                let labels = std::mem::take(pod.labels_mut());
+                let mut ours = std::mem::take(pod.annotations_mut());
+                ours.retain(|key, _| key.starts_with(annotations::PREFIX));
+                keep_what_is_read(pod.meta_mut());
+                *pod.labels_mut() = labels;
+                *pod.annotations_mut() = ours;
+            })
+            .inspect_ok({
+                let index = pods_by_namespace.clone();
+                move |event| index.apply(event)
+            }),
     )
     .default_backoff()
     .touched_objects()
@@ -228,29 +279,21 @@ pub async fn run(
         client.clone(),
         Reporter { controller: field_managers::OPERATOR.into(), instance: Some(identity) },
     );
-    let ctx = Arc::new(Context::new(
-        client,
-        recorder,
-        policy_store.clone(),
-        reports.clone(),
-        pods.clone(),
-        liveness_book,
-        metrics,
-    ));
+    let caches =
+        Caches { policies: policy_store.clone(), reports: reports.clone(), pods: pods.clone(), pods_by_namespace };
+    let ctx = Arc::new(Context::new(client, recorder, caches, liveness_book, metrics));
 
-    let by_namespace = {
-        let store = policy_store.clone();
-        move |namespace: Option<String>| {
-            let store = store.clone();
-            store
-                .state()
-                .into_iter()
-                .filter(|p| p.namespace() == namespace)
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
-        }
+    // A pod's labels changed: every policy of its namespace (one that
+    // selected it by its old labels must drop it from its status).
+    let map_pod = {
+        let policies = policy_store.clone();
+        move |pod: PartialObjectMeta<Pod>| policies_of_namespace(&policies, pod.metadata.namespace.as_deref())
     };
-    let map_report = by_namespace.clone();
+    let map_report = {
+        let (policies, pods) = (policy_store.clone(), pods.clone());
+        move |report: DeserializeGuard<ConnectionHealth>| policies_of_report(&policies, &pods, &report)
+    };
+    tokio::spawn(forget_gone_pods(ctx.clone(), pods.clone()));
     let caches_ready = {
         let (reports, pods) = (reports.clone(), pods.clone());
         async move {
@@ -261,8 +304,8 @@ pub async fn run(
     tokio::spawn(caches_ready);
 
     controller
-        .watches_stream(report_events, move |r: DeserializeGuard<ConnectionHealth>| map_report(r.namespace()))
-        .watches_stream(pod_events, move |p: PartialObjectMeta<Pod>| by_namespace(p.namespace()))
+        .watches_stream(report_events, map_report)
+        .watches_stream(pod_events, map_pod)
         .reconcile_on(liveness_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -390,12 +433,12 @@ async fn reconcile_inner(policy: &DeserializeGuard<ConnectionHealthPolicy>, ctx:
 
 /// Plans and performs the writes policy `me` is responsible for.
 async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) -> Result<plan::Plan, Error> {
-    let ns = Some(namespace.to_owned());
+    // The caches hold the whole cluster: only this namespace's objects are
+    // copied out.
     let policies: Vec<PolicyInput> = ctx
         .policies
-        .state()
+        .state_filter(|p| in_namespace(p, namespace) && p.meta().deletion_timestamp.is_none())
         .into_iter()
-        .filter(|p| p.namespace() == ns && p.meta().deletion_timestamp.is_none())
         .map(|p| PolicyInput {
             name: p.name_any(),
             spec: match &p.0 {
@@ -404,11 +447,12 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
             },
         })
         .collect();
-    let all_pods = ctx.pods.state();
-    let live: HashSet<String> = all_pods.iter().filter_map(|p| p.uid()).collect();
-    let pods: Vec<PodInput> = all_pods
+    // Only the namespace's pods and their reports (a report has its pod's
+    // name) are visited, found through the index.
+    let names = ctx.pods_by_namespace.names(namespace);
+    let pods: Vec<PodInput> = names
         .iter()
-        .filter(|p| p.namespace() == ns)
+        .filter_map(|name| ctx.pods.get(&ObjectRef::new(name).within(namespace)))
         .map(|p| PodInput {
             name: p.name_any(),
             uid: p.uid().unwrap_or_default(),
@@ -420,15 +464,20 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
     // every tick at most; a change triggers another reconcile).
     let reports: Vec<(ReportInput, String)> = {
         let liveness = ctx.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        ctx.reports
-        .state()
-        .into_iter()
-        .filter(|r| r.namespace() == ns)
+        names
+        .iter()
+        .filter_map(|name| ctx.reports.get(&ObjectRef::new(name).within(namespace)))
         .filter_map(|r| match &r.0 {
             Ok(report) => {
                 let mut status = report.status.clone().unwrap_or_default();
-                let written = ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if let Some(ours) = written.get(&report.spec.pod_uid) {
+                let mut written = ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if written.get(&report.spec.pod_uid).is_some_and(|ours| {
+                    ours.report_uid == report.metadata.uid && same_as_stored(&ours.verdict, &status.verdict)
+                }) {
+                    // The cache shows what this replica wrote: it is the
+                    // truth again, and nothing needs remembering.
+                    written.remove(&report.spec.pod_uid);
+                } else if let Some(ours) = written.get(&report.spec.pod_uid) {
                     status.verdict = ours.verdict.clone();
                     if ours.report_uid.is_some() && ours.report_uid != report.metadata.uid {
                         // A report created again since: the verdict carries
@@ -453,21 +502,23 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
         })
         .collect()
     };
-    let reports = reports_from_their_pods_nodes(ctx, namespace, reports, &live).await?;
+    let cached_pods: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+    let reports = reports_from_their_pods_nodes(ctx, namespace, reports, &cached_pods).await?;
 
     let plan = {
         let mut history = ctx.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let keep = plan::history_horizon(&policies);
         for report in &reports {
             if let (Some(at), Some(cw)) = (&report.status.observed_at, &report.status.close_wait) {
-                history.entry(report.pod_uid.clone()).or_default().record(at.0, cw.count, keep);
+                // A pod first seen by this replica: its history so far is
+                // in the verdict the leader before wrote.
+                let carried = report.status.verdict.as_ref().map_or(&[][..], |v| &v.close_wait_counts[..]);
+                history
+                    .entry(report.pod_uid.clone())
+                    .or_insert_with(|| GrowthHistory::from_carried(carried, keep))
+                    .record(at.0, cw.count, keep);
             }
         }
-        // Forget pods that are gone (of any namespace: the maps are global).
-        history.retain(|uid, _| live.contains(uid));
-        ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|uid, _| live.contains(uid));
-        ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|uid, _| live.contains(uid));
-        ctx.misplaced.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|(uid, _)| live.contains(uid));
         plan::plan(me, me_present, &policies, &pods, &reports, &history, Timestamp::now())
     };
 
@@ -481,18 +532,19 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
 /// Pods of the namespace not known yet are looked up with one list of its
 /// pods; a report of a pod not scheduled (or not found) is left out of this
 /// reconcile, and one naming another node than its pod's is ignored, with a
-/// warning once. `live`: the UIDs of all pods in the cache. (Only a forged
+/// warning once. `cached_pods`: the UIDs of the namespace's pods in the
+/// cache. (Only a forged
 /// report names a pod that is not scheduled; while one does, each reconcile
 /// of its namespace lists the namespace's pods again.)
 async fn reports_from_their_pods_nodes(
     ctx: &Context,
     namespace: &str,
     reports: Vec<(ReportInput, String)>,
-    live: &HashSet<String>,
+    cached_pods: &HashSet<&str>,
 ) -> Result<Vec<ReportInput>, Error> {
     let unknown = {
         let nodes = ctx.pod_nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        reports.iter().any(|(r, _)| live.contains(&r.pod_uid) && !nodes.contains_key(&r.pod_uid))
+        reports.iter().any(|(r, _)| cached_pods.contains(r.pod_uid.as_str()) && !nodes.contains_key(&r.pod_uid))
     };
     if unknown {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
@@ -523,6 +575,92 @@ async fn reports_from_their_pods_nodes(
         }
     }
     Ok(kept)
+}
+
+/// Clears the metadata the operator never reads from an object before it
+/// is cached: all but name, namespace, UID and resource version (the
+/// callers put back the labels and annotations they read). At 20,000 pods
+/// every byte kept per object is 20 kB per byte of the operator's memory.
+fn keep_what_is_read(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        ..ObjectMeta::default()
+    };
+}
+
+/// Whether two verdicts are the same as the API server stores them: times
+/// in whole seconds (a verdict held in memory has nanoseconds; its copy in
+/// the cache, read back from the server, does not).
+fn same_as_stored(ours: &Option<VerdictStatus>, cached: &Option<VerdictStatus>) -> bool {
+    match (serde_json::to_value(ours), serde_json::to_value(cached)) {
+        (Ok(ours), Ok(cached)) => ours == cached,
+        _ => false,
+    }
+}
+
+/// Whether a cached object is of `namespace` (without copying its name).
+fn in_namespace<K: Resource>(object: &K, namespace: &str) -> bool {
+    object.meta().namespace.as_deref() == Some(namespace)
+}
+
+/// The policies of a namespace, for a change that may concern any of them.
+fn policies_of_namespace(
+    policies: &Store<DeserializeGuard<ConnectionHealthPolicy>>,
+    namespace: Option<&str>,
+) -> Vec<ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>> {
+    let Some(namespace) = namespace else { return Vec::new() };
+    policies.state_filter(|p| in_namespace(p, namespace)).iter().map(|p| ObjectRef::from_obj(&**p)).collect()
+}
+
+/// The policies a report's change concerns: those that select its pod, and
+/// the one its verdict was written under (which must clear it when it no
+/// longer selects the pod). A report of a pod not in the cache yet (or that
+/// cannot be read) concerns every policy of its namespace. Only these are
+/// reconciled, not every policy of the namespace.
+fn policies_of_report(
+    policies: &Store<DeserializeGuard<ConnectionHealthPolicy>>,
+    pods: &Store<PartialObjectMeta<Pod>>,
+    report: &DeserializeGuard<ConnectionHealth>,
+) -> Vec<ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>> {
+    let Some(namespace) = report.meta().namespace.as_deref() else { return Vec::new() };
+    let (Ok(report), Some(pod)) = (&report.0, pods.get(&ObjectRef::new(&report.name_any()).within(namespace))) else {
+        return policies_of_namespace(policies, Some(namespace));
+    };
+    let verdict_policy = report.status.as_ref().and_then(|s| s.verdict.as_ref()).map(|v| v.policy.as_str());
+    policies
+        .state_filter(|p| {
+            in_namespace(p, namespace)
+                && (verdict_policy == Some(p.meta().name.as_deref().unwrap_or_default())
+                    || match &p.0 {
+                        Ok(policy) => evaluate::selects(&policy.spec.pod_selector, pod.labels()),
+                        // Unreadable: it reports itself Invalid, selecting nothing.
+                        Err(_) => false,
+                    })
+        })
+        .iter()
+        .map(|p| ObjectRef::from_obj(&**p))
+        .collect()
+}
+
+/// Every [`FORGET_GONE_PODS_EVERY`], drops what the context keeps per pod
+/// (growth history, written verdicts, nodes, warnings) for pods no longer
+/// in the cache. One pass over the cache a minute, instead of one per
+/// reconcile: at 20,000 pods a set of every pod's UID built by each of
+/// hundreds of concurrent reconciles was most of the operator's memory.
+async fn forget_gone_pods(ctx: Arc<Context>, pods: Store<PartialObjectMeta<Pod>>) {
+    // Before the first list the cache is empty: it would forget everything.
+    if pods.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut every = tokio::time::interval(FORGET_GONE_PODS_EVERY);
+    loop {
+        every.tick().await;
+        let live: HashSet<String> = pods.state().iter().filter_map(|p| p.uid()).collect();
+        ctx.forget_gone_pods(&live);
+    }
 }
 
 /// Keeps the Lease cache `leases` current (by polling `lease_events`) and,
@@ -752,6 +890,7 @@ mod tests {
     use connhealth_crds::Verdict;
     use connhealth_runtime::Error as RuntimeError;
     use http::Method;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::core::Status;
     use prometheus_client::registry::Registry;
 
@@ -764,15 +903,37 @@ mod tests {
         let metrics = OperatorMetrics::register(&mut Registry::default());
         let mut book = LivenessBook::new("connhealth-system");
         book.update(&HashMap::new(), Timestamp::now());
-        Context::new(
-            client,
-            recorder,
-            reflector::store().0,
-            reflector::store().0,
-            reflector::store().0,
-            Arc::new(Mutex::new(book)),
-            metrics,
-        )
+        let caches = Caches {
+            policies: reflector::store().0,
+            reports: reflector::store().0,
+            pods: reflector::store().0,
+            pods_by_namespace: PodsByNamespace::default(),
+        };
+        Context::new(client, recorder, caches, Arc::new(Mutex::new(book)), metrics)
+    }
+
+    /// The verdict this replica wrote (in memory, with nanoseconds) is
+    /// recognised in its copy read back from the API server (whole
+    /// seconds), so the replica stops overriding the cache with it.
+    #[test]
+    fn a_written_verdict_is_recognised_as_stored() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap() + jiff::SignedDuration::from_nanos(123_456_789);
+        let ours = VerdictStatus {
+            result: Verdict::Healthy,
+            policy: "default".into(),
+            reasons: Vec::new(),
+            since: Some(Time(now)),
+            evaluated_observation: Some(Time(now)),
+            last_event: None,
+            last_known: None,
+            close_wait_counts: Vec::new(),
+        };
+        let stored: VerdictStatus = serde_json::from_value(serde_json::to_value(&ours).unwrap()).unwrap();
+        assert_ne!(stored, ours, "the round trip drops the nanoseconds");
+        assert!(same_as_stored(&Some(ours.clone()), &Some(stored.clone())));
+        let other = VerdictStatus { result: Verdict::Warning, ..stored };
+        assert!(!same_as_stored(&Some(ours.clone()), &Some(other)));
+        assert!(!same_as_stored(&Some(ours), &None));
     }
 
     #[tokio::test(start_paused = true)]
@@ -787,6 +948,7 @@ mod tests {
             evaluated_observation: None,
             last_event: None,
             last_known: None,
+            close_wait_counts: Vec::new(),
         };
         let annotations: BTreeMap<String, String> =
             [("connhealth.io/verdict".to_owned(), "Leaking".to_owned())].into_iter().collect();

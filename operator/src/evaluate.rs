@@ -31,8 +31,8 @@ use std::time::Duration as StdDuration;
 
 use connhealth_crds::Verdict;
 use connhealth_crds::health::{
-    CloseWaitDetail, ConnectionHealthStatus, DestinationPressure, LastEvent, LastKnownVerdict, PortPressureDetail,
-    VerdictStatus,
+    CloseWaitDetail, ConnectionHealthStatus, CountSample, DestinationPressure, LastEvent, LastKnownVerdict,
+    PortPressureDetail, VerdictStatus,
 };
 use connhealth_crds::names::{annotations, reasons};
 use connhealth_crds::policy::ConnectionHealthPolicySpec;
@@ -142,9 +142,11 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 }
 
 /// CLOSE_WAIT counts seen over time for one pod, for the growth rule. Kept
-/// in memory by the controller (a restarted operator re-learns growth over
-/// one window). Bounded: samples older than the longest window asked for are
-/// dropped, and at most [`GrowthHistory::MAX_SAMPLES`] are kept.
+/// in memory by the controller and carried in the verdict it writes
+/// ([`GrowthHistory::carried`]), from which an operator that starts leading
+/// takes it up ([`GrowthHistory::from_carried`]). Bounded: samples older than
+/// the longest window asked for are dropped, and at most
+/// [`GrowthHistory::MAX_SAMPLES`] are kept.
 #[derive(Debug, Clone, Default)]
 pub struct GrowthHistory {
     samples: VecDeque<(Timestamp, i64)>,
@@ -153,6 +155,10 @@ pub struct GrowthHistory {
 impl GrowthHistory {
     /// Upper bound on kept samples per pod.
     pub const MAX_SAMPLES: usize = 256;
+
+    /// Upper bound on the samples carried in a verdict (the CRD's
+    /// `closeWaitCounts` maxItems).
+    pub const MAX_CARRIED: usize = 32;
 
     /// Records the CLOSE_WAIT count observed at `at` (the report's
     /// `observedAt`); a repeated or older observation is ignored.
@@ -170,6 +176,27 @@ impl GrowthHistory {
         while self.samples.len() > Self::MAX_SAMPLES {
             self.samples.pop_front();
         }
+    }
+
+    /// The samples to carry in a verdict: the newest
+    /// [`GrowthHistory::MAX_CARRIED`]. Leaving out the oldest can only leave
+    /// out a low point, so the growth measured from the carried samples is
+    /// never more than from all of them. (Leaving out samples in between
+    /// could: the window would then start from an older, lower count.)
+    pub fn carried(&self) -> Vec<CountSample> {
+        let dropped = self.samples.len().saturating_sub(Self::MAX_CARRIED);
+        self.samples.iter().skip(dropped).map(|(at, count)| CountSample { at: Time(*at), count: *count }).collect()
+    }
+
+    /// A history taken up from a verdict's carried samples (oldest first;
+    /// out-of-order or excess ones are dropped as [`GrowthHistory::record`]
+    /// would).
+    pub fn from_carried(carried: &[CountSample], keep: StdDuration) -> Self {
+        let mut history = Self::default();
+        for sample in carried {
+            history.record(sample.at.0, sample.count, keep);
+        }
+        history
     }
 
     /// How much the count rose within `window` before `now`: the current
@@ -485,6 +512,7 @@ pub fn outcome(
             evaluated_observation: report.observed_at.clone(),
             last_event,
             last_known: None,
+            close_wait_counts: Vec::new(),
         }),
         annotations: annotations_out,
         event,
@@ -517,6 +545,7 @@ pub fn unknown_outcome(
         evaluated_observation: report.observed_at.clone(),
         last_event: previous.and_then(|p| p.last_event.clone()),
         last_known,
+        close_wait_counts: Vec::new(),
     }
 }
 

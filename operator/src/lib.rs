@@ -12,6 +12,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: the one error type, each variant with a stable category.
 //! - [`plan`]: what one reconcile must write, pure.
+//! - [`pod_index`]: the cached pods' names by namespace.
 //! - [`status`]: policy status and conditions, pure.
 //!
 //! Unit tests of the modules that call the API server run against a
@@ -27,4 +28,5 @@ pub mod metrics;
 #[cfg(test)]
 mod mock_api;
 pub mod plan;
+pub mod pod_index;
 pub mod status;

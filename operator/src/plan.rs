@@ -115,6 +115,9 @@ pub fn plan(
     let valid_names: BTreeSet<&str> = valid.iter().map(|p| p.name).collect();
     let pods_by_name: HashMap<&str, &PodInput> = pods.iter().map(|p| (p.name.as_str(), p)).collect();
     let empty = GrowthHistory::default();
+    // Growth history is carried in the verdicts only where a growth rule
+    // needs it.
+    let carry_growth = !history_horizon(policies).is_zero();
 
     let mut out = Plan::default();
     for report in reports {
@@ -154,7 +157,7 @@ pub fn plan(
             .filter(|(k, _)| annotations::ALL.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let outcome = match (&report.stale, decided) {
+        let mut outcome = match (&report.stale, decided) {
             // Not current: Unknown under the policy that decides it, and
             // nothing else changes.
             (Some(why), Some((policy, _))) => evaluate::PodOutcome {
@@ -165,6 +168,11 @@ pub fn plan(
             },
             _ => evaluate::outcome(decided, &report.status, evaluate::known_previous(previous).as_ref(), now),
         };
+        if carry_growth && let Some(verdict) = outcome.verdict.as_mut() {
+            // It rides along with the verdict, which is written on every
+            // new observation anyway: no write of its own.
+            verdict.close_wait_counts = growth.carried();
+        }
         if let Some(mine) = out.selected.last_mut().filter(|s| s.pod == pod.name) {
             mine.since = outcome.verdict.as_ref().filter(|v| v.policy == me).and_then(|v| v.since.clone());
         }
@@ -262,6 +270,58 @@ mod tests {
             other.selected.iter().map(|s| (s.pod.as_str(), s.verdict)).collect::<Vec<_>>(),
             [("api-1", Verdict::Leaking)]
         );
+    }
+
+    /// The growth history rides in the verdict; an operator that starts
+    /// leading takes it up from there (as the controller does) and keeps
+    /// the growth verdict, where an empty history would call it Recovered.
+    #[test]
+    fn growth_history_is_carried_in_the_verdict_across_a_failover() {
+        let spec = serde_json::json!({
+            "closeWait": { "warningCount": 1000, "stuckCount": 1000, "growth": { "count": 5, "window": "10m" } },
+        });
+        let policies = [PolicyInput { name: "growth".into(), spec: Ok(serde_json::from_value(spec).unwrap()) }];
+        let keep = history_horizon(&policies);
+        let pods = [pod("api-1", "api")];
+        let observed = |at: i64, count: i64| {
+            let mut r = report("api-1", count);
+            r.status.observed_at = Some(Time(ts(at)));
+            r
+        };
+        let mut leader = GrowthHistory::default();
+        leader.record(ts(0), 0, keep);
+        leader.record(ts(60), 8, keep);
+        let mut reports = [observed(60, 8)];
+        let first = plan("growth", true, &policies, &pods, &reports, &[("uid-api-1".into(), leader)].into(), ts(60));
+        let verdict = first.writes[0].verdict.clone().unwrap().unwrap();
+        assert_eq!(verdict.result, Verdict::Leaking, "{verdict:?}");
+        assert_eq!(
+            verdict.close_wait_counts.iter().map(|s| (s.at.0, s.count)).collect::<Vec<_>>(),
+            [(ts(0), 0), (ts(60), 8)]
+        );
+        reports[0].status.verdict = Some(verdict.clone());
+
+        // The next leader sees the next observation (same count) first.
+        reports[0].status.observed_at = Some(Time(ts(120)));
+        let mut taken_up = GrowthHistory::from_carried(&verdict.close_wait_counts, keep);
+        taken_up.record(ts(120), 8, keep);
+        let next = plan("growth", true, &policies, &pods, &reports, &[("uid-api-1".into(), taken_up)].into(), ts(120));
+        let kept = next.writes[0].verdict.clone().unwrap().unwrap();
+        assert_eq!((kept.result, kept.since.clone()), (Verdict::Leaking, verdict.since.clone()), "{kept:?}");
+        assert_eq!(next.writes[0].event, None, "no Recovered, no repeat within the cooldown");
+
+        // What a failover did before the history was carried.
+        let mut forgotten = GrowthHistory::default();
+        forgotten.record(ts(120), 8, keep);
+        let lost = plan("growth", true, &policies, &pods, &reports, &[("uid-api-1".into(), forgotten)].into(), ts(120));
+        assert_eq!(lost.writes[0].event.as_ref().map(|e| e.reason), Some("Recovered"));
+
+        // Without a growth rule nothing is carried.
+        let plain = [policy("plain", None)];
+        let mut history = GrowthHistory::default();
+        history.record(ts(60), 8, history_horizon(&plain));
+        let p = plan("plain", true, &plain, &pods, &[observed(60, 8)], &[("uid-api-1".into(), history)].into(), ts(60));
+        assert_eq!(p.writes[0].verdict.clone().unwrap().unwrap().close_wait_counts, []);
     }
 
     #[test]

@@ -305,6 +305,7 @@ fn arb_previous(range: Range) -> impl Strategy<Value = Option<VerdictStatus>> {
             evaluated_observation: None,
             last_event,
             last_known: None,
+            close_wait_counts: Vec::new(),
         },
     ))
 }
@@ -629,5 +630,32 @@ proptest! {
         let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
         let min = samples.iter().map(|s| s.1).min().unwrap_or(0);
         prop_assert!((0..=max - min).contains(&grew), "grew {grew}, counts {min}..={max}");
+    }
+
+    /// The history carried in a verdict, taken up by the next leader,
+    /// measures no more growth than the history it came from, and the same
+    /// when nothing had to be left out.
+    #[test]
+    fn carried_growth_history_never_measures_more(
+        mut samples in prop::collection::vec((0i64..100_000, 0i64..1_000_000), 0..80),
+        window in 1u64..200_000,
+        keep in 1u64..200_000,
+        now in 0i64..200_000,
+    ) {
+        samples.sort_by_key(|(t, _)| *t);
+        let keep = StdDuration::from_secs(keep);
+        let window = StdDuration::from_secs(window);
+        let mut h = GrowthHistory::default();
+        for (t, c) in &samples {
+            h.record(at(*t), *c, keep);
+        }
+        let carried = h.carried();
+        prop_assert!(carried.len() <= GrowthHistory::MAX_CARRIED);
+        let taken_up = GrowthHistory::from_carried(&carried, keep);
+        let (before, after) = (h.growth(window, at(now)), taken_up.growth(window, at(now)));
+        prop_assert!(after <= before, "carried {after} > held {before}");
+        if carried.len() < GrowthHistory::MAX_CARRIED {
+            prop_assert_eq!(after, before, "everything was carried");
+        }
     }
 }

@@ -10,7 +10,9 @@
 //! statuses follow a synthetic timeline: steady pods; `--leak-percent` of
 //! the pods start leaking 8 CLOSE_WAIT sockets at a random moment of the
 //! window (stuck under the policy 30 s later), and half of those recover 2
-//! minutes after.
+//! minutes after; `--churn-percent` of the steady pods are replaced (deleted
+//! and created again under the same name with a new UID, as a StatefulSet
+//! does) at a random moment of the window.
 //!
 //! The real operator (the workspace's binary, two replicas under one
 //! Lease) evaluates it all. Measured over the `--minutes` window: Event
@@ -38,13 +40,13 @@ use connhealth_agent::report::{ChangeRule, to_time};
 use connhealth_agent::reporter::{Offer, PodKey, Reporter};
 use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, TcpStateCounts};
 use connhealth_crds::names::reasons;
-use connhealth_crds::{ConnectionHealthPolicy, ConnectionHealthStatus};
-use connhealth_e2e::agent::{process_cpu_seconds, rss_kib};
+use connhealth_crds::{ConnectionHealth, ConnectionHealthPolicy, ConnectionHealthStatus, Verdict};
+use connhealth_e2e::agent::{peak_rss_kib, process_cpu_seconds, rss_kib};
 use connhealth_e2e::{AgentLock, ChildProcess, Cluster, create_namespace, random_suffix, register_node};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -67,6 +69,10 @@ struct Args {
     /// Percent of the pods that leak during the window.
     #[arg(long, default_value_t = 1.0)]
     leak_percent: f64,
+    /// Percent of the other pods replaced during the window (deleted and
+    /// created again under the same name, with a new UID).
+    #[arg(long, default_value_t = 1.0)]
+    churn_percent: f64,
     /// Seconds between two sweeps of a simulated agent.
     #[arg(long, default_value_t = 15)]
     scan_interval: u64,
@@ -97,16 +103,22 @@ const EVENT_GRACE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 struct SimPod {
     key: PodKey,
-    uid: String,
     /// When it starts leaking, and whether it recovers.
     leak: Option<(SystemTime, bool)>,
+    /// Whether it is replaced during the window.
+    churns: bool,
 }
 
 /// What the agents and the Event watch saw, shared.
 #[derive(Debug, Default)]
 struct Tally {
-    /// Report writes by reason, of pods that never leak, within the window.
+    /// Report writes by reason, of pods that never leak nor are replaced,
+    /// within the window.
     steady_writes: BTreeMap<&'static str, u64>,
+    /// Report writes of replaced pods within the window.
+    churn_writes: u64,
+    /// The UID of each replaced pod's new incarnation, by pod key.
+    replaced: HashMap<String, String>,
     /// All report writes by outcome.
     outcomes: BTreeMap<&'static str, u64>,
     /// When the first write of a leaking status of each pod was done.
@@ -148,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
         "fleet: seed {seed}; {} nodes × {} pods = {total} pods in {} namespaces, window {} min",
         args.nodes, args.pods_per_node, args.namespaces, args.minutes
     );
+    wait_for_earlier_runs_to_be_deleted(&client).await?;
     let result = simulate(&args, seed, cluster, &client, &run).await;
     eprintln!("fleet: cleaning up {run}");
     cleanup(&client, &run, &args).await;
@@ -192,30 +205,40 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
         let recovers = leak_plan.len().is_multiple_of(2);
         leak_plan.entry(pod).or_insert((at, recovers));
     }
+    let churning = ((total - leak_plan.len()) as f64 * args.churn_percent / 100.0).round() as usize;
+    let mut churn_plan: HashMap<usize, Duration> = HashMap::new();
+    while churn_plan.len() < churning {
+        let pod = rng.below(total as u64) as usize;
+        if !leak_plan.contains_key(&pod) {
+            let at = Duration::from_secs(rng.below(window.as_secs() * 6 / 10));
+            churn_plan.entry(pod).or_insert(at);
+        }
+    }
     let specs: Vec<(usize, String, String, String)> = (0..total)
         .map(|p| {
             let node = p / args.pods_per_node;
             (p, nodes[node].clone(), namespaces[p % args.namespaces].clone(), format!("p{p}"))
         })
         .collect();
-    let created: Vec<(usize, String)> = futures::stream::iter(specs.iter().map(|(p, node, ns, name)| async move {
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": name, "labels": { "app": "fleet" } },
-            "spec": { "nodeName": node, "containers": [{ "name": "app", "image": "example.invalid/app:1" }] },
-        }))?;
-        let uid = Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), &pod).await?.uid();
-        anyhow::Ok((*p, uid.unwrap_or_default()))
-    }))
+    let created: Vec<(usize, String)> = futures::stream::iter(
+        specs
+            .iter()
+            .map(|(p, node, ns, name)| async move { anyhow::Ok((*p, create_pod(client, ns, name, node).await?)) }),
+    )
     .buffer_unordered(args.concurrency)
     .try_collect()
     .await?;
-    let uids: HashMap<usize, String> = created.into_iter().collect();
+    // Each pod's current UID by pod key, as the agents see it; absent while
+    // a replaced pod is gone.
+    let current_uids: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(
+        created.into_iter().map(|(p, uid)| (format!("{}/{}", specs[p].2, specs[p].3), uid)).collect(),
+    ));
     eprintln!("fleet: laid out {total} pods in {:.0} s", laid_out.elapsed().as_secs_f64());
 
     // The operator: two replicas under one Lease with the chart's
     // leader-election timing (not the tests' faster one: a renewal must
     // survive an API server busy with the fleet, as in a real cluster).
+    let verdicts = tokio::spawn(count_verdicts(client.clone(), run.to_owned(), total));
     let operator_args: Vec<Vec<String>> = OPERATORS
         .iter()
         .map(|id| {
@@ -246,8 +269,8 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
             .filter(|(p, ..)| p / args.pods_per_node == i)
             .map(|(p, _, ns, name)| SimPod {
                 key: PodKey { namespace: ns.clone(), name: name.clone() },
-                uid: uids[p].clone(),
                 leak: leak_plan.get(p).map(|(at, recovers)| (SystemTime::UNIX_EPOCH + *at, *recovers)),
+                churns: churn_plan.contains_key(p),
             })
             .collect();
         agents.push(tokio::spawn(simulated_agent(SimAgent {
@@ -258,6 +281,7 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
             scan_interval: Duration::from_secs(args.scan_interval),
             phase: Duration::from_millis(rng.below(args.scan_interval * 1000)),
             window_start: window_start.clone(),
+            current_uids: current_uids.clone(),
             tally: tally.clone(),
             first_reports: first_reports.clone(),
             stop: stop.clone(),
@@ -268,7 +292,12 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
         anyhow::ensure!(waited.elapsed() < Duration::from_secs(1800), "not every pod got its first report in 30 min");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    eprintln!("fleet: every pod reported after {:.0} s; settling 60 s", waited.elapsed().as_secs_f64());
+    eprintln!("fleet: every pod reported after {:.0} s", waited.elapsed().as_secs_f64());
+    // The window measures the steady state: the operator's first
+    // evaluation of every pod (a verdict written on each report) is over.
+    let judged = verdicts.await??;
+    let first_verdicts = judged.as_secs_f64();
+    eprintln!("fleet: every pod has a verdict after {first_verdicts:.0} s (since the operator started); settling 60 s");
     tokio::time::sleep(Duration::from_secs(60)).await;
 
     // The window.
@@ -277,9 +306,15 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
     let cpu_before = process_cpu_seconds(leader);
     *window_start.lock().unwrap_or_else(|p| p.into_inner()) = SystemTime::now();
     let window_begun = Instant::now();
-    let mut peak_rss = 0;
+    let churn = tokio::spawn(replace_pods(
+        client.clone(),
+        churn_plan.iter().map(|(p, at)| (*at, specs[*p].clone())).collect(),
+        current_uids.clone(),
+        tally.clone(),
+    ));
+    let mut window_rss = 0;
     while window_begun.elapsed() < window {
-        peak_rss = peak_rss.max(rss_kib(leader));
+        window_rss = window_rss.max(rss_kib(leader));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let window_secs = window_begun.elapsed().as_secs_f64();
@@ -287,7 +322,13 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
     let after = api_metrics(cluster)?;
     // Late leaks may still be evaluated: wait for their Events.
     tokio::time::sleep(EVENT_GRACE).await;
-    peak_rss = peak_rss.max(rss_kib(leader));
+    if let Ok(Err(error)) = churn.await {
+        anyhow::bail!("replacing pods failed: {error:#}");
+    }
+    let unjudged_replacements = unjudged_replacements(client, &tally).await?;
+    window_rss = window_rss.max(rss_kib(leader));
+    // Over the leader's whole life: the start-up burst included.
+    let peak_rss = peak_rss_kib(leader);
     for operator in &mut operators {
         if let Some(status) = operator.exit_status() {
             let logs = operator.logs();
@@ -317,6 +358,10 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
             window_secs,
             cpu,
             peak_rss,
+            window_rss,
+            churned: churn_plan.len(),
+            first_verdicts,
+            unjudged_replacements,
             before,
             after,
             leak_plan: &leak_plan,
@@ -332,6 +377,7 @@ struct SimAgent {
     node: String,
     system: String,
     pods: Vec<SimPod>,
+    current_uids: Arc<Mutex<HashMap<String, String>>>,
     scan_interval: Duration,
     phase: Duration,
     window_start: Arc<Mutex<SystemTime>>,
@@ -364,13 +410,19 @@ async fn simulated_agent(a: SimAgent) {
         let window_start = *a.window_start.lock().unwrap_or_else(|p| p.into_inner());
         reporter.begin_sweep();
         for (i, pod) in a.pods.iter().enumerate() {
+            let key = format!("{}/{}", pod.key.namespace, pod.key.name);
+            let Some(uid) = a.current_uids.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() else {
+                // Being replaced: gone from the node, as the agent sees it.
+                reporter.forget(&pod.key);
+                continue;
+            };
             let now = SystemTime::now();
             let leak = pod.leak.map(|(offset, recovers)| {
                 (window_start + offset.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(), recovers)
             });
             let status = status_at(now, leak);
             let leaking = status.close_wait.as_ref().is_some_and(|c| c.count > 0);
-            let offer = reporter.offer(&pod.key, &pod.uid, status, now).await;
+            let offer = reporter.offer(&pod.key, &uid, status, now).await;
             let mut tally = a.tally.lock().unwrap_or_else(|p| p.into_inner());
             let outcome = match offer {
                 Offer::Unchanged => continue,
@@ -384,17 +436,131 @@ async fn simulated_agent(a: SimAgent) {
                     reported[i] = true;
                     a.first_reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                if pod.leak.is_none() && now >= window_start {
+                if pod.churns && now >= window_start {
+                    tally.churn_writes += 1;
+                } else if pod.leak.is_none() && now >= window_start {
                     *tally.steady_writes.entry(reason.as_str()).or_default() += 1;
                 }
                 if leaking {
-                    tally.leak_written.entry(format!("{}/{}", pod.key.namespace, pod.key.name)).or_insert(now);
+                    tally.leak_written.entry(key).or_insert(now);
                 }
             }
         }
         swept.send_replace(Some(Instant::now()));
     }
     renewals.abort();
+}
+
+/// Waits until the namespaces of earlier runs are deleted: their deletion
+/// (the namespace controller removing every kind of object in them) would
+/// load the API server during this run's window.
+async fn wait_for_earlier_runs_to_be_deleted(client: &Client) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let waited = Instant::now();
+    loop {
+        let left = namespaces.list_metadata(&ListParams::default()).await?;
+        let left = left.items.iter().filter(|n| n.name_any().starts_with("fleet-")).count();
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(1800),
+            "{left} namespaces of earlier runs are still being deleted after 30 min"
+        );
+        eprintln!("fleet: waiting for {left} namespaces of earlier runs to be deleted");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// Watches the run's reports until `total` of them have a verdict; how long
+/// that took.
+async fn count_verdicts(client: Client, run: String, total: usize) -> anyhow::Result<Duration> {
+    let begun = Instant::now();
+    let stream = watcher(Api::<ConnectionHealth>::all(client), watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut judged = std::collections::HashSet::new();
+    while let Some(event) = stream.next().await {
+        let report = match event {
+            Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => r,
+            _ => continue,
+        };
+        let ns = report.namespace().unwrap_or_default();
+        if !ns.starts_with(&run) {
+            continue;
+        }
+        if report.status.as_ref().is_some_and(|s| s.verdict.is_some()) {
+            judged.insert(format!("{ns}/{}", report.name_any()));
+        }
+        if judged.len() == total {
+            return Ok(begun.elapsed());
+        }
+        anyhow::ensure!(begun.elapsed() < Duration::from_secs(1800), "not every report had a verdict in 30 min");
+    }
+    anyhow::bail!("the watch of the reports ended")
+}
+
+/// A Pod object of the fleet, bound to `node`; its UID.
+async fn create_pod(client: &Client, ns: &str, name: &str, node: &str) -> anyhow::Result<String> {
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app": "fleet" } },
+        "spec": { "nodeName": node, "containers": [{ "name": "app", "image": "example.invalid/app:1" }] },
+    }))?;
+    let uid = Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), &pod).await?.uid();
+    uid.ok_or_else(|| anyhow::anyhow!("the API server returned pod {ns}/{name} without a UID"))
+}
+
+/// Replaces pods at their moments of the window (offsets from its start):
+/// each is deleted at once (no kubelet would confirm a graceful deletion)
+/// and created again under the same name and node, with a new UID; the
+/// agents see it gone in between.
+async fn replace_pods(
+    client: Client,
+    mut plan: Vec<(Duration, (usize, String, String, String))>,
+    current_uids: Arc<Mutex<HashMap<String, String>>>,
+    tally: Arc<Mutex<Tally>>,
+) -> anyhow::Result<()> {
+    plan.sort_by_key(|(at, _)| *at);
+    let begun = Instant::now();
+    for (at, (_, node, ns, name)) in plan {
+        tokio::time::sleep(at.saturating_sub(begun.elapsed())).await;
+        let key = format!("{ns}/{name}");
+        current_uids.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let now = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+        pods.delete(&name, &now).await?;
+        let waited = Instant::now();
+        while pods.get_opt(&name).await?.is_some() {
+            anyhow::ensure!(
+                waited.elapsed() < Duration::from_secs(60),
+                "pod {key} still exists 60 s after its deletion"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let uid = create_pod(&client, &ns, &name, &node).await?;
+        tally.lock().unwrap_or_else(|p| p.into_inner()).replaced.insert(key.clone(), uid.clone());
+        current_uids.lock().unwrap_or_else(|p| p.into_inner()).insert(key, uid);
+    }
+    Ok(())
+}
+
+/// The replaced pods whose new incarnation has no report with a verdict:
+/// the report must name the new UID and the operator must have judged it.
+async fn unjudged_replacements(client: &Client, tally: &Mutex<Tally>) -> anyhow::Result<Vec<String>> {
+    let replaced = tally.lock().unwrap_or_else(|p| p.into_inner()).replaced.clone();
+    let mut unjudged = Vec::new();
+    for (key, uid) in replaced {
+        let (ns, name) = key.split_once('/').unwrap_or_default();
+        let report = Api::<ConnectionHealth>::namespaced(client.clone(), ns).get_opt(name).await?;
+        let judged = report.is_some_and(|r| {
+            r.spec.pod_uid == uid && r.status.and_then(|s| s.verdict).is_some_and(|v| v.result == Verdict::Healthy)
+        });
+        if !judged {
+            unjudged.push(key);
+        }
+    }
+    unjudged.sort();
+    Ok(unjudged)
 }
 
 /// A pod's status at `now`: steady (10 ESTABLISHED, a listener), or, from
@@ -500,13 +666,18 @@ async fn leader_pid(client: &Client, system: &str, operators: &[ChildProcess]) -
 }
 
 /// Deletes the fleet: pods at once (no kubelet would confirm a graceful
-/// deletion), then namespaces and nodes.
+/// deletion), the policies' finalizers (the operator is stopped: nobody
+/// else would remove them, and their namespaces would stay Terminating),
+/// then namespaces and nodes.
 async fn cleanup(client: &Client, run: &str, args: &Args) {
     let namespaces: Vec<String> =
         (0..args.namespaces).map(|j| format!("{run}-{j}")).chain([format!("{run}-system")]).collect();
     futures::stream::iter(namespaces.iter().map(|ns| async move {
         let now = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
         let _ = Api::<Pod>::namespaced(client.clone(), ns).delete_collection(&now, &ListParams::default()).await;
+        let no_finalizers = Patch::Merge(json!({ "metadata": { "finalizers": null } }));
+        let policies = Api::<ConnectionHealthPolicy>::namespaced(client.clone(), ns);
+        let _ = policies.patch(POLICY, &PatchParams::default(), &no_finalizers).await;
         let _ = Api::<Namespace>::all(client.clone()).delete(ns, &DeleteParams::default()).await;
     }))
     .buffer_unordered(args.concurrency)
@@ -523,7 +694,16 @@ struct Measured<'a> {
     window_start: SystemTime,
     window_secs: f64,
     cpu: f64,
+    /// The leader's high-water mark over its life, KiB.
     peak_rss: u64,
+    /// The leader's largest sampled RSS within the window, KiB.
+    window_rss: u64,
+    /// Pods replaced in the window.
+    churned: usize,
+    /// Seconds from the operator's start until every pod had a verdict.
+    first_verdicts: f64,
+    /// Replaced pods whose new incarnation got no Healthy verdict.
+    unjudged_replacements: Vec<String>,
     before: ApiMetrics,
     after: ApiMetrics,
     leak_plan: &'a HashMap<usize, (Duration, bool)>,
@@ -572,7 +752,7 @@ fn report(args: &Args, m: &Measured<'_>) {
     let false_alarms: Vec<&String> =
         m.tally.events.keys().filter(|(pod, _)| !leaking.contains(pod)).map(|(pod, _)| pod).collect();
     latencies.sort_by(f64::total_cmp);
-    let steady_pods = (total - m.leak_plan.len()) as f64;
+    let steady_pods = (total - m.leak_plan.len() - m.churned) as f64;
     let steady_writes: u64 = m.tally.steady_writes.values().sum();
 
     println!("| measure | value |");
@@ -583,6 +763,12 @@ fn report(args: &Args, m: &Measured<'_>) {
     );
     println!("| window | {:.0} s, scan interval {} s |", m.window_secs, args.scan_interval);
     println!("| leaking pods | {} ({} recover) |", m.leak_plan.len(), m.leak_plan.values().filter(|(_, r)| *r).count());
+    println!(
+        "| replaced pods (same name, new UID) | {} ({} report writes; new incarnations without a Healthy verdict: {}) |",
+        m.churned,
+        m.tally.churn_writes,
+        m.unjudged_replacements.len()
+    );
     println!(
         "| Event latency p50 / p95 / p99 / max | {:.2} / {:.2} / {:.2} / {:.2} s |",
         percentile(&latencies, 50.0),
@@ -597,7 +783,9 @@ fn report(args: &Args, m: &Measured<'_>) {
         false_alarms.len(),
         recovered_missing.len()
     );
-    println!("| operator (leader) peak RSS | {:.1} MiB |", m.peak_rss as f64 / 1024.0);
+    println!("| operator (leader) peak RSS over its life (VmHWM) | {:.1} MiB |", m.peak_rss as f64 / 1024.0);
+    println!("| operator (leader) RSS in the window, largest sample | {:.1} MiB |", m.window_rss as f64 / 1024.0);
+    println!("| every pod's first verdict written after | {:.0} s from the operator's start |", m.first_verdicts);
     println!("| operator (leader) CPU | {:.1} % of a core |", 100.0 * m.cpu / m.window_secs);
     println!(
         "| report writes per steady pod per hour | {:.3} ({steady_writes} in the window: {:?}) |",
@@ -619,9 +807,15 @@ fn report(args: &Args, m: &Measured<'_>) {
     let watch: f64 = m.after.watch_events.values().sum::<f64>() - m.before.watch_events.values().sum::<f64>();
     println!("| watch events sent | {:.1}/s |", watch / m.window_secs);
     println!("| API server storage size | {:.1} MiB |", m.after.storage_bytes / 1048576.0);
-    if !(missed.is_empty() && duplicates.is_empty() && false_alarms.is_empty() && recovered_missing.is_empty()) {
+    if !(missed.is_empty()
+        && duplicates.is_empty()
+        && false_alarms.is_empty()
+        && recovered_missing.is_empty()
+        && m.unjudged_replacements.is_empty())
+    {
         eprintln!(
-            "fleet: FAILED: missed {missed:?}, duplicates {duplicates:?}, false alarms {false_alarms:?}, Recovered missing {recovered_missing:?}"
+            "fleet: FAILED: missed {missed:?}, duplicates {duplicates:?}, false alarms {false_alarms:?}, Recovered missing {recovered_missing:?}, replaced pods without a verdict {:?}",
+            m.unjudged_replacements
         );
         std::process::exit(1);
     }
