@@ -42,7 +42,9 @@ use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, Tc
 use connhealth_crds::names::reasons;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthPolicy, ConnectionHealthStatus, Verdict};
 use connhealth_e2e::agent::{peak_rss_kib, process_cpu_seconds, rss_kib};
-use connhealth_e2e::{AgentLock, ChildProcess, Cluster, create_namespace, random_suffix, register_node};
+use connhealth_e2e::{
+    AgentLock, ChildProcess, Cluster, create_namespace, random_suffix, register_node, workspace_binary,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
@@ -148,6 +150,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.nodes > 0 && args.pods_per_node > 0 && args.namespaces > 0, "nodes, pods and namespaces > 0");
     anyhow::ensure!(args.minutes >= 3, "--minutes must be at least 3 (a leak and its recovery take 2.5)");
+    anyhow::ensure!(
+        (0.0..=100.0).contains(&args.leak_percent) && (0.0..=100.0).contains(&args.churn_percent),
+        "--leak-percent and --churn-percent are percentages: 0 to 100"
+    );
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
     });
@@ -168,6 +174,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, run: &str) -> anyhow::Result<()> {
+    // Built now, not when the replicas start: the time to every pod's first
+    // verdict must not include a compiler run.
+    workspace_binary("connhealth-operator");
     let system = format!("{run}-system");
     create_namespace(client, &system).await?;
     let laid_out = Instant::now();
@@ -238,7 +247,6 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
     // The operator: two replicas under one Lease with the chart's
     // leader-election timing (not the tests' faster one: a renewal must
     // survive an API server busy with the fleet, as in a real cluster).
-    let verdicts = tokio::spawn(count_verdicts(client.clone(), run.to_owned(), total));
     let operator_args: Vec<Vec<String>> = OPERATORS
         .iter()
         .map(|id| {
@@ -254,6 +262,7 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
             ChildProcess::spawn("connhealth-operator", &a, &cluster.kubeconfig, &[])
         })
         .collect();
+    let verdicts = tokio::spawn(count_verdicts(client.clone(), run.to_owned(), total));
 
     // The window starts once every pod has its first report.
     let start = SystemTime::now() + Duration::from_secs(3600 * 24);
