@@ -472,10 +472,11 @@ pub struct VerdictStatus {
     pub last_known: Option<LastKnownVerdict>,
     /// The CLOSE_WAIT counts the growth rule measures from (when observed,
     /// how many), oldest first: the count at the start of the longest
-    /// `growth.window` of the namespace's policies and every change since,
-    /// at most 32. Kept only while a policy of the namespace has a growth
-    /// rule. An operator that starts leading (a failover, a restart) takes
-    /// its growth history from here, so no growth seen before is lost.
+    /// `growth.window` of the namespace's policies and every observation
+    /// since — the newest 32 when there are more. Kept only while a policy
+    /// of the namespace has a growth rule. An operator that starts leading
+    /// (a failover, a restart) takes its growth history from here, so no
+    /// growth seen before is lost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub close_wait_counts: Vec<CountSample>,
