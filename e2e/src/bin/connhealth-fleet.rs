@@ -331,8 +331,10 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
     let after = api_metrics(cluster)?;
     // Late leaks may still be evaluated: wait for their Events.
     tokio::time::sleep(EVENT_GRACE).await;
-    if let Ok(Err(error)) = churn.await {
-        anyhow::bail!("replacing pods failed: {error:#}");
+    match churn.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => anyhow::bail!("replacing pods failed: {error:#}"),
+        Err(error) => anyhow::bail!("the task replacing pods failed: {error}"),
     }
     let unjudged_replacements = unjudged_replacements(client, &tally).await?;
     window_rss = window_rss.max(rss_kib(leader));
@@ -460,9 +462,10 @@ async fn simulated_agent(a: SimAgent) {
     renewals.abort();
 }
 
-/// Waits until the namespaces of earlier runs are deleted: their deletion
+/// Waits until the namespaces of earlier runs are gone: their deletion
 /// (the namespace controller removing every kind of object in them) would
-/// load the API server during this run's window.
+/// load the API server during this run's window. (A run that was killed
+/// before its clean-up leaves them behind: delete them by hand.)
 async fn wait_for_earlier_runs_to_be_deleted(client: &Client) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let waited = Instant::now();
@@ -474,9 +477,9 @@ async fn wait_for_earlier_runs_to_be_deleted(client: &Client) -> anyhow::Result<
         }
         anyhow::ensure!(
             waited.elapsed() < Duration::from_secs(1800),
-            "{left} namespaces of earlier runs are still being deleted after 30 min"
+            "{left} namespaces of earlier runs (fleet-*) still exist after 30 min: delete them (and clear their policies' finalizers)"
         );
-        eprintln!("fleet: waiting for {left} namespaces of earlier runs to be deleted");
+        eprintln!("fleet: waiting for {left} namespaces of earlier runs (fleet-*) to be gone");
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
