@@ -89,6 +89,13 @@ use crate::policy::Verdict;
         description = "Process holding the most CLOSE_WAIT sockets"
     ),
     printcolumn(
+        name = "Peer",
+        type_ = "string",
+        json_path = ".status.verdict.peers[0].name",
+        priority = 1,
+        description = "The Pod, Service or Node behind the endpoint that matters most to the verdict (the top CLOSE_WAIT peer, or the destination under port pressure), named while the pod is Warning or Leaking"
+    ),
+    printcolumn(
         name = "Verdict",
         type_ = "string",
         json_path = ".status.verdict.result",
@@ -480,6 +487,55 @@ pub struct VerdictStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub close_wait_counts: Vec<CountSample>,
+    /// While the result is `Warning` or `Leaking`: the endpoints of the
+    /// evidence (`closeWait.topPeers`, `portPressure.topDestinations`) named
+    /// as Kubernetes objects, the one that matters most to the verdict
+    /// first. Named by the operator when it wrote the verdict, from the
+    /// objects that had the address then: IP addresses are reused, so the
+    /// name of a peer that has gone since may be its successor's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub peers: Vec<NamedPeer>,
+}
+
+/// An endpoint of a report, named in Kubernetes terms.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedPeer {
+    /// The endpoint as the report gives it: `address` (a client of the
+    /// pod's server) or `address:port`, IPv6 addresses in brackets.
+    pub endpoint: String,
+    /// What has the address.
+    pub kind: PeerKind,
+    /// `namespace/name` of the Pod or Service, the Node's name. Absent for
+    /// `Loopback` and `External`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The Pod's workload, `Kind/name` in the Pod's namespace, e.g.
+    /// `Deployment/web` (a ReplicaSet's Deployment is read from its name and
+    /// the pod's `pod-template-hash`), `StatefulSet/db`, `DaemonSet/agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The name of the Service port the endpoint's port is, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+}
+
+/// What has a peer's address.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerKind {
+    /// A Pod (not on the host network) with this `status.podIP`.
+    Pod,
+    /// A Service with this ClusterIP.
+    Service,
+    /// A Node with this InternalIP or ExternalIP (its own processes or a
+    /// host-network pod).
+    Node,
+    /// A loopback address: the pod itself.
+    Loopback,
+    /// No Pod, Service or Node of the cluster has the address now: outside
+    /// the cluster, or a pod that is gone.
+    External,
 }
 
 /// A CLOSE_WAIT count and when it was observed.

@@ -156,6 +156,66 @@ impl FakePod {
         pid
     }
 
+    /// Starts the pod's sandbox: an idle process in its namespace and
+    /// cgroup that holds no socket, as the pause container does. Without it
+    /// a pod whose processes all died has no process in its namespace, which
+    /// no real pod has.
+    pub fn start_sandbox(&mut self) -> u32 {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "sleep", "infinity"]);
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start sandbox");
+        let pid = child.id();
+        self.children.push(child);
+        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).expect("move into the pod cgroup");
+        pid
+    }
+
+    /// Connects this pod's network namespace with `server`'s by a veth pair,
+    /// as a pod network would: each end gets an address of a /30 picked at
+    /// random in the shared address space (100.64.0.0/10, so that no other
+    /// test's pod has it), written to its Pod's `status.podIP` as a kubelet
+    /// would. `server_also` are further addresses the server answers on
+    /// (e.g. a Service's ClusterIP, which this pod then reaches directly,
+    /// with no kube-proxy). Returns (this pod's address, the server's).
+    pub async fn link(&self, client: &Client, server: &FakePod, server_also: &[&str]) -> (String, String) {
+        assert!(!self.host_network && !server.host_network, "host-network pods have the node's addresses");
+        let n = u32::from_str_radix(&random_suffix(), 16).expect("hex") & 0x003f_fffc;
+        let base = 0x6440_0000 | n;
+        let (mine, theirs) = (std::net::Ipv4Addr::from(base + 1), std::net::Ipv4Addr::from(base + 2));
+        let (my_end, their_end) = (format!("v{}", &self.netns[3..]), format!("v{}", &server.netns[3..]));
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &my_end,
+            "netns",
+            &self.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &their_end,
+            "netns",
+            &server.netns,
+        ]);
+        for (netns, end, address) in [(&self.netns, &my_end, mine), (&server.netns, &their_end, theirs)] {
+            run(&["ip", "-n", netns, "addr", "add", &format!("{address}/30"), "dev", end]);
+            run(&["ip", "-n", netns, "link", "set", end, "up"]);
+        }
+        for extra in server_also {
+            run(&["ip", "-n", &server.netns, "addr", "add", &format!("{extra}/32"), "dev", &their_end]);
+            run(&["ip", "-n", &self.netns, "route", "add", &format!("{extra}/32"), "dev", &my_end]);
+        }
+        for (pod, address) in [(self, mine), (server, theirs)] {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+            let status =
+                json!({ "status": { "podIP": address.to_string(), "podIPs": [{ "ip": address.to_string() }] } });
+            pods.patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("pod address");
+        }
+        (mine.to_string(), theirs.to_string())
+    }
+
     /// Kills one process this pod started (SIGKILL) and reaps it: its
     /// sockets are closed by the kernel, as when a container's process dies.
     pub fn kill(&mut self, pid: u32) {

@@ -53,13 +53,15 @@ pub async fn write_report_naming(
     seen_ago: SignedDuration,
     node: &str,
 ) {
-    renew_agent_lease(client, ns, node, SignedDuration::from_hours(1)).await;
-    let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
-    let params = PatchParams::apply(field_managers::AGENT).force();
-    let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: node.to_owned(), pod_uid: uid.into() });
-    api.patch(pod, &params, &Patch::Apply(&report)).await.expect("apply report");
+    write_report_status(client, ns, pod, uid, node, leaking_status(close_wait, seen_ago)).await;
+}
+
+/// The figures [`write_report`] writes: `close_wait` CLOSE_WAIT sockets
+/// first seen `seen_ago` before now, all towards `10.20.30.40:5432` and
+/// held by one process.
+pub fn leaking_status(close_wait: i64, seen_ago: SignedDuration) -> ConnectionHealthStatus {
     let since = Time(Timestamp::now() - seen_ago);
-    let status = ConnectionHealthStatus {
+    ConnectionHealthStatus {
         observed_at: Some(Time(Timestamp::now())),
         states: Some(TcpStateCounts { established: 2, close_wait, listen: 1, ..Default::default() }),
         close_wait: Some(CloseWaitDetail {
@@ -81,7 +83,24 @@ pub async fn write_report_naming(
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// Writes a report of `pod` from `node`'s agent with the figures `status`
+/// (its Lease renewed first, as the agent does).
+pub async fn write_report_status(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    uid: &str,
+    node: &str,
+    status: ConnectionHealthStatus,
+) {
+    renew_agent_lease(client, ns, node, SignedDuration::from_hours(1)).await;
+    let api: Api<ConnectionHealth> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    let report = ConnectionHealth::new(pod, ConnectionHealthSpec { node_name: node.to_owned(), pod_uid: uid.into() });
+    api.patch(pod, &params, &Patch::Apply(&report)).await.expect("apply report");
     let body = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionHealth", "status": status });
     api.patch_status(pod, &params, &Patch::Apply(&body)).await.expect("apply report status");
 }

@@ -11,6 +11,7 @@
 //! shared with `scenario.rs`.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use connhealth_crds::health::VerdictStatus;
@@ -392,6 +393,63 @@ async fn verdict_becomes(client: &Client, ns: &str, pod: &str, result: Verdict) 
 /// Event and with the verdict before remembered; when it goes on, the
 /// verdicts return as they were (same `since`), with no Recovered/Leaking
 /// pair.
+/// A client that never closes connections its server closed, dialling a
+/// Service's ClusterIP (the server pod answers on that address itself: no
+/// kube-proxy): the Event and the verdict name the peer as the Service and
+/// its port, and its report's peer equals what `ss` sees.
+#[tokio::test]
+async fn a_client_leaking_towards_a_service_names_the_service() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("agent-svc");
+    let client = cluster.client().await;
+
+    cluster.kubectl_ok(&["create", "service", "clusterip", "db", "-n", &ns.name, "--tcp=5432:5432"]).unwrap();
+    let rename = r#"[{"op":"replace","path":"/spec/ports/0/name","value":"postgres"}]"#;
+    cluster.kubectl_ok(&["patch", "service", "db", "-n", &ns.name, "--type=json", "-p", rename]).unwrap();
+    let db_ip = jsonpath(cluster, &ns.name, "service/db", "{.spec.clusterIP}");
+    let mut db = FakePod::create(&client, cluster, &ns.name, "db", false).await;
+    let mut worker = FakePod::create(&client, cluster, &ns.name, "worker", false).await;
+    worker.link(&client, &db, &[&db_ip]).await;
+    // The server closes each connection after 100 ms; the worker holds its
+    // side open: CLOSE_WAIT on the worker, towards the ClusterIP.
+    db.spawn(&["serve", "--listen", "0.0.0.0:5432", "--close-after-ms", "100"]);
+    until(WAIT, "the server to listen", || db.ss_count("listening") == 1).await;
+    let to = format!("{db_ip}:5432");
+    worker.spawn(&["connect", "--to", &to, "--count", "6", "--interval-ms", "10", "--hold"]);
+    until(WAIT, "6 CLOSE_WAIT sockets in the worker", || worker.ss_count("close-wait") == 6).await;
+    apply_policy(cluster, &ns.name, "default", "  closeWait: {stuckCount: 5, minAge: 3s}\n");
+
+    let _agent = agent(cluster, &cluster.kubeconfig, &ns.name);
+    let operator_args = operator_run_args(&ns.name, "service-test-operator");
+    let operator_args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
+    let operator = ChildProcess::spawn("connhealth-operator", &operator_args, &cluster.kubeconfig, &[]);
+
+    verdict_becomes(&client, &ns.name, "worker", Verdict::Leaking).await;
+    until(WAIT, "the CloseWaitLeak Event", || pod_events(cluster, &ns.name, "worker", "CloseWaitLeak").len() == 1)
+        .await;
+    let event = &pod_events(cluster, &ns.name, "worker", "CloseWaitLeak")[0];
+    let named = format!("Top peer service {}/db port postgres ({to}) (6 sockets)", ns.name);
+    assert!(event.contains(&named), "{named} not in: {event}\n{}", operator.logs());
+    let peer =
+        jsonpath(cluster, &ns.name, "ch/worker", "{.status.verdict.peers[0].kind}/{.status.verdict.peers[0].name}");
+    assert_eq!(peer, format!("Service/{}/db", ns.name));
+    // The peer the agent reported is the one `ss` shows.
+    let ss = Command::new("ip")
+        .args(["netns", "exec", &worker.netns, "ss", "-tanH", "state", "close-wait"])
+        .output()
+        .expect("run ss");
+    let peers: std::collections::BTreeSet<String> = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect();
+    assert_eq!(peers, [to.clone()].into(), "ss sees every CLOSE_WAIT socket towards the ClusterIP");
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/worker", "{.status.closeWait.topPeers[0].endpoint}"), to);
+}
+
 #[tokio::test]
 async fn an_agent_that_stops_renewing_its_lease_makes_verdicts_unknown_until_it_renews() {
     if !require_root() {

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use connhealth_crds::ConnectionHealth;
+use connhealth_crds::health::{DestinationPressure, EndpointCount, PortPressureDetail};
 use connhealth_crds::names::field_managers;
 use connhealth_e2e::agent::{
     diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, operator_run_args, scrape, wait_for_readyz,
@@ -19,7 +20,7 @@ use connhealth_e2e::agent::{
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
     AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, eventually_explained, jsonpath,
-    pod_events, until, write_report, write_report_naming, write_report_seen,
+    pod_events, until, write_report, write_report_naming, write_report_seen, write_report_status,
 };
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Pod;
@@ -119,7 +120,11 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
     assert_eq!(summary, "12 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)");
     until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
     let event = &pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak")[0];
-    assert!(event.contains("Top peer 10.20.30.40:5432 (12 sockets)"), "{event}");
+    // No Pod, Service or Node has the peer's address.
+    assert!(
+        event.contains("Top peer 10.20.30.40:5432 (outside the cluster: no Pod, Service or Node has it) (12 sockets)"),
+        "{event}"
+    );
     assert!(
         event.contains("Held by leaky-server (pid 31337) in container app: 12 sockets, 52 of 1024 fds open"),
         "{event}"
@@ -177,6 +182,154 @@ async fn leak_to_events_annotations_recovery_and_cleanup() {
     // Other fields of the pod and the agent's fields of the report are untouched.
     assert_eq!(jsonpath(cluster, &ns.name, "pod/api-1", "{.metadata.labels.app}"), "api");
     assert_eq!(jsonpath(cluster, &ns.name, "ch/api-1", "{.status.closeWait.count}"), "30");
+}
+
+/// An address no other test uses, in the shared address space
+/// (100.64.0.0/10), for a Pod or Node this test gives it.
+fn unique_address() -> String {
+    let n = u32::from_str_radix(&connhealth_e2e::random_suffix(), 16).unwrap_or(1) & 0x003f_ffff;
+    std::net::Ipv4Addr::from(0x6440_0000 | n.max(1)).to_string()
+}
+
+/// A Node registered for one test, deleted when dropped.
+struct TestNode(String);
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = Cluster::get().kubectl_run(&["delete", "node", &self.0, "--wait=false"]);
+    }
+}
+
+/// The peers of a pod in trouble are named as the Kubernetes objects that
+/// have their addresses — a Deployment's pod (by `status.podIP`), a Service
+/// (by ClusterIP, with the port's name), a Node (by InternalIP), loopback,
+/// an address nobody has — in the verdict, the Event, the annotations, the
+/// policy status and `kubectl get ch -o wide`; a Healthy pod's are not
+/// looked up.
+#[tokio::test]
+async fn peers_are_named_as_pods_services_and_nodes() {
+    let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("op-peers");
+    let client = cluster.client().await;
+    let node = cluster.node_name();
+
+    // A Deployment's pod (the controller manager makes its ReplicaSet and
+    // pod; nothing schedules it, so the test writes its address).
+    cluster.kubectl_ok(&["create", "deployment", "web", "-n", &ns.name, "--image=example.invalid/web:1"]).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let web = connhealth_e2e::eventually("the Deployment's pod", WAIT, || async {
+        let list = pods.list(&kube::api::ListParams::default().labels("app=web")).await.ok()?;
+        list.items.first().map(ResourceExt::name_any)
+    })
+    .await;
+    let web_ip = unique_address();
+    let status = json!({ "status": { "podIP": web_ip, "podIPs": [{ "ip": web_ip }] } });
+    pods.patch_status(&web, &PatchParams::default(), &Patch::Merge(&status)).await.expect("pod address");
+    // A Service with a named port, and a Node with an InternalIP.
+    cluster.kubectl_ok(&["create", "service", "clusterip", "db", "-n", &ns.name, "--tcp=5432:5432"]).unwrap();
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "service",
+            "db",
+            "-n",
+            &ns.name,
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/ports/0/name","value":"postgres"}]"#,
+        ])
+        .unwrap();
+    let db_ip = jsonpath(cluster, &ns.name, "service/db", "{.spec.clusterIP}");
+    let peer_node = TestNode(format!("op-peers-{}", connhealth_e2e::random_suffix()));
+    connhealth_e2e::register_node(&client, &peer_node.0, &[]).await.unwrap();
+    let node_ip = unique_address();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let addresses = json!({ "status": { "addresses": [{ "type": "InternalIP", "address": node_ip }] } });
+    nodes.patch_status(&peer_node.0, &PatchParams::default(), &Patch::Merge(&addresses)).await.unwrap();
+
+    let op = operator(&ns, "op-peers");
+    apply_policy(cluster, &ns.name, "default", "  podSelector: {matchLabels: {app: api}}\n");
+    // A server leaking towards each of them, the Deployment's pod first.
+    let uid = create_pod(&client, &ns.name, "api-1").await;
+    let mut status = connhealth_e2e::report::leaking_status(12, SignedDuration::from_mins(10));
+    let peer = |endpoint: &str, count| EndpointCount { endpoint: endpoint.to_owned(), count };
+    status.close_wait.as_mut().unwrap().top_peers = vec![
+        peer(&web_ip, 5),
+        peer(&format!("{db_ip}:5432"), 3),
+        peer(&format!("{node_ip}:10250"), 2),
+        peer("127.0.0.1:9000", 1),
+        peer("203.0.113.7:443", 1),
+    ];
+    write_report_status(&client, &ns.name, "api-1", &uid, &node, status).await;
+
+    until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
+    let event = &pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak")[0];
+    let named_web = format!("Top peer pod {}/{web} ({web_ip}, Deployment/web) (5 sockets)", ns.name);
+    assert!(event.contains(&named_web), "{named_web} not in: {event}");
+    let peers = jsonpath(
+        cluster,
+        &ns.name,
+        "ch/api-1",
+        "{range .status.verdict.peers[*]}{.kind}|{.name}|{.workload}|{.portName}|{.endpoint}{\"\\n\"}{end}",
+    );
+    let expected = [
+        format!("Pod|{}/{web}|Deployment/web||{web_ip}", ns.name),
+        format!("Service|{}/db||postgres|{db_ip}:5432", ns.name),
+        format!("Node|{}|||{node_ip}:10250", peer_node.0),
+        "Loopback||||127.0.0.1:9000".to_owned(),
+        "External||||203.0.113.7:443".to_owned(),
+    ];
+    assert_eq!(peers.lines().collect::<Vec<_>>(), expected);
+    // `kubectl get ch -o wide`: the PEER column.
+    let wide = cluster.kubectl_ok(&["get", "ch", "api-1", "-n", &ns.name, "-o", "wide"]).unwrap();
+    // (Columns are aligned; empty cells make splitting on spaces unusable.)
+    let header = wide.lines().next().unwrap_or_default();
+    let row = wide.lines().nth(1).unwrap_or_default();
+    let start = header.find(" PEER ").expect("a PEER column") + 1;
+    let cell = row.get(start..).unwrap_or_default().split_whitespace().next();
+    assert_eq!(cell, Some(format!("{}/{web}", ns.name).as_str()), "{wide}");
+
+    // A client under port pressure towards the Service: the reason, the
+    // annotation and the policy's status name it.
+    let uid = create_pod(&client, &ns.name, "api-2").await;
+    let mut status = connhealth_e2e::report::leaking_status(0, SignedDuration::from_mins(10));
+    status.port_pressure = Some(PortPressureDetail {
+        percent: 90,
+        effective_percent: Some(90),
+        ephemeral_ports: 1000,
+        top_destinations: vec![DestinationPressure {
+            endpoint: format!("{db_ip}:5432"),
+            time_wait: 900,
+            percent: 90,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    write_report_status(&client, &ns.name, "api-2", &uid, &node, status).await;
+    let named_db = format!("towards service {}/db port postgres ({db_ip}:5432) of 1000 ephemeral ports", ns.name);
+    until(WAIT, "the annotation to name the Service", || {
+        jsonpath(cluster, &ns.name, "pod/api-2", "{.metadata.annotations.connhealth\\.io/summary}").contains(&named_db)
+    })
+    .await;
+    until(WAIT, "the policy's status to name the Service", || {
+        jsonpath(cluster, &ns.name, "chp/default", "{.status.violations[*].summary}").contains(&named_db)
+    })
+    .await;
+    assert!(
+        jsonpath(cluster, &ns.name, "ch/api-2", "{.status.verdict.reasons[0]}").contains(&named_db),
+        "the verdict's reason names it"
+    );
+
+    // A Healthy pod's peers are not named (nor looked up).
+    let uid = create_pod(&client, &ns.name, "api-3").await;
+    let mut status = connhealth_e2e::report::leaking_status(1, SignedDuration::from_secs(1));
+    status.close_wait.as_mut().unwrap().top_peers = vec![peer(&web_ip, 1)];
+    write_report_status(&client, &ns.name, "api-3", &uid, &node, status).await;
+    until(WAIT, "api-3 Healthy", || jsonpath(cluster, &ns.name, "ch/api-3", "{.status.verdict.result}") == "Healthy")
+        .await;
+    assert_eq!(jsonpath(cluster, &ns.name, "ch/api-3", "{.status.verdict.peers}"), "");
+    assert!(!op.logs().contains("looking up the pod of a peer's address failed"), "{}", op.logs());
 }
 
 #[tokio::test]

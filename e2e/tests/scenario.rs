@@ -368,11 +368,18 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
     apply_policy(cluster, &shop.name, policy, "  closeWait: {stuckCount: 5, minAge: 5s}\n");
 
     // The workload: a server that never closes what its clients close, as
-    // an unprivileged user; 12 connections opened and closed against it.
+    // an unprivileged user; 12 connections opened and closed against it by
+    // a client pod over the pod network.
     let mut leaky = FakePod::create(&client, cluster, &shop.name, "leaky", false).await;
-    let server = leaky.spawn_as(WORKLOAD_UID, &["serve", "--listen", "127.0.0.1:8080"]);
+    let mut client_pod = FakePod::create(&client, cluster, &shop.name, "client", false).await;
+    let (client_ip, leaky_ip) = client_pod.link(&client, &leaky, &[]).await;
+    // Its sandbox holds its namespace, as the pause container does, also
+    // once the server has died.
+    leaky.start_sandbox();
+    let server = leaky.spawn_as(WORKLOAD_UID, &["serve", "--listen", "0.0.0.0:8080"]);
     until(WAIT, "the server to listen", || leaky.ss_count("listening") == 1).await;
-    leaky.spawn_as(WORKLOAD_UID, &["connect", "--to", "127.0.0.1:8080", "--count", "12", "--interval-ms", "20"]);
+    let to = format!("{leaky_ip}:8080");
+    client_pod.spawn_as(WORKLOAD_UID, &["connect", "--to", &to, "--count", "12", "--interval-ms", "20"]);
     until(WAIT, "12 CLOSE_WAIT sockets in the pod", || leaky.ss_count("close-wait") == 12).await;
     // A second pod that keeps leaking to the end: what uninstalling must
     // clean up after.
@@ -457,6 +464,10 @@ async fn leak_to_events_and_back_with_the_charts_accounts_and_capabilities() {
         message.contains(&format!("Held by connhealth-demo (pid {server}) in container server: 12 sockets")),
         "{message}"
     );
+    // The peer, named as the pod that has its address (looked up with the
+    // chart's RBAC).
+    let peer = format!("Top peer pod {}/client ({client_ip}) (12 sockets)", shop.name);
+    assert!(message.contains(&peer), "{peer} not in: {message}");
 
     // The annotations.
     let annotated = connhealth_annotations(cluster, &shop.name, "leaky");

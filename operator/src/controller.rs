@@ -34,7 +34,7 @@
 //! at most one per policy and category per [`FAILURE_EVENT_INTERVAL`].
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,7 @@ use crate::error::{Error, kube as kube_err};
 use crate::evaluate::{self, EventType, GrowthHistory};
 use crate::liveness::{self, AgentLease, LivenessBook};
 use crate::metrics::{EventLabels, OperatorMetrics, PolicyLabels, ReconcileLabels};
+use crate::peers::{PeerDirectory, PeerNames};
 use crate::plan::{self, PodInput, PodWrite, PolicyInput, ReportInput};
 use crate::pod_index::PodsByNamespace;
 use crate::status;
@@ -127,6 +128,8 @@ pub struct Context {
     misplaced: Mutex<HashSet<(String, String)>>,
     /// Which nodes' agents renew their Lease, as of the last liveness tick.
     liveness: Arc<Mutex<LivenessBook>>,
+    /// Names for the peers of pods in trouble.
+    peers: PeerDirectory,
     metrics: OperatorMetrics,
 }
 
@@ -136,6 +139,7 @@ struct Caches {
     reports: Store<DeserializeGuard<ConnectionHealth>>,
     pods: Store<PartialObjectMeta<Pod>>,
     pods_by_namespace: PodsByNamespace,
+    peers: PeerDirectory,
 }
 
 impl Context {
@@ -146,7 +150,7 @@ impl Context {
         liveness: Arc<Mutex<LivenessBook>>,
         metrics: OperatorMetrics,
     ) -> Self {
-        let Caches { policies, reports, pods, pods_by_namespace } = caches;
+        let Caches { policies, reports, pods, pods_by_namespace, peers } = caches;
         Self {
             client,
             recorder,
@@ -160,6 +164,7 @@ impl Context {
             pod_nodes: Mutex::new(HashMap::new()),
             misplaced: Mutex::new(HashSet::new()),
             liveness,
+            peers,
             metrics,
         }
     }
@@ -279,8 +284,13 @@ pub async fn run(
         client.clone(),
         Reporter { controller: field_managers::OPERATOR.into(), instance: Some(identity) },
     );
-    let caches =
-        Caches { policies: policy_store.clone(), reports: reports.clone(), pods: pods.clone(), pods_by_namespace };
+    let caches = Caches {
+        policies: policy_store.clone(),
+        reports: reports.clone(),
+        pods: pods.clone(),
+        pods_by_namespace,
+        peers: PeerDirectory::start(client.clone()),
+    };
     let ctx = Arc::new(Context::new(client, recorder, caches, liveness_book, metrics));
 
     // A pod's labels changed: every policy of its namespace (one that
@@ -491,8 +501,13 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
                     }
                 }
                 let stale = liveness.stale_reason(&report.spec.node_name);
-                let input =
-                    ReportInput { name: report.name_any(), pod_uid: report.spec.pod_uid.clone(), status, stale };
+                let input = ReportInput {
+                    name: report.name_any(),
+                    pod_uid: report.spec.pod_uid.clone(),
+                    status,
+                    stale,
+                    peers: PeerNames::default(),
+                };
                 Some((input, report.spec.node_name.clone()))
             }
             Err(bad) => {
@@ -503,9 +518,9 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
         .collect()
     };
     let cached_pods: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
-    let reports = reports_from_their_pods_nodes(ctx, namespace, reports, &cached_pods).await?;
+    let mut reports = reports_from_their_pods_nodes(ctx, namespace, reports, &cached_pods).await?;
 
-    let plan = {
+    {
         let mut history = ctx.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let keep = plan::history_horizon(&policies);
         for report in &reports {
@@ -519,8 +534,25 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
                     .record(at.0, cw.count, keep);
             }
         }
-        plan::plan(me, me_present, &policies, &pods, &reports, &history, Timestamp::now())
+    }
+    let now = Timestamp::now();
+    let plan_with = |reports: &[ReportInput]| {
+        let history = ctx.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        plan::plan(me, me_present, &policies, &pods, reports, &history, now)
     };
+    let mut plan = plan_with(&reports);
+    // Pods in trouble: their peers are named (bounded lookups, most of them
+    // cached), then planned again with the names.
+    if !plan.unnamed_peers.is_empty() {
+        let endpoints: BTreeSet<&str> = plan.unnamed_peers.values().flatten().map(String::as_str).collect();
+        let names = ctx.peers.name(&endpoints).await;
+        if !names.is_empty() {
+            for report in reports.iter_mut().filter(|r| plan.unnamed_peers.contains_key(&r.name)) {
+                report.peers = names.clone();
+            }
+            plan = plan_with(&reports);
+        }
+    }
 
     for write in &plan.writes {
         perform(ctx, namespace, write).await?;
@@ -908,6 +940,7 @@ mod tests {
             reports: reflector::store().0,
             pods: reflector::store().0,
             pods_by_namespace: PodsByNamespace::default(),
+            peers: PeerDirectory::new(client.clone(), reflector::store().0, reflector::store().0),
         };
         Context::new(client, recorder, caches, Arc::new(Mutex::new(book)), metrics)
     }
@@ -927,6 +960,7 @@ mod tests {
             last_event: None,
             last_known: None,
             close_wait_counts: Vec::new(),
+            peers: Vec::new(),
         };
         let stored: VerdictStatus = serde_json::from_value(serde_json::to_value(&ours).unwrap()).unwrap();
         assert_ne!(stored, ours, "the round trip drops the nanoseconds");
@@ -949,6 +983,7 @@ mod tests {
             last_event: None,
             last_known: None,
             close_wait_counts: Vec::new(),
+            peers: Vec::new(),
         };
         let annotations: BTreeMap<String, String> =
             [("connhealth.io/verdict".to_owned(), "Leaking".to_owned())].into_iter().collect();

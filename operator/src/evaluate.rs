@@ -41,6 +41,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 
 use crate::error::Error;
+use crate::peers::PeerNames;
 
 /// Checks what the CRD schema checks, for objects that reached the API
 /// before a rule existed (or were written with validation off). The
@@ -252,6 +253,26 @@ pub struct Finding {
     pub verdict: Verdict,
     /// One line, e.g. `17 CLOSE_WAIT sockets stuck for at least 2m (threshold 5)`.
     pub text: String,
+    /// The endpoint the line names (` towards <endpoint> `), if any.
+    pub towards: Option<String>,
+}
+
+impl Finding {
+    /// The line with its endpoint named as a Kubernetes object when
+    /// `names` knows it.
+    pub fn named_text(&self, names: &PeerNames) -> String {
+        match &self.towards {
+            Some(endpoint) if names.get(endpoint).is_some() => {
+                self.text.replacen(&towards_clause(endpoint), &towards_clause(&names.describe(endpoint)), 1)
+            }
+            _ => self.text.clone(),
+        }
+    }
+}
+
+/// How a finding's line names an endpoint.
+fn towards_clause(who: &str) -> String {
+    format!(" towards {who} ")
 }
 
 /// One policy's view of one pod.
@@ -314,6 +335,7 @@ pub fn assess(
                     human_duration(min_age),
                     cw.stuck_count
                 ),
+                towards: None,
             });
         }
         if let Some(growth) = &cw.growth {
@@ -328,6 +350,7 @@ pub fn assess(
                         human_duration(window),
                         growth.count
                     ),
+                    towards: None,
                 });
             }
         }
@@ -336,6 +359,7 @@ pub fn assess(
                 kind: FindingKind::CloseWaitCount,
                 verdict: Verdict::Warning,
                 text: format!("{} CLOSE_WAIT sockets (threshold {})", detail.count, cw.warning_count),
+                towards: None,
             });
         }
     }
@@ -356,6 +380,7 @@ pub fn assess(
                 "{TIME_WAIT_BUCKETS_REASON}{}% of tcp_max_tw_buckets ({} of {}; threshold {}%)",
                 tw.buckets_percent, tw.count, tw.max_buckets, spec.time_wait.buckets_warning_percent
             ),
+            towards: None,
         });
     }
     findings.sort_by(|a, b| b.verdict.cmp(&a.verdict).then(a.kind.cmp(&b.kind)));
@@ -376,12 +401,8 @@ fn port_pressure_finding(pressure: &PortPressureDetail, threshold: i32) -> Optio
     let unavailable = |d: &DestinationPressure| {
         d.time_wait.saturating_add(d.syn_sent).saturating_add(d.established).saturating_sub(d.reusable_time_wait)
     };
-    let towards = pressure
-        .top_destinations
-        .iter()
-        .max_by_key(|d| unavailable(d))
-        .map(|d| format!(" towards {}", d.endpoint))
-        .unwrap_or_default();
+    let towards = pressure.top_destinations.iter().max_by_key(|d| unavailable(d)).map(|d| d.endpoint.clone());
+    let towards_text = towards.as_deref().map_or_else(|| " ".to_owned(), towards_clause);
     let raw = if pressure.percent > effective {
         format!(", leaving out TIME_WAIT that connect() may reuse ({}% with it)", pressure.percent)
     } else {
@@ -391,9 +412,10 @@ fn port_pressure_finding(pressure: &PortPressureDetail, threshold: i32) -> Optio
         kind: FindingKind::PortPressure,
         verdict: Verdict::Warning,
         text: format!(
-            "{PORT_PRESSURE_REASON}{effective}%{towards} of {} ephemeral ports (threshold {threshold}%){raw}",
+            "{PORT_PRESSURE_REASON}{effective}%{towards_text}of {} ephemeral ports (threshold {threshold}%){raw}",
             pressure.ephemeral_ports
         ),
+        towards,
     })
 }
 
@@ -454,11 +476,12 @@ pub(crate) const MAX_NOTE_BYTES: usize = 1024;
 
 /// Decides verdict, annotations and Event for a pod from the deciding
 /// policy's assessment and what was decided before (the report's current
-/// `status.verdict`).
+/// `status.verdict`). `names` names the report's endpoints where known.
 pub fn outcome(
     decided: Option<(PolicyRef<'_>, &Assessment)>,
     report: &ConnectionHealthStatus,
     previous: Option<&VerdictStatus>,
+    names: &PeerNames,
     now: Timestamp,
 ) -> PodOutcome {
     let Some((policy, assessment)) = decided else {
@@ -482,7 +505,7 @@ pub fn outcome(
             event = Some(EventIntent {
                 type_: EventType::Warning,
                 reason,
-                note: truncate(warning_note(assessment, report), MAX_NOTE_BYTES),
+                note: truncate(warning_note(assessment, report, names), MAX_NOTE_BYTES),
             });
             last_event = Some(LastEvent { reason: reason.to_owned(), time: Time(now) });
         }
@@ -495,7 +518,7 @@ pub fn outcome(
         last_event = Some(LastEvent { reason: reasons::RECOVERED.to_owned(), time: Time(now) });
     }
 
-    let summary = summary(assessment);
+    let summary = summary(assessment, names);
     let mut annotations_out = BTreeMap::new();
     if actions.annotations && assessment.verdict > Verdict::Healthy {
         annotations_out.insert(annotations::VERDICT.to_owned(), assessment.verdict.to_string());
@@ -507,12 +530,13 @@ pub fn outcome(
         verdict: Some(VerdictStatus {
             result: assessment.verdict,
             policy: policy.name.to_owned(),
-            reasons: assessment.findings.iter().map(|f| f.text.clone()).collect(),
+            reasons: assessment.findings.iter().map(|f| f.named_text(names)).collect(),
             since: Some(since),
             evaluated_observation: report.observed_at.clone(),
             last_event,
             last_known: None,
             close_wait_counts: Vec::new(),
+            peers: evidence_endpoints(assessment, report).into_iter().filter_map(|e| names.get(e).cloned()).collect(),
         }),
         annotations: annotations_out,
         event,
@@ -546,6 +570,7 @@ pub fn unknown_outcome(
         last_event: previous.and_then(|p| p.last_event.clone()),
         last_known,
         close_wait_counts: Vec::new(),
+        peers: Vec::new(),
     }
 }
 
@@ -562,11 +587,38 @@ pub fn known_previous(previous: Option<&VerdictStatus>) -> Option<VerdictStatus>
 }
 
 /// The key figure behind a verdict, for annotations and policy status.
-pub fn summary(assessment: &Assessment) -> String {
+pub fn summary(assessment: &Assessment, names: &PeerNames) -> String {
     match assessment.findings.first() {
-        Some(f) => f.text.clone(),
+        Some(f) => f.named_text(names),
         None => "healthy".to_owned(),
     }
+}
+
+/// Endpoints a verdict names at most (`status.verdict.peers`).
+pub const MAX_NAMED_PEERS: usize = 16;
+
+/// The endpoints of a Warning or Leaking pod's evidence, the one that
+/// matters most to the verdict first: the destination a finding names, then
+/// the top CLOSE_WAIT peers and the destinations under port pressure (those
+/// first when port pressure decided). None for a Healthy pod: only the
+/// peers of pods in trouble are named.
+pub fn evidence_endpoints<'r>(assessment: &'r Assessment, report: &'r ConnectionHealthStatus) -> Vec<&'r str> {
+    if assessment.verdict <= Verdict::Healthy {
+        return Vec::new();
+    }
+    let named_by_findings = assessment.findings.iter().filter_map(|f| f.towards.as_deref());
+    let peers = report.close_wait.iter().flat_map(|c| &c.top_peers).map(|p| p.endpoint.as_str());
+    let destinations = report.port_pressure.iter().flat_map(|p| &p.top_destinations).map(|d| d.endpoint.as_str());
+    let by_pressure = assessment.findings.first().is_some_and(|f| f.kind == FindingKind::PortPressure);
+    let rest: Vec<&str> =
+        if by_pressure { destinations.chain(peers).collect() } else { peers.chain(destinations).collect() };
+    let mut out: Vec<&str> = Vec::new();
+    for endpoint in named_by_findings.chain(rest) {
+        if out.len() < MAX_NAMED_PEERS && !out.contains(&endpoint) {
+            out.push(endpoint);
+        }
+    }
+    out
 }
 
 /// How a port-pressure finding's text (a verdict reason) begins.
@@ -644,8 +696,8 @@ fn time_wait_buckets_advice(report: &ConnectionHealthStatus) -> String {
 
 /// The Warning Event's note: the figures, the oldest age, the top peer, the
 /// owner and its fd budget, and a hint.
-fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus) -> String {
-    let mut note = assessment.findings.iter().map(|f| f.text.as_str()).collect::<Vec<_>>().join("; ");
+fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus, names: &PeerNames) -> String {
+    let mut note = assessment.findings.iter().map(|f| f.named_text(names)).collect::<Vec<_>>().join("; ");
     match assessment.findings.first().map(|f| f.kind) {
         Some(FindingKind::PortPressure) => {
             note.push_str(&port_pressure_advice(report));
@@ -659,7 +711,7 @@ fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus) -> Str
     }
     if let Some(cw) = &report.close_wait {
         if let Some(peer) = cw.top_peers.first() {
-            note.push_str(&format!(". Top peer {} ({} sockets)", peer.endpoint, peer.count));
+            note.push_str(&format!(". Top peer {} ({} sockets)", names.describe(&peer.endpoint), peer.count));
         }
         if let Some(port) = cw.top_local_ports.first() {
             note.push_str(&format!(", local port {}", port.port));

@@ -12,6 +12,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: the one error type, each variant with a stable category.
 //! - [`plan`]: what one reconcile must write, pure.
+//! - [`peers`]: which Pod, Service or Node a report's peer is.
 //! - [`pod_index`]: the cached pods' names by namespace.
 //! - [`status`]: policy status and conditions, pure.
 //!
@@ -27,6 +28,7 @@ pub mod liveness;
 pub mod metrics;
 #[cfg(test)]
 mod mock_api;
+pub mod peers;
 pub mod plan;
 pub mod pod_index;
 pub mod status;

@@ -20,6 +20,7 @@ use jiff::Timestamp;
 
 use crate::error::Error;
 use crate::evaluate::{self, EventIntent, GrowthHistory, PolicyRef};
+use crate::peers::PeerNames;
 use crate::status::PodVerdict;
 
 /// A policy of the namespace, as read.
@@ -56,6 +57,10 @@ pub struct ReportInput {
     /// Why its figures are not current (the agent on its node is not
     /// renewing its Lease), or `None` when they are.
     pub stale: Option<String>,
+    /// Names of its endpoints found for this reconcile (see
+    /// [`Plan::unnamed_peers`]); where one is missing, the name the current
+    /// verdict gives is kept.
+    pub peers: PeerNames,
 }
 
 /// What to write for one pod. `None` fields need no write.
@@ -82,6 +87,10 @@ pub struct Plan {
     pub selected: Vec<PodVerdict>,
     /// Earliest moment a verdict may change by time alone.
     pub recheck_at: Option<Timestamp>,
+    /// By report: the endpoints of Warning and Leaking pods' evidence that
+    /// its `peers` does not name. The caller names what it can and plans
+    /// again.
+    pub unnamed_peers: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The longest growth window among valid policies: how much CLOSE_WAIT
@@ -127,6 +136,8 @@ pub fn plan(
             continue;
         };
         let growth = history.get(&pod.uid).unwrap_or(&empty);
+        let previous = report.status.verdict.as_ref();
+        let names = report.peers.or_earlier(previous.map_or(&[][..], |v| &v.peers[..]));
         let assessed: Vec<(PolicyRef<'_>, evaluate::Assessment)> = valid
             .iter()
             .filter(|p| evaluate::selects(&p.spec.pod_selector, &pod.labels))
@@ -138,14 +149,13 @@ pub fn plan(
                 Some(_) => (Verdict::Unknown, UNKNOWN_SUMMARY.to_owned()),
                 None => {
                     out.recheck_at = earliest(out.recheck_at, mine.recheck_at);
-                    (mine.verdict, evaluate::summary(mine))
+                    (mine.verdict, evaluate::summary(mine, &names))
                 }
             };
             out.selected.push(PodVerdict { pod: pod.name.clone(), verdict, summary, since: None });
         }
 
         let decided = evaluate::decide(&assessed);
-        let previous = report.status.verdict.as_ref();
         let responsible = decided.is_some_and(|(p, _)| p.name == me)
             || previous.is_some_and(|v| v.policy == me || !valid_names.contains(v.policy.as_str()));
         if !responsible {
@@ -166,7 +176,20 @@ pub fn plan(
                 event: None,
                 recheck_at: None,
             },
-            _ => evaluate::outcome(decided, &report.status, evaluate::known_previous(previous).as_ref(), now),
+            _ => {
+                if let Some((_, assessment)) = decided {
+                    let unnamed: BTreeSet<String> = evaluate::evidence_endpoints(assessment, &report.status)
+                        .into_iter()
+                        .filter(|e| report.peers.get(e).is_none())
+                        .map(str::to_owned)
+                        .collect();
+                    if !unnamed.is_empty() {
+                        out.unnamed_peers.insert(report.name.clone(), unnamed);
+                    }
+                }
+                let previous = evaluate::known_previous(previous);
+                evaluate::outcome(decided, &report.status, previous.as_ref(), &names, now)
+            }
         };
         if carry_growth && let Some(verdict) = outcome.verdict.as_mut() {
             // It rides along with the verdict, which is written on every
@@ -243,6 +266,7 @@ mod tests {
                 ..Default::default()
             },
             stale: None,
+            peers: PeerNames::default(),
         }
     }
 

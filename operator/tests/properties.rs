@@ -24,6 +24,7 @@ use connhealth_operator::evaluate::{
     Assessment, EventType, GrowthHistory, PolicyRef, assess, decide, outcome, selects, stuck_sockets, summary,
     validate_spec,
 };
+use connhealth_operator::peers::PeerNames;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time};
 use proptest::prelude::*;
@@ -306,6 +307,7 @@ fn arb_previous(range: Range) -> impl Strategy<Value = Option<VerdictStatus>> {
             last_event,
             last_known: None,
             close_wait_counts: Vec::new(),
+            peers: Vec::new(),
         },
     ))
 }
@@ -363,10 +365,10 @@ fn evaluate(
     for (_, a) in &assessed {
         let worst = a.findings.iter().map(|f| f.verdict).max().unwrap_or(Verdict::Healthy);
         prop_assert_eq!(a.verdict, worst);
-        let _ = summary(a);
+        let _ = summary(a, &PeerNames::default());
     }
     let decided = decide(&assessed);
-    let out = outcome(decided, report, previous, now);
+    let out = outcome(decided, report, previous, &PeerNames::default(), now);
     let Some((policy, assessment)) = decided else {
         prop_assert!(specs.is_empty());
         prop_assert!(out.verdict.is_none() && out.annotations.is_empty() && out.event.is_none());

@@ -18,6 +18,11 @@ fn ts(offset_secs: i64) -> Timestamp {
     T0.parse::<Timestamp>().unwrap() + jiff::SignedDuration::from_secs(offset_secs)
 }
 
+/// Names for no endpoint: the evidence stays as the agent wrote it.
+fn no_names() -> PeerNames {
+    PeerNames::default()
+}
+
 fn spec() -> ConnectionHealthPolicySpec {
     serde_json::from_value(serde_json::json!({})).unwrap()
 }
@@ -189,10 +194,10 @@ fn recovery_from_port_pressure_says_so() {
     };
     let sick = pressure(80);
     let a = assess(&spec, &sick, &GrowthHistory::default(), ts(0));
-    let prev = outcome(Some((policy(&spec), &a)), &sick, None, ts(0)).verdict.unwrap();
+    let prev = outcome(Some((policy(&spec), &a)), &sick, None, &no_names(), ts(0)).verdict.unwrap();
     let healthy = pressure(12);
     let a = assess(&spec, &healthy, &GrowthHistory::default(), ts(60));
-    let event = outcome(Some((policy(&spec), &a)), &healthy, Some(&prev), ts(60)).event.unwrap();
+    let event = outcome(Some((policy(&spec), &a)), &healthy, Some(&prev), &no_names(), ts(60)).event.unwrap();
     assert_eq!(
         event.note,
         "Recovered from Warning (port pressure 80% of 28232 ephemeral ports (threshold 60%)): \
@@ -248,7 +253,7 @@ fn port_pressure_is_judged_on_what_connect_cannot_reuse() {
     let a = assess(&spec, &r, &GrowthHistory::default(), ts(0));
     assert_eq!(a.verdict, Verdict::Warning);
     assert_eq!(a.findings[0].text, "port pressure 85% towards 10.0.0.7:80 of 1000 ephemeral ports (threshold 60%)");
-    let event = outcome(Some((policy(&spec), &a)), &r, None, ts(0)).event.unwrap();
+    let event = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(0)).event.unwrap();
     assert_eq!(event.reason, "TimeWaitPressure");
     for needle in [
         "Ephemeral range 40000-40999, tcp_tw_reuse=0, tcp_timestamps=1: TIME_WAIT sockets hold their ports for 60s",
@@ -268,7 +273,7 @@ fn port_pressure_is_judged_on_what_connect_cannot_reuse() {
         "port pressure 65% towards 10.0.0.7:80 of 1000 ephemeral ports (threshold 60%), \
          leaving out TIME_WAIT that connect() may reuse (85% with it)"
     );
-    let note = outcome(Some((policy(&spec), &a)), &r, None, ts(0)).event.unwrap().note;
+    let note = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(0)).event.unwrap().note;
     assert!(note.contains("tcp_tw_reuse=1, tcp_timestamps=1: connect() reuses TIME_WAIT ports"), "{note}");
     let r = pressured(85, 20, "all", 1, 1);
     assert_eq!(assess(&spec, &r, &GrowthHistory::default(), ts(0)).verdict, Verdict::Healthy);
@@ -276,7 +281,7 @@ fn port_pressure_is_judged_on_what_connect_cannot_reuse() {
     // Reuse switched on without timestamps does nothing, and the note says so.
     let r = pressured(85, 85, "noTimestamps", 1, 0);
     let a = assess(&spec, &r, &GrowthHistory::default(), ts(0));
-    let note = outcome(Some((policy(&spec), &a)), &r, None, ts(0)).event.unwrap().note;
+    let note = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(0)).event.unwrap().note;
     assert!(note.contains("tcp_tw_reuse does nothing while tcp_timestamps=0"), "{note}");
 
     // The limiting destination is the one with the most ports connect()
@@ -306,7 +311,7 @@ fn time_wait_buckets_warn_with_overflows_and_recover() {
     let a = assess(&spec, &sick, &GrowthHistory::default(), ts(0));
     assert_eq!(a.verdict, Verdict::Warning);
     assert_eq!(a.findings[0].text, "TIME_WAIT at 100% of tcp_max_tw_buckets (4096 of 4096; threshold 80%)");
-    let out = outcome(Some((policy(&spec), &a)), &sick, None, ts(0));
+    let out = outcome(Some((policy(&spec), &a)), &sick, None, &no_names(), ts(0));
     let event = out.event.unwrap();
     assert_eq!(event.reason, "TimeWaitBucketsHigh");
     assert!(event.note.contains("1234 closes skipped TIME_WAIT at the limit"), "{}", event.note);
@@ -314,7 +319,7 @@ fn time_wait_buckets_warn_with_overflows_and_recover() {
 
     let healthy = report(100, Some(1234));
     let a = assess(&spec, &healthy, &GrowthHistory::default(), ts(60));
-    let event = outcome(Some((policy(&spec), &a)), &healthy, out.verdict.as_ref(), ts(60)).event.unwrap();
+    let event = outcome(Some((policy(&spec), &a)), &healthy, out.verdict.as_ref(), &no_names(), ts(60)).event.unwrap();
     assert!(event.note.ends_with("(TIME_WAIT at 2% of tcp_max_tw_buckets now)."), "{}", event.note);
 
     let mut off = spec.clone();
@@ -359,7 +364,7 @@ fn leaking_pod_gets_annotations_verdict_and_event() {
     let spec = spec();
     let r = report(&[(0, 12)], 600);
     let a = assess(&spec, &r, &GrowthHistory::default(), ts(600));
-    let out = outcome(Some((policy(&spec), &a)), &r, None, ts(600));
+    let out = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(600));
     let v = out.verdict.as_ref().unwrap();
     assert_eq!(v.result, Verdict::Leaking);
     assert_eq!(v.policy, "default");
@@ -396,32 +401,32 @@ fn cooldown_and_worsening() {
     let r = report(&[(0, 12)], 600);
     let h = GrowthHistory::default();
     let a = assess(&spec, &r, &h, ts(600));
-    let first = outcome(Some((policy(&spec), &a)), &r, None, ts(600));
+    let first = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(600));
     assert!(first.event.is_some());
     let prev = first.verdict.unwrap();
 
     // Same verdict 5 minutes later: no Event, since unchanged.
     let a = assess(&spec, &r, &h, ts(900));
-    let again = outcome(Some((policy(&spec), &a)), &r, Some(&prev), ts(900));
+    let again = outcome(Some((policy(&spec), &a)), &r, Some(&prev), &no_names(), ts(900));
     assert_eq!(again.event, None);
     assert_eq!(again.verdict.as_ref().unwrap().since, Some(Time(ts(600))));
     assert_eq!(again.verdict.as_ref().unwrap().last_event, prev.last_event);
 
     // 15 minutes after the last Event: repeat.
     let a = assess(&spec, &r, &h, ts(600 + 900));
-    let later = outcome(Some((policy(&spec), &a)), &r, Some(&prev), ts(600 + 900));
+    let later = outcome(Some((policy(&spec), &a)), &r, Some(&prev), &no_names(), ts(600 + 900));
     assert_eq!(later.event.map(|e| e.reason), Some("CloseWaitLeak"));
 
     // Warning → Leaking inside the cooldown: published at once.
     let warn_report = report(&[(550, 12)], 600);
     let a = assess(&spec, &warn_report, &h, ts(600));
-    let warning = outcome(Some((policy(&spec), &a)), &warn_report, None, ts(600));
+    let warning = outcome(Some((policy(&spec), &a)), &warn_report, None, &no_names(), ts(600));
     assert_eq!(warning.verdict.as_ref().unwrap().result, Verdict::Warning);
     // A Warning by count has a reason of its own: the Leaking Event that
     // follows is a new Event with its own note, not a repeat in a series.
     assert_eq!(warning.event.as_ref().map(|e| e.reason), Some("CloseWaitHigh"));
     let a = assess(&spec, &warn_report, &h, ts(700));
-    let leaking = outcome(Some((policy(&spec), &a)), &warn_report, warning.verdict.as_ref(), ts(700));
+    let leaking = outcome(Some((policy(&spec), &a)), &warn_report, warning.verdict.as_ref(), &no_names(), ts(700));
     assert_eq!(leaking.verdict.as_ref().unwrap().result, Verdict::Leaking);
     assert_eq!(leaking.verdict.as_ref().unwrap().since, Some(Time(ts(700))));
     let event = leaking.event.expect("worsening is published inside the cooldown");
@@ -434,10 +439,10 @@ fn recovery_clears_annotations_and_says_recovered() {
     let spec = spec();
     let sick = report(&[(0, 12)], 600);
     let a = assess(&spec, &sick, &GrowthHistory::default(), ts(600));
-    let prev = outcome(Some((policy(&spec), &a)), &sick, None, ts(600)).verdict.unwrap();
+    let prev = outcome(Some((policy(&spec), &a)), &sick, None, &no_names(), ts(600)).verdict.unwrap();
     let healthy = report(&[], 700);
     let a = assess(&spec, &healthy, &GrowthHistory::default(), ts(700));
-    let out = outcome(Some((policy(&spec), &a)), &healthy, Some(&prev), ts(700));
+    let out = outcome(Some((policy(&spec), &a)), &healthy, Some(&prev), &no_names(), ts(700));
     assert_eq!(out.verdict.as_ref().unwrap().result, Verdict::Healthy);
     assert!(out.annotations.is_empty());
     let event = out.event.unwrap();
@@ -449,7 +454,7 @@ fn recovery_clears_annotations_and_says_recovered() {
     );
     // Healthy stays quiet afterwards.
     let prev = out.verdict.unwrap();
-    let out = outcome(Some((policy(&spec), &a)), &healthy, Some(&prev), ts(800));
+    let out = outcome(Some((policy(&spec), &a)), &healthy, Some(&prev), &no_names(), ts(800));
     assert_eq!(out.event, None);
 }
 
@@ -461,21 +466,21 @@ fn actions_switch_off_events_or_annotations() {
     };
     let r = report(&[(0, 12)], 600);
     let a = assess(&spec, &r, &GrowthHistory::default(), ts(600));
-    let out = outcome(Some((policy(&spec), &a)), &r, None, ts(600));
+    let out = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(600));
     assert_eq!(out.event, None);
     assert_eq!(out.annotations.len(), 4);
     let spec = ConnectionHealthPolicySpec {
         actions: PolicyActions { events: true, annotations: false, ..Default::default() },
         ..spec
     };
-    let out = outcome(Some((policy(&spec), &a)), &r, None, ts(600));
+    let out = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(600));
     assert!(out.event.is_some());
     assert!(out.annotations.is_empty());
 }
 
 #[test]
 fn no_policy_removes_everything() {
-    let out = outcome(None, &report(&[(0, 50)], 600), None, ts(600));
+    let out = outcome(None, &report(&[(0, 50)], 600), None, &no_names(), ts(600));
     assert_eq!(out, PodOutcome { verdict: None, annotations: BTreeMap::new(), event: None, recheck_at: None });
 }
 
@@ -485,7 +490,7 @@ fn event_note_is_bounded() {
     let mut r = report(&[(0, 12)], 600);
     r.close_wait.as_mut().unwrap().owners[0].command = "x".repeat(5000);
     let a = assess(&spec, &r, &GrowthHistory::default(), ts(600));
-    let note = outcome(Some((policy(&spec), &a)), &r, None, ts(600)).event.unwrap().note;
+    let note = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(600)).event.unwrap().note;
     assert!(note.len() <= 1024 && note.ends_with("..."), "{}", note.len());
 }
 
@@ -500,7 +505,7 @@ fn the_note_says_when_the_owner_is_stuck_in_the_kernel_or_a_zombie() {
         let mut r = report(&[(0, 12)], 600);
         r.close_wait.as_mut().unwrap().owners[0].state = Some(state.into());
         let a = assess(&spec, &r, &GrowthHistory::default(), ts(600));
-        let note = outcome(Some((policy(&spec), &a)), &r, None, ts(600)).event.unwrap().note;
+        let note = outcome(Some((policy(&spec), &a)), &r, None, &no_names(), ts(600)).event.unwrap().note;
         assert!(note.contains(says), "{state}: {note}");
     }
 }
