@@ -12,16 +12,18 @@
 pub mod health;
 pub mod names;
 pub mod policy;
+pub mod snapshot;
 
 pub use health::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
 pub use policy::{ConnectionHealthPolicy, ConnectionHealthPolicySpec, ConnectionHealthPolicyStatus, Verdict};
+pub use snapshot::{ConnectionSnapshot, ConnectionSnapshotSpec, ConnectionSnapshotStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 /// Every CRD of the API, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![ConnectionHealthPolicy::crd(), ConnectionHealth::crd()]
+    vec![ConnectionHealthPolicy::crd(), ConnectionHealth::crd(), ConnectionSnapshot::crd()]
 }
 
 /// Header of every generated file.

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use connhealth_crds::health::VerdictStatus;
+use connhealth_crds::snapshot::{ConnectionSnapshot, ConnectionSnapshotStatus, SERVED};
 use connhealth_crds::{ConnectionHealth, Verdict};
 use connhealth_e2e::agent::{
     agent_run_args, diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, operator_run_args, scrape, sweeps,
@@ -22,7 +23,7 @@ use connhealth_e2e::agent::{
 };
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, FakePod, HangingProxy, TestNamespace, apply_policy, eventually,
+    AgentLock, ChildProcess, Cluster, FakePod, HangingProxy, TestNamespace, TokenKubeconfig, apply_policy, eventually,
     eventually_explained, jsonpath, pod_events, require_root, until,
 };
 use jiff::SignedDuration;
@@ -448,6 +449,169 @@ async fn a_client_leaking_towards_a_service_names_the_service() {
         .collect();
     assert_eq!(peers, [to.clone()].into(), "ss sees every CLOSE_WAIT socket towards the ClusterIP");
     assert_eq!(jsonpath(cluster, &ns.name, "ch/worker", "{.status.closeWait.topPeers[0].endpoint}"), to);
+}
+
+/// Creates a ConnectionSnapshot with `spec` (YAML lines) in `ns`.
+fn request_snapshot(cluster: &Cluster, ns: &str, name: &str, spec: &str) {
+    let manifest = format!(
+        "apiVersion: connhealth.io/v1alpha1\nkind: ConnectionSnapshot\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+    );
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["create", "-f", "-"], &manifest);
+    assert!(ok, "create snapshot {name}: {stderr}");
+}
+
+/// The snapshot's status once its `Served` condition is set.
+async fn served_snapshot(client: &Client, ns: &str, name: &str) -> ConnectionSnapshotStatus {
+    let api: Api<ConnectionSnapshot> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("snapshot {name} to be served"), WAIT, || async {
+        let status = api.get_opt(name).await.ok().flatten()?.status?;
+        status.conditions.iter().any(|c| c.type_ == SERVED).then_some(status)
+    })
+    .await
+}
+
+/// `ss -tanHp` rows in a pod's namespace for `state`: (peer, pid).
+fn ss_rows(pod: &FakePod, state: &str) -> Vec<(String, Option<i64>)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "ss", "-tanHp", "state", state])
+        .output()
+        .expect("run ss");
+    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    let mut rows: Vec<(String, Option<i64>)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Recv-Q Send-Q Local Peer [users:(("comm",pid=N,fd=M))]
+            let pid = line.split("pid=").nth(1).and_then(|p| p.split(',').next()).and_then(|p| p.parse().ok());
+            (fields[3].to_owned(), pid)
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// `ss -tanp` for a pod without exec: a ConnectionSnapshot lists its
+/// sockets as `ss` sees them (same count, peers and owner pid), with the
+/// state filter and the limit; only the agent of the pod's node serves it;
+/// a host-network pod's is refused with the reason; an expired one is
+/// deleted; RBAC on the kind decides who may ask.
+#[tokio::test]
+async fn a_snapshot_lists_a_pods_sockets_as_ss_sees_them() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("agent-snap");
+    let client = cluster.client().await;
+
+    let mut leaky = FakePod::create(&client, cluster, &ns.name, "leaky", false).await;
+    let server = leaky.spawn(&["serve", "--listen", "127.0.0.1:8080"]);
+    until(WAIT, "the server to listen", || leaky.ss_count("listening") == 1).await;
+    leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "7", "--interval-ms", "10"]);
+    until(WAIT, "7 CLOSE_WAIT sockets", || leaky.ss_count("close-wait") == 7).await;
+    let _agent = agent(cluster, &cluster.kubeconfig, &ns.name);
+    let operator_args = operator_run_args(&ns.name, "snapshot-test-operator");
+    let operator_args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
+    let _operator = ChildProcess::spawn("connhealth-operator", &operator_args, &cluster.kubeconfig, &[]);
+
+    // CLOSE_WAIT only: every one ss lists, same peers, held by the server.
+    request_snapshot(cluster, &ns.name, "cw", "  podName: leaky\n  states: [close-wait]\n");
+    let cw = served_snapshot(&client, &ns.name, "cw").await;
+    assert_eq!(cw.conditions[0].status, "True", "{:?}", cw.conditions);
+    assert_eq!(cw.node_name.as_deref(), Some(cluster.node_name().as_str()));
+    let mut listed: Vec<(String, Option<i64>)> = cw.sockets.iter().map(|s| (s.peer.clone(), s.pid)).collect();
+    listed.sort();
+    let ss = ss_rows(&leaky, "close-wait");
+    assert_eq!(listed, ss, "the snapshot's CLOSE_WAIT sockets (peer, pid) are ss -tanp's");
+    assert_eq!(ss.len(), 7);
+    assert!(ss.iter().all(|(_, pid)| *pid == Some(i64::from(server))), "{ss:?}");
+    assert_eq!((cw.total, cw.truncated), (7, 0));
+    assert!(cw.sockets.iter().all(|s| s.state == "close-wait" && s.close_wait_since.is_some()), "{:?}", cw.sockets);
+    let captured = cw.captured_at.clone().expect("captured at").0;
+    assert!(cw.sockets.iter().all(|s| s.close_wait_since.as_ref().unwrap().0 <= captured));
+    let owner = cw.processes.iter().find(|p| p.pid == i64::from(server)).expect("the server among the processes");
+    assert_eq!(
+        (owner.command.as_str(), owner.sockets, owner.container.as_deref()),
+        ("connhealth-demo", 7, Some("server"))
+    );
+    assert!(owner.open_fds >= 8 && owner.fd_limit.is_some(), "{owner:?}");
+
+    // Every state, cut at 3: CLOSE_WAIT first, the rest counted.
+    request_snapshot(cluster, &ns.name, "all", "  podName: leaky\n  limit: 3\n");
+    let all = served_snapshot(&client, &ns.name, "all").await;
+    let ss_total = ss_rows(&leaky, "all").len() as i64;
+    assert_eq!((all.total, all.truncated, all.sockets.len()), (ss_total, ss_total - 3, 3), "{all:?}");
+    assert!(all.sockets.iter().all(|s| s.state == "close-wait"));
+
+    // A pod of another node: this node's agent leaves it alone (a later
+    // snapshot of this node's pod is served, that one is not).
+    let other_node = format!("agent-snap-{}", connhealth_e2e::random_suffix());
+    connhealth_e2e::register_node(&client, &other_node, &[]).await.unwrap();
+    let elsewhere = FakePod::create_on_node(&client, cluster, &ns.name, "elsewhere", &other_node, false).await;
+    request_snapshot(cluster, &ns.name, "far", "  podName: elsewhere\n");
+    request_snapshot(cluster, &ns.name, "near", "  podName: leaky\n");
+    served_snapshot(&client, &ns.name, "near").await;
+    let far = jsonpath(cluster, &ns.name, "connectionsnapshot/far", "{.status}");
+    assert_eq!(far, "", "served by no agent of this node");
+    drop(elsewhere);
+    cluster.kubectl_ok(&["delete", "node", &other_node, "--wait=false"]).unwrap();
+
+    // A host-network pod's sockets are the node's: refused, with why.
+    let _host = FakePod::create(&client, cluster, &ns.name, "host", true).await;
+    request_snapshot(cluster, &ns.name, "host", "  podName: host\n");
+    let host = served_snapshot(&client, &ns.name, "host").await;
+    assert_eq!((host.conditions[0].status.as_str(), host.conditions[0].reason.as_str()), ("False", "HostNetwork"));
+    assert!(host.sockets.is_empty());
+
+    // Expired: deleted by the operator.
+    request_snapshot(cluster, &ns.name, "brief", "  podName: leaky\n  ttl: 2s\n");
+    until(WAIT, "the expired snapshot to be deleted", || {
+        let (ok, _, stderr) = cluster.kubectl_run(&["get", "connectionsnapshot", "brief", "-n", &ns.name]);
+        !ok && stderr.contains("NotFound")
+    })
+    .await;
+
+    // Who may ask is RBAC's: refused without the kind's create, allowed with it.
+    cluster.kubectl_ok(&["create", "serviceaccount", "viewer", "-n", &ns.name]).unwrap();
+    let viewer = TokenKubeconfig::for_service_account(cluster, &ns.name, "viewer").unwrap();
+    let manifest = format!(
+        "apiVersion: connhealth.io/v1alpha1\nkind: ConnectionSnapshot\nmetadata: {{name: mine, namespace: {}}}\nspec: {{podName: leaky}}\n",
+        ns.name
+    );
+    let file = std::env::temp_dir().join(format!("snapshot-{}.yaml", connhealth_e2e::random_suffix()));
+    std::fs::write(&file, manifest).unwrap();
+    let create = ["create", "-f", file.to_str().unwrap()];
+    let (ok, _, stderr) = viewer.kubectl_run(&create);
+    assert!(!ok && stderr.contains("forbidden"), "refused by the API server: {stderr}");
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "role",
+            "snapshots",
+            "-n",
+            &ns.name,
+            "--verb=create,get",
+            "--resource=connectionsnapshots.connhealth.io",
+        ])
+        .unwrap();
+    let sa = format!("{}:viewer", ns.name);
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "snapshots",
+            "-n",
+            &ns.name,
+            "--role=snapshots",
+            "--serviceaccount",
+            &sa,
+        ])
+        .unwrap();
+    until(WAIT, "the viewer to be allowed", || viewer.kubectl_run(&create).0).await;
+    let _ = std::fs::remove_file(&file);
+    served_snapshot(&client, &ns.name, "mine").await;
 }
 
 #[tokio::test]

@@ -487,7 +487,8 @@ fn rbac_grants_exactly_the_documented_verbs() {
     let (expected_agent, expected_operator, expected_lease) =
         (table("agent (ClusterRole)"), table("operator (ClusterRole)"), table("operator (Role, release namespace)"));
     let expected_agent_lease = table("agent (Role, release namespace)");
-    assert_eq!(documented.len(), 4, "roles in the table: {:?}", documented.keys());
+    let expected_requester = table("snapshot requester (ClusterRole, bound by you)");
+    assert_eq!(documented.len(), 5, "roles in the table: {:?}", documented.keys());
     // The table is read as meant: a few rows spelled out.
     assert!(expected_agent.contains(&("".into(), "pods".into(), "watch".into(), None)));
     assert!(expected_lease.contains(&(
@@ -511,7 +512,14 @@ fn rbac_grants_exactly_the_documented_verbs() {
     // No other role anywhere.
     let roles: Vec<_> =
         docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role").map(kind_name).collect();
-    assert_eq!(roles.len(), 4, "unexpected roles: {roles:?}");
+    assert_eq!(roles.len(), 5, "unexpected roles: {roles:?}");
+    // The requester role, for people to bind: bound to no one by the chart.
+    let requester = format!("{release}-connhealth-snapshot-requester");
+    assert_eq!(grants(find(&docs, "ClusterRole", &requester)), expected_requester, "snapshot requester ClusterRole");
+    assert!(
+        !docs.iter().any(|d| d["roleRef"]["name"] == requester.as_str()),
+        "the chart binds the requester role to no one"
+    );
 
     // Each role is bound to its component's ServiceAccount, and only to it.
     for (kind, role_kind, name) in [
@@ -564,8 +572,9 @@ fn cluster_scoped_objects_are_named_per_release() {
         let found: Vec<&Value> = docs.iter().filter(|d| cluster_scoped.iter().any(|k| d["kind"] == *k)).collect();
         assert_eq!(
             found.len(),
-            8,
-            "two ClusterRoles, their bindings, the node and Lease restrictions and their bindings"
+            11,
+            "three ClusterRoles (agent, operator, snapshot requester), the first two's bindings, the node, Lease and \
+             snapshot restrictions and their bindings"
         );
         for doc in found {
             let (kind, name) = kind_name(doc);
@@ -1229,6 +1238,9 @@ fn install_upgrade_uninstall_round_trip() {
         format!("validatingadmissionpolicybinding.admissionregistration.k8s.io/{full}-agent-node-restriction"),
         format!("validatingadmissionpolicy.admissionregistration.k8s.io/{full}-agent-lease-restriction"),
         format!("validatingadmissionpolicybinding.admissionregistration.k8s.io/{full}-agent-lease-restriction"),
+        format!("validatingadmissionpolicy.admissionregistration.k8s.io/{full}-agent-snapshot-restriction"),
+        format!("validatingadmissionpolicybinding.admissionregistration.k8s.io/{full}-agent-snapshot-restriction"),
+        format!("clusterrole.rbac.authorization.k8s.io/{full}-snapshot-requester"),
     ]
     .into();
     assert_eq!(release_objects(cluster, None, CLUSTER_KINDS, &release), expected_cluster);

@@ -97,6 +97,7 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
     tokio::spawn(endpoint.serve());
 
     let pods = watch_node_pods(client.clone(), &config.node_name);
+    tokio::spawn(crate::snapshots::serve(client.clone(), config.node_name.clone(), pods.clone()));
     // The sweep loop reports each finished sweep; the Lease is renewed only
     // while they keep coming.
     let (sweep_finished, sweeps) = tokio::sync::watch::channel(None);
@@ -179,15 +180,16 @@ struct Agent {
 }
 
 /// A pod of this node as the sweep needs it.
-struct NodePod {
-    key: PodKey,
-    uid: String,
-    host_network: bool,
-    running: bool,
-    container_names: HashMap<String, String>,
+pub(crate) struct NodePod {
+    pub(crate) key: PodKey,
+    pub(crate) uid: String,
+    pub(crate) host_network: bool,
+    pub(crate) running: bool,
+    /// Container ID → container name, from the pod's status.
+    pub(crate) container_names: HashMap<String, String>,
 }
 
-fn node_pod(pod: &Pod) -> Option<NodePod> {
+pub(crate) fn node_pod(pod: &Pod) -> Option<NodePod> {
     let uid = pod.uid()?;
     let spec = pod.spec.as_ref()?;
     let status = pod.status.as_ref();

@@ -14,6 +14,8 @@
 //! - `reporter`: the write decision's memory and the writes (server-side
 //!   apply).
 //! - `metrics`: the agent's Prometheus metrics.
+//! - `snapshots`: serves ConnectionSnapshots of this node's pods (one
+//!   pod's sockets, row by row, on request).
 //! - [`error`]: the crate's one error type.
 
 pub mod args;
@@ -29,4 +31,6 @@ pub mod report;
 #[cfg(feature = "cluster")]
 pub mod reporter;
 pub mod scan_cli;
+#[cfg(feature = "cluster")]
+pub mod snapshots;
 pub mod table;

@@ -304,6 +304,7 @@ pub async fn run(
         move |report: DeserializeGuard<ConnectionHealth>| policies_of_report(&policies, &pods, &report)
     };
     tokio::spawn(forget_gone_pods(ctx.clone(), pods.clone()));
+    let snapshot_expiry = tokio::spawn(crate::snapshots::delete_expired(ctx.client.clone()));
     let caches_ready = {
         let (reports, pods) = (reports.clone(), pods.clone());
         async move {
@@ -330,6 +331,7 @@ pub async fn run(
             }
         })
         .await;
+    snapshot_expiry.abort();
 }
 
 /// A failed reconcile: counted, logged, retried after

@@ -14,6 +14,7 @@
 //! - [`plan`]: what one reconcile must write, pure.
 //! - [`peers`]: which Pod, Service or Node a report's peer is.
 //! - [`pod_index`]: the cached pods' names by namespace.
+//! - [`snapshots`]: deletes ConnectionSnapshots whose TTL has passed.
 //! - [`status`]: policy status and conditions, pure.
 //!
 //! Unit tests of the modules that call the API server run against a
@@ -31,4 +32,5 @@ mod mock_api;
 pub mod peers;
 pub mod plan;
 pub mod pod_index;
+pub mod snapshots;
 pub mod status;

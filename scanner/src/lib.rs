@@ -26,6 +26,8 @@
 //!   memory-bounded.
 //! - [`sysctls`]: the per-namespace TCP settings reported as evidence.
 //! - [`owners`]: which processes hold given socket inodes.
+//! - [`listing`]: one namespace's sockets row by row (`ss -tanp`), for
+//!   on-demand snapshots.
 //! - [`error`]: the crate's one error type; [`json`]: how the JSON contract
 //!   spells times and paths.
 //! - [`testing`]: helpers for tests and the benchmark with real namespaces
@@ -38,6 +40,7 @@ pub mod discovery;
 pub mod error;
 pub mod gate;
 pub mod json;
+pub mod listing;
 pub mod netns;
 pub mod owners;
 pub mod procfs;

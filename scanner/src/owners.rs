@@ -108,6 +108,10 @@ pub struct Owners {
     pub fds_walked: u64,
     /// What could not be read.
     pub skipped: SkippedCounts,
+    /// Which walked process holds each found inode (inode → pid): the
+    /// last holder walked when several hold it.
+    #[serde(skip)]
+    pub holders: HashMap<u64, u32>,
 }
 
 /// Finds which of `pids` (thread-group leaders) hold which of `inodes`.
@@ -159,6 +163,7 @@ pub fn find_owners(opts: &OwnersOptions, inodes: &[u64], pids: &[u32]) -> Owners
         });
     }
     result.owners.sort_by(|a, b| b.held.cmp(&a.held).then_with(|| a.process.pid.cmp(&b.process.pid)));
+    result.holders = wanted.into_iter().filter(|(_, pid)| *pid != 0).collect();
     result
 }
 

@@ -343,7 +343,7 @@ fn enter(handle: &NetnsHandle) -> Result<Entered, ScanError> {
     })?
 }
 
-fn open_target(target: &Target) -> Result<NetnsHandle, ScanError> {
+pub(crate) fn open_target(target: &Target) -> Result<NetnsHandle, ScanError> {
     let mut last = None;
     for path in &target.paths {
         match NetnsHandle::open(path) {

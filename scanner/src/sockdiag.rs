@@ -186,6 +186,29 @@ impl TcpState {
         STATE_TABLE.iter().find(|(_, ss, _)| *ss == name).map(|(state, _, _)| *state)
     }
 
+    /// The state as `ss`'s state filter spells it (`ss state close-wait`):
+    /// `established`, `syn-sent`, ..., `listening`.
+    pub fn filter_name(self) -> &'static str {
+        match self {
+            Self::Established => "established",
+            Self::SynSent => "syn-sent",
+            Self::SynRecv => "syn-recv",
+            Self::FinWait1 => "fin-wait-1",
+            Self::FinWait2 => "fin-wait-2",
+            Self::TimeWait => "time-wait",
+            Self::Close => "close",
+            Self::CloseWait => "close-wait",
+            Self::LastAck => "last-ack",
+            Self::Listen => "listening",
+            Self::Closing => "closing",
+        }
+    }
+
+    /// The state [`Self::filter_name`] spells `name`.
+    pub fn from_filter_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.filter_name() == name)
+    }
+
     /// The camelCase key of JSON output and the API (`closeWait`, …).
     pub fn key(self) -> &'static str {
         STATE_TABLE[self.index()].2
