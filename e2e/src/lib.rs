@@ -480,7 +480,7 @@ pub fn workspace_binary(bin: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !built.iter().any(|b| b == bin) {
         let package = match bin {
-            "connhealth-agent" | "connhealth-operator" | "connhealth-demo" => bin,
+            "connhealth-agent" | "connhealth-operator" | "connhealth-demo" | "kubectl-connhealth" => bin,
             other => panic!("unknown workspace binary {other}"),
         };
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
