@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use connhealth_crds::ConnectionHealth;
 use connhealth_crds::names::{annotations, field_managers, labels, reasons};
+use connhealth_crds::snapshot::ConnectionSnapshot;
 use connhealth_e2e::agent::{
     agent_run_args, capability_mask, capability_names, metrics_addr, process_capabilities, scrape,
     setpriv_with_capabilities, sweeps,
@@ -856,6 +857,26 @@ async fn apply_report_as(kubeconfig: &TokenKubeconfig, report: &Value) -> Result
 
 /// [`apply_as`] of a status (what the agent writes every time after the
 /// first).
+/// Writes a ConnectionSnapshot's status as `kubeconfig`'s agent would,
+/// answering in the name of `node`.
+async fn serve_snapshot_as(
+    kubeconfig: &TokenKubeconfig,
+    namespace: &str,
+    name: &str,
+    node: &str,
+) -> Result<(), (u16, String)> {
+    let api: Api<ConnectionSnapshot> = Api::namespaced(client_from(kubeconfig.path()).await, namespace);
+    let body = json!({
+        "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionSnapshot",
+        "status": { "nodeName": node, "total": 0 },
+    });
+    match api.patch_status(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
+        Err(other) => panic!("serving snapshot {namespace}/{name}: {other}"),
+    }
+}
+
 async fn apply_report_status_as(
     kubeconfig: &TokenKubeconfig,
     namespace: &str,
@@ -965,6 +986,27 @@ async fn the_node_restriction_admits_only_reports_of_the_tokens_node() {
     }
     let nameless = apply_lease_as(&unbound, &system.name, &node, &node).await.unwrap_err();
     assert!(nameless.0 == 403 && nameless.1.contains("the agent's token names no node"), "{nameless:?}");
+    // Snapshots the same way: the agent here answers only in its own
+    // node's name, and not over the other node's answer.
+    let snapshot = json!({
+        "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionSnapshot",
+        "metadata": { "name": "remote-sockets", "namespace": shop.name }, "spec": { "podName": "remote" }
+    });
+    let (ok, out, err) = cluster.kubectl_stdin(&["create", "-f", "-"], &snapshot.to_string());
+    assert!(ok, "create the snapshot: {out}{err}");
+    let snapshot_says = format!("the agent on node {node} may serve a snapshot only in its own name, not {other_node}");
+    let forged = serve_snapshot_as(&here, &shop.name, "remote-sockets", &other_node).await.unwrap_err();
+    assert!(forged.0 == 403 && forged.1.contains(&snapshot_says), "{forged:?}");
+    let nameless = serve_snapshot_as(&unbound, &shop.name, "remote-sockets", &node).await.unwrap_err();
+    assert_eq!(nameless.0, 403, "{nameless:?}");
+    serve_snapshot_as(&there, &shop.name, "remote-sockets", &other_node)
+        .await
+        .expect("the remote node's agent answers");
+    let over = serve_snapshot_as(&here, &shop.name, "remote-sockets", &node).await.unwrap_err();
+    assert!(
+        over.0 == 403 && over.1.contains(&format!("may not rewrite a snapshot served by node {other_node}")),
+        "{over:?}"
+    );
     let remote_report: ConnectionHealth = Api::namespaced(client.clone(), &shop.name).get("remote").await.unwrap();
     assert_eq!(remote_report.spec.node_name, other_node, "the remote report is still the remote node's");
     assert_eq!(remote_report.status.and_then(|s| s.observed_at), None, "and its status untouched");

@@ -52,12 +52,12 @@ pub async fn run(target: &Target, args: &SocketsArgs, output: Output) -> anyhow:
     // A pod that does not exist would wait for nothing; one the user may not
     // read is asked for anyway (the snapshot's RBAC is what counts).
     let pods: Api<Pod> = Api::namespaced(target.client.clone(), ns);
-    match pods.get_opt(&args.pod).await {
-        Ok(Some(_)) => {}
+    let pod_node = match pods.get_opt(&args.pod).await {
+        Ok(Some(pod)) => pod.spec.and_then(|s| s.node_name),
         Ok(None) => bail!("pod {ns}/{} not found", args.pod),
-        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        Err(kube::Error::Api(status)) if status.code == 403 => None,
         Err(error) => return Err(anyhow::Error::new(error).context(format!("reading pod {ns}/{}", args.pod))),
-    }
+    };
     let api: Api<ConnectionSnapshot> = Api::namespaced(target.client.clone(), ns);
     let mut request = ConnectionSnapshot::new(
         "",
@@ -81,6 +81,15 @@ pub async fn run(target: &Target, args: &SocketsArgs, output: Output) -> anyhow:
         let _ = api.delete(&name, &DeleteParams::default()).await;
     }
     let status = served?;
+    // The node restriction admits an answer only in its agent's own node's
+    // name; an answer from another node than the pod's is not the pod's.
+    if let (Some(pod_node), Some(served_by)) = (&pod_node, &status.node_name)
+        && pod_node != served_by
+    {
+        bail!(
+            "the snapshot was answered by the agent on node {served_by}, but the pod runs on node {pod_node}: not trusted"
+        );
+    }
     if structured(&status, output)? {
         return Ok(());
     }
