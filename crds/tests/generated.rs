@@ -165,12 +165,35 @@ fn health_crd_has_names_columns_status_and_field_selector() {
         ("Port-Pressure", ".status.portPressure.effectivePercent"),
         ("TW-Buckets", ".status.timeWait.bucketsPercent"),
         ("Owner", ".status.closeWait.owners[0].command"),
+        ("Peer", ".status.verdict.peers[0].name"),
         ("Verdict", ".status.verdict.result"),
         ("Policy", ".status.verdict.policy"),
         ("Age", ".metadata.creationTimestamp"),
     ];
     let expected: Vec<(String, String)> = expected.iter().map(|(n, p)| (n.to_string(), p.to_string())).collect();
     assert_eq!(columns, expected);
+}
+
+#[test]
+fn snapshot_crd_has_names_columns_and_bounds() {
+    let crd = as_json(&connhealth_crds::ConnectionSnapshot::crd());
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    let names = &crd["spec"]["names"];
+    assert_eq!(names["kind"], "ConnectionSnapshot");
+    assert_eq!(names["shortNames"], serde_json::json!(["csnap"]));
+    assert_eq!(names["categories"], serde_json::json!(["connhealth"]));
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+    let columns: Vec<String> = printer_columns(&crd).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(columns, ["Pod", "Served", "Sockets", "Node", "Age"]);
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(spec["required"], serde_json::json!(["podName"]));
+    assert_eq!(spec["properties"]["limit"]["maximum"], 1000.0);
+    let sockets = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["sockets"];
+    assert_eq!(sockets["maxItems"], 1000);
+    let mut messages = BTreeSet::new();
+    cel_messages(spec, &mut messages);
+    assert!(messages.contains("must be a duration between 1s and 24h, such as 30s or 10m"), "{messages:?}");
 }
 
 #[test]
