@@ -27,7 +27,7 @@ pub use access::TokenKubeconfig;
 pub use agent::AgentLock;
 pub use fakepod::{FakePod, require_root};
 pub use proxy::HangingProxy;
-pub use report::{write_report, write_report_naming, write_report_seen, write_report_status};
+pub use report::{create_pod, write_report, write_report_naming, write_report_seen, write_report_status};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -16,6 +16,24 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
+/// Creates a pod `ns/name` (label `app=api`) bound to this machine's Node
+/// (no kubelet runs it), as the agent's pods are: the operator uses a
+/// report only from its pod's node. Returns its UID.
+pub async fn create_pod(client: &Client, ns: &str, name: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app": "api" } },
+        "spec": {
+            "nodeName": crate::Cluster::get().node_name(),
+            "containers": [{ "name": "app", "image": "example.invalid/app:1" }],
+        }
+    }))
+    .expect("a valid Pod");
+    let created = pods.create(&kube::api::PostParams::default(), &pod).await.expect("create pod");
+    created.metadata.uid.expect("a created pod has a UID")
+}
+
 /// Writes a report as the agent would, with `close_wait` sockets first
 /// seen 10 minutes ago (so all of them are stuck under the default policy).
 pub async fn write_report(client: &Client, ns: &str, pod: &str, uid: &str, close_wait: i64) {

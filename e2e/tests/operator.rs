@@ -19,13 +19,13 @@ use connhealth_e2e::agent::{
 };
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, eventually_explained, jsonpath,
-    pod_events, until, write_report, write_report_naming, write_report_seen, write_report_status,
+    AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, create_pod, eventually_explained,
+    jsonpath, pod_events, until, write_report, write_report_naming, write_report_seen, write_report_status,
 };
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -39,22 +39,6 @@ fn operator_with(ns: &TestNamespace, identity: &str, kubeconfig: &Path, extra_ar
     args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ChildProcess::spawn("connhealth-operator", &args, kubeconfig, &[])
-}
-
-/// A pod bound to this machine's Node (no kubelet runs it), as the agent's
-/// pods are: the operator uses a report only from its pod's node.
-async fn create_pod(client: &Client, ns: &str, name: &str) -> String {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "labels": { "app": "api" } },
-        "spec": {
-            "nodeName": Cluster::get().node_name(),
-            "containers": [{ "name": "app", "image": "example.invalid/app:1" }],
-        }
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.expect("create pod").uid().unwrap()
 }
 
 /// A report naming another node than its pod's — an agent claiming a pod

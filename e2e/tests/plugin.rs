@@ -9,13 +9,10 @@ use std::time::Duration;
 
 use connhealth_e2e::agent::operator_run_args;
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, apply_policy, pod_events, require_root, until,
-    workspace_binary, write_report,
+    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, apply_policy, create_pod, pod_events, require_root,
+    until, workspace_binary, write_report,
 };
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
-use kube::{Api, Client, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -35,21 +32,6 @@ fn plugin_ok(cluster: &Cluster, args: &[&str]) -> String {
     let out = plugin(cluster, args);
     assert!(out.status.success(), "kubectl-connhealth {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A pod bound to this machine's Node, as the agent's pods are.
-async fn create_pod(client: &Client, ns: &str, name: &str) -> String {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "labels": { "app": "api" } },
-        "spec": {
-            "nodeName": Cluster::get().node_name(),
-            "containers": [{ "name": "app", "image": "example.invalid/app:1" }],
-        }
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.expect("create pod").uid().unwrap()
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
-use crate::output::{age, structured};
+use crate::output::{age, process_words, structured};
 use crate::{Output, Target};
 
 #[derive(Debug, Args)]
@@ -247,13 +247,10 @@ fn render(e: &Explanation, policy: Option<&ConnectionHealthPolicy>, now: Timesta
         for port in &cw.top_local_ports {
             out.push_str(&format!("  local port {}: {} sockets\n", port.port, port.count));
         }
-        for owner in &cw.owners {
-            let container = owner.container.as_deref().map(|c| format!(" in container {c}")).unwrap_or_default();
-            let limit = owner.fd_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
-            out.push_str(&format!(
-                "  held by {} (pid {}){container}: {} sockets, {} of {limit} fds open\n",
-                owner.command, owner.pid, owner.sockets, owner.open_fds
-            ));
+        for o in &cw.owners {
+            let held = format!("{} sockets", o.sockets);
+            let words = process_words(&o.command, o.pid, o.container.as_deref(), &held, o.open_fds, o.fd_limit);
+            out.push_str(&format!("  held by {words}\n"));
         }
     }
     if let Some(p) = status.port_pressure.as_ref().filter(|p| p.percent > 0) {

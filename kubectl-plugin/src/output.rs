@@ -76,6 +76,21 @@ pub fn age(t: &Time, now: Timestamp) -> String {
     connhealth_runtime::human_duration(Duration::from_secs(secs.unsigned_abs()))
 }
 
+/// A process in words with its fd budget, e.g. `java (pid 42) in container
+/// api: 12 sockets, 900 of 1024 fds open` (`held` says what the sockets are).
+pub fn process_words(
+    command: &str,
+    pid: i64,
+    container: Option<&str>,
+    held: &str,
+    open_fds: i64,
+    fd_limit: Option<i64>,
+) -> String {
+    let container = container.map(|c| format!(" in container {c}")).unwrap_or_default();
+    let limit = fd_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+    format!("{command} (pid {pid}){container}: {held}, {open_fds} of {limit} fds open")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

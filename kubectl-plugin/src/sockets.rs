@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 
-use crate::output::{age, structured, table};
+use crate::output::{age, process_words, structured, table};
 use crate::{Output, Target};
 
 #[derive(Debug, Args)]
@@ -170,12 +170,9 @@ fn render(status: &ConnectionSnapshotStatus, now: Timestamp) -> String {
     }
     out.push('\n');
     for p in &status.processes {
-        let container = p.container.as_deref().map(|c| format!(" in container {c}")).unwrap_or_default();
-        let limit = p.fd_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
-        out.push_str(&format!(
-            "{} (pid {}){container}: {} of these sockets, {} of {limit} fds open\n",
-            p.command, p.pid, p.sockets, p.open_fds
-        ));
+        let held = format!("{} of these sockets", p.sockets);
+        out.push_str(&process_words(&p.command, p.pid, p.container.as_deref(), &held, p.open_fds, p.fd_limit));
+        out.push('\n');
     }
     out
 }

@@ -4,6 +4,7 @@
 //!
 //! Modules:
 //! - [`evaluate`]: the decisions, as pure functions (no kube, no clock).
+//! - [`cache`]: caches of objects that trigger no reconcile.
 //! - [`cli`]: settings and the `run` command.
 //! - [`controller`]: watches, reconcile, and the writes it performs.
 //! - [`leader`]: leader election on a Lease.
@@ -20,6 +21,7 @@
 //! Unit tests of the modules that call the API server run against a
 //! scripted API (`mock_api`, test builds only).
 
+pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod error;

@@ -26,11 +26,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use connhealth_crds::health::{NamedPeer, PeerKind};
-use futures::{FutureExt, StreamExt};
+
+use crate::cache::start_cache;
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, Service, ServicePort, ServiceSpec};
 use kube::api::{ListParams, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 /// Pod lookups (API requests) one reconcile may make; further endpoints
@@ -134,20 +135,8 @@ impl PeerDirectory {
     /// Starts the Service and Node caches (tasks that run as long as the
     /// process) and returns the directory.
     pub fn start(client: Client) -> Self {
-        let (services, services_writer) = reflector::store();
-        let service_events = reflector::reflector(
-            services_writer,
-            watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).modify(keep_cluster_ips),
-        )
-        .default_backoff();
-        tokio::spawn(run_cache("Services", service_events));
-        let (nodes, nodes_writer) = reflector::store();
-        let node_events = reflector::reflector(
-            nodes_writer,
-            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(keep_addresses),
-        )
-        .default_backoff();
-        tokio::spawn(run_cache("Nodes", node_events));
+        let services = start_cache("Services to name peers", Api::all(client.clone()), keep_cluster_ips);
+        let nodes = start_cache("Nodes to name peers", Api::all(client.clone()), keep_addresses);
         Self::new(client, services, nodes)
     }
 
@@ -245,20 +234,6 @@ impl PeerDirectory {
         }
         Ok(at)
     }
-}
-
-/// Runs a cache's watch for the life of the process, saying when it fails.
-async fn run_cache<K>(
-    what: &'static str,
-    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-) {
-    events
-        .for_each(|event| async move {
-            if let Err(error) = event {
-                tracing::warn!(error = %connhealth_runtime::error_chain(&error), "watching {what} to name peers failed; retrying");
-            }
-        })
-        .await;
 }
 
 /// What the Service cache keeps: name, namespace, ClusterIPs and ports.

@@ -411,6 +411,50 @@ mod tests {
         }
     }
 
+    /// The peers of a Leaking pod are asked for, named in the verdict and
+    /// the Event once known, and keep their name when a later lookup
+    /// finds nothing; a Healthy pod's are never asked for.
+    #[test]
+    fn peers_of_pods_in_trouble_are_named_and_keep_their_name() {
+        use connhealth_crds::health::{EndpointCount, NamedPeer, PeerKind};
+        let policies = [policy("all", None)];
+        let mut pods = [pod("api-1", "api"), pod("web-1", "web")];
+        let mut reports = [report("api-1", 12), report("web-1", 0)];
+        let peer = EndpointCount { endpoint: "10.0.0.9".into(), count: 12 };
+        reports[0].status.close_wait.as_mut().unwrap().top_peers = vec![peer.clone()];
+        reports[1].status.close_wait.as_mut().unwrap().top_peers = vec![EndpointCount { count: 0, ..peer }];
+
+        let unnamed = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
+        assert_eq!(unnamed.unnamed_peers, [("api-1".to_owned(), ["10.0.0.9".to_owned()].into())].into());
+        let event = unnamed.writes[0].event.as_ref().unwrap();
+        assert!(event.note.contains("Top peer 10.0.0.9 (12 sockets)"), "{}", event.note);
+
+        let client = NamedPeer {
+            endpoint: "10.0.0.9".into(),
+            kind: PeerKind::Pod,
+            name: Some("shop/client".into()),
+            workload: Some("Deployment/client".into()),
+            port_name: None,
+        };
+        let mut names = PeerNames::default();
+        names.insert(client.clone());
+        reports[0].peers = names;
+        let named = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(600));
+        assert!(named.unnamed_peers.is_empty(), "{:?}", named.unnamed_peers);
+        let write = &named.writes[0];
+        let note = &write.event.as_ref().unwrap().note;
+        assert!(note.contains("Top peer pod shop/client (10.0.0.9, Deployment/client) (12 sockets)"), "{note}");
+        assert_eq!(write.verdict.clone().flatten().unwrap().peers, [client.clone()]);
+        apply(&named, &mut pods, &mut reports);
+
+        // The next reconcile's lookup finds nothing (it failed): the name
+        // the verdict has stays, and nothing is written.
+        reports[0].peers = PeerNames::default();
+        let later = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(660));
+        assert!(later.writes.is_empty(), "{:?}", later.writes);
+        assert_eq!(reports[0].status.verdict.as_ref().unwrap().peers, [client]);
+    }
+
     #[test]
     fn a_report_of_a_node_without_a_live_lease_is_unknown_and_comes_back_without_events() {
         let policies = [policy("all", None)];

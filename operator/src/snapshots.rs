@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use connhealth_crds::snapshot::ConnectionSnapshot;
 use connhealth_runtime::error_chain;
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::DeleteParams;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
+
+use crate::cache::start_cache;
 
 /// How often expired snapshots are looked for: a snapshot lives at most
 /// this much longer than its TTL.
@@ -31,18 +31,9 @@ pub fn expires_at(snapshot: &ConnectionSnapshot) -> Option<Timestamp> {
 
 /// Deletes expired snapshots for as long as the operator leads.
 pub async fn delete_expired(client: Client) {
-    let (store, writer) = reflector::store();
-    let events = reflector::reflector(
-        writer,
-        watcher(Api::<ConnectionSnapshot>::all(client.clone()), watcher::Config::default())
-            .modify(|snapshot: &mut ConnectionSnapshot| snapshot.status = None),
-    )
-    .default_backoff();
-    tokio::spawn(events.for_each(|event| async move {
-        if let Err(error) = event {
-            tracing::warn!(error = %error_chain(&error), "watching ConnectionSnapshots failed; retrying");
-        }
-    }));
+    let store = start_cache("ConnectionSnapshots", Api::all(client.clone()), |snapshot: &mut ConnectionSnapshot| {
+        snapshot.status = None;
+    });
     if store.wait_until_ready().await.is_err() {
         return;
     }
