@@ -444,7 +444,7 @@ mod tests {
         let write = &named.writes[0];
         let note = &write.event.as_ref().unwrap().note;
         assert!(note.contains("Top peer pod shop/client (10.0.0.9, Deployment/client) (12 sockets)"), "{note}");
-        assert_eq!(write.verdict.clone().flatten().unwrap().peers, [client.clone()]);
+        assert_eq!(write.verdict.clone().flatten().unwrap().peers, std::slice::from_ref(&client));
         apply(&named, &mut pods, &mut reports);
 
         // The next reconcile's lookup finds nothing (it failed): the name
