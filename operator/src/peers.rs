@@ -14,8 +14,11 @@
 //!   server's watch cache), at most [`MAX_POD_LOOKUPS_PER_RECONCILE`] per
 //!   reconcile, and the answer is kept for [`POD_NAME_TTL`].
 //!
-//! A lookup that fails leaves the endpoint as it is (the verdict keeps the
-//! name it had); it never delays or blocks the verdict. An address is called
+//! The plan asks for names only where the verdict has none, and afresh for
+//! each Event (`plan::Plan::unnamed_peers`), so a pod that keeps leaking
+//! costs no lookup between its Events. A lookup that fails leaves the
+//! endpoint as it is (the verdict keeps the name it had); it never delays
+//! or blocks the verdict. An address is called
 //! `External` only when the Service and Node caches are complete and no pod
 //! has it. Names are as fresh as the verdict they were written with: IPs are
 //! reused, so the name of a peer that has gone may be its successor's.

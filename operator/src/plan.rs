@@ -87,9 +87,10 @@ pub struct Plan {
     pub selected: Vec<PodVerdict>,
     /// Earliest moment a verdict may change by time alone.
     pub recheck_at: Option<Timestamp>,
-    /// By report: the endpoints of Warning and Leaking pods' evidence that
-    /// its `peers` does not name. The caller names what it can and plans
-    /// again.
+    /// By report: the endpoints of Warning and Leaking pods' evidence to
+    /// name — those no name is known for, and every one when an Event is to
+    /// be published (its names should be current). The caller names what
+    /// it can (into the report's `peers`) and plans again.
     pub unnamed_peers: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -177,18 +178,24 @@ pub fn plan(
                 recheck_at: None,
             },
             _ => {
+                let previous = evaluate::known_previous(previous);
+                let outcome = evaluate::outcome(decided, &report.status, previous.as_ref(), &names, now);
                 if let Some((_, assessment)) = decided {
+                    // Names are asked for where none is known, and afresh
+                    // (the lookups are cached) for an Event; a verdict that
+                    // names its peers already asks for nothing.
+                    let fresh = |e: &&str| report.peers.get(e).is_some();
+                    let known = |e: &&str| names.get(e).is_some();
                     let unnamed: BTreeSet<String> = evaluate::evidence_endpoints(assessment, &report.status)
                         .into_iter()
-                        .filter(|e| report.peers.get(e).is_none())
+                        .filter(|e| if outcome.event.is_some() { !fresh(e) } else { !known(e) })
                         .map(str::to_owned)
                         .collect();
                     if !unnamed.is_empty() {
                         out.unnamed_peers.insert(report.name.clone(), unnamed);
                     }
                 }
-                let previous = evaluate::known_previous(previous);
-                evaluate::outcome(decided, &report.status, previous.as_ref(), &names, now)
+                outcome
             }
         };
         if carry_growth && let Some(verdict) = outcome.verdict.as_mut() {
@@ -453,6 +460,9 @@ mod tests {
         let later = plan("all", true, &policies, &pods, &reports, &HashMap::new(), ts(660));
         assert!(later.writes.is_empty(), "{:?}", later.writes);
         assert_eq!(reports[0].status.verdict.as_ref().unwrap().peers, [client]);
+        // And a verdict that names its peers asks for no lookup until its
+        // next Event.
+        assert!(later.unnamed_peers.is_empty(), "{:?}", later.unnamed_peers);
     }
 
     #[test]
