@@ -558,6 +558,16 @@ async fn a_snapshot_lists_a_pods_sockets_as_ss_sees_them() {
     drop(elsewhere);
     cluster.kubectl_ok(&["delete", "node", &other_node, "--wait=false"]).unwrap();
 
+    // A snapshot that comes before its pod reaches this node's pod cache
+    // (asked for before the pod even exists) is served once it is there.
+    // (Listed, or NamespaceNotFound if the agent looked before the pod's
+    // process started: either way this node's agent answered it.)
+    request_snapshot(cluster, &ns.name, "early", "  podName: late\n");
+    let late = FakePod::create(&client, cluster, &ns.name, "late", false).await;
+    let early = served_snapshot(&client, &ns.name, "early").await;
+    assert_eq!(early.node_name.as_deref(), Some(cluster.node_name().as_str()), "{:?}", early.conditions);
+    drop(late);
+
     // A host-network pod's sockets are the node's: refused, with why.
     let _host = FakePod::create(&client, cluster, &ns.name, "host", true).await;
     request_snapshot(cluster, &ns.name, "host", "  podName: host\n");

@@ -175,6 +175,7 @@ async fn reports_written_with_server_side_apply_show_printer_columns() {
             "PORT-PRESSURE",
             "TW-BUCKETS",
             "OWNER",
+            "PEER",
             "VERDICT",
             "POLICY",
             "AGE"

@@ -4,7 +4,10 @@
 //! snapshot's status, once.
 //!
 //! - A snapshot of a pod that is not on this node is left to that node's
-//!   agent (every agent sees every snapshot; they are few and short-lived).
+//!   agent (every agent sees every snapshot; they are few and short-lived);
+//!   it is looked at again every two seconds until it is served or expires,
+//!   in case its pod was only on its way into this node's pod cache (or
+//!   writing the answer failed).
 //! - One it cannot serve gets `Served=False` with the reason:
 //!   `HostNetwork` (the pod's sockets are the node's), `NamespaceNotFound`
 //!   (not running, or no process in it yet), `ScanFailed`.
@@ -38,36 +41,78 @@ use serde_json::json;
 
 use crate::cluster::node_pod;
 
+/// How often snapshots of pods this node's cache does not know (yet) are
+/// looked at again: a pod created a moment ago may still be on its way into
+/// the cache.
+const UNPLACED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves the snapshots of this node's pods (`pods`: the node's pod cache)
-/// for as long as the agent runs.
+/// for as long as the agent runs. Starts once the pod cache is listed (a
+/// snapshot seen before would look like another node's); snapshots of pods
+/// the cache does not know are kept, unserved, and looked at again every
+/// [`UNPLACED_RETRY`] until they are served (here or by another node's
+/// agent) or expire.
 pub async fn serve(client: Client, node: String, pods: Store<Pod>) {
+    if pods.wait_until_ready().await.is_err() {
+        return;
+    }
     let api: Api<ConnectionSnapshot> = Api::all(client.clone());
-    let snapshots = watcher(api, watcher::Config::default()).default_backoff().applied_objects();
-    snapshots
-        .for_each(|snapshot| {
-            let (client, node, pods) = (client.clone(), node.clone(), pods.clone());
-            async move {
-                match snapshot {
-                    Ok(snapshot) => serve_one(&client, &node, &pods, &snapshot).await,
-                    Err(error) => {
-                        tracing::warn!(error = %error_chain(&error), "watching ConnectionSnapshots failed; retrying");
+    let mut snapshots = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
+    let mut unplaced: HashMap<(String, String), ConnectionSnapshot> = HashMap::new();
+    let mut retry = tokio::time::interval(UNPLACED_RETRY);
+    loop {
+        tokio::select! {
+            event = snapshots.next() => match event {
+                Some(Ok(snapshot)) => {
+                    let key = (snapshot.namespace().unwrap_or_default(), snapshot.name_any());
+                    unplaced.remove(&key);
+                    if serve_one(&client, &node, &pods, &snapshot).await == Served::Pending {
+                        unplaced.insert(key, snapshot);
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error_chain(&error), "watching ConnectionSnapshots failed; retrying");
+                }
+                None => return,
+            },
+            _ = retry.tick() => {
+                let now = jiff::Timestamp::now();
+                unplaced.retain(|_, s| s.metadata.creation_timestamp.as_ref().is_none_or(|created| {
+                    jiff::SignedDuration::try_from(s.spec.ttl()).is_ok_and(|ttl| created.0 + ttl > now)
+                }));
+                let waiting: Vec<ConnectionSnapshot> = unplaced.values().cloned().collect();
+                for snapshot in waiting {
+                    if serve_one(&client, &node, &pods, &snapshot).await != Served::Pending {
+                        unplaced.remove(&(snapshot.namespace().unwrap_or_default(), snapshot.name_any()));
                     }
                 }
             }
-        })
-        .await;
+        }
+    }
+}
+
+/// What [`serve_one`] did with a snapshot.
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    /// Served before, by this or another node's agent.
+    Already,
+    /// Not served: its pod is not in this node's cache (another node's
+    /// pod, or one the cache has not seen yet), or the answer could not be
+    /// written (tried again).
+    Pending,
+    /// Answered now (listed, or why it cannot be).
+    Now,
 }
 
 /// Serves one snapshot if it is this node's and not served yet.
-async fn serve_one(client: &Client, node: &str, pods: &Store<Pod>, snapshot: &ConnectionSnapshot) {
+async fn serve_one(client: &Client, node: &str, pods: &Store<Pod>, snapshot: &ConnectionSnapshot) -> Served {
     let served = snapshot.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == SERVED));
-    let Some(namespace) = snapshot.namespace() else { return };
+    let Some(namespace) = snapshot.namespace() else { return Served::Already };
     if served {
-        return;
+        return Served::Already;
     }
     let Some(pod) = pods.get(&ObjectRef::new(&snapshot.spec.pod_name).within(&namespace)) else {
-        // Not a pod of this node: its own node's agent serves it.
-        return;
+        return Served::Pending;
     };
     let captured_at = SystemTime::now();
     let status = match snapshot_of(&pod, snapshot, pods).await {
@@ -85,13 +130,17 @@ async fn serve_one(client: &Client, node: &str, pods: &Store<Pod>, snapshot: &Co
     let name = snapshot.name_any();
     match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
         Ok(_) => {
-            tracing::info!(snapshot = %format!("{namespace}/{name}"), pod = %snapshot.spec.pod_name, sockets = status.sockets.len(), "served a ConnectionSnapshot")
+            tracing::info!(snapshot = %format!("{namespace}/{name}"), pod = %snapshot.spec.pod_name, sockets = status.sockets.len(), "served a ConnectionSnapshot");
+            Served::Now
         }
-        Err(error) => tracing::warn!(
-            snapshot = %format!("{namespace}/{name}"),
-            error = %error_chain(&error),
-            "writing a ConnectionSnapshot's status failed"
-        ),
+        Err(error) => {
+            tracing::warn!(
+                snapshot = %format!("{namespace}/{name}"),
+                error = %error_chain(&error),
+                "writing a ConnectionSnapshot's status failed; trying again"
+            );
+            Served::Pending
+        }
     }
 }
 
