@@ -128,8 +128,9 @@ async fn wait_until_served(
     }
 }
 
-/// The snapshot as `ss -tanp` prints it, with the CLOSE_WAIT age, the
-/// peer's pod when known, and the holders' fd budgets below.
+/// The snapshot as `ss -tanp` prints it, with the CLOSE_WAIT age (since the
+/// socket's last ACK: a lower bound, never more than the truth), the peer's
+/// pod when known, and the holders' fd budgets below.
 fn render(status: &ConnectionSnapshotStatus, now: Timestamp) -> String {
     let commands: std::collections::HashMap<i64, &str> =
         status.processes.iter().map(|p| (p.pid, p.command.as_str())).collect();
@@ -159,7 +160,7 @@ fn render(status: &ConnectionSnapshotStatus, now: Timestamp) -> String {
         "Local Address:Port",
         "Peer Address:Port",
         "Peer Pod",
-        "CLOSE-WAIT For",
+        "CLOSE-WAIT For (at least)",
         "Process",
     ];
     let mut out = table(&header, &rows);
