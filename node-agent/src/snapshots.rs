@@ -94,7 +94,7 @@ pub async fn serve(client: Client, node: String, pods: Store<Pod>) {
 /// What [`serve_one`] did with a snapshot.
 #[derive(Debug, PartialEq, Eq)]
 enum Served {
-    /// Served before, by this or another node's agent.
+    /// Served before, by this or another node's agent, or deleted.
     Already,
     /// Not served: its pod is not in this node's cache (another node's
     /// pod, or one the cache has not seen yet), or the answer could not be
@@ -133,6 +133,8 @@ async fn serve_one(client: &Client, node: &str, pods: &Store<Pod>, snapshot: &Co
             tracing::info!(snapshot = %format!("{namespace}/{name}"), pod = %snapshot.spec.pod_name, sockets = status.sockets.len(), "served a ConnectionSnapshot");
             Served::Now
         }
+        // Deleted meanwhile (by its requester, or expired): nothing to answer.
+        Err(kube::Error::Api(status)) if status.code == 404 => Served::Already,
         Err(error) => {
             tracing::warn!(
                 snapshot = %format!("{namespace}/{name}"),
