@@ -151,7 +151,16 @@ fn close_wait_now(
     let (client, server) = ns.run(|| established(l));
     let sent = SystemTime::now();
     client.shutdown(Shutdown::Write).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || ns.ss_counts().get(TcpState::CloseWait) == before + 1));
+    // Settled: the server is in CLOSE_WAIT *and* its ACK of the FIN has
+    // reached the client (no FIN_WAIT1 left). A socket entering CLOSE_WAIT
+    // goes to delayed-ACK (pingpong) mode, so that ACK can follow tens of
+    // milliseconds later; a sweep taken in between saw the namespace move
+    // afterwards, and a test expecting the next sweep to reuse the dump
+    // failed in CI (`Dump(CountersChanged)`).
+    assert!(wait_until(Duration::from_secs(5), || {
+        let counts = ns.ss_counts();
+        counts.get(TcpState::CloseWait) == before + 1 && counts.get(TcpState::FinWait1) == 0
+    }));
     (server, client, sent, SystemTime::now())
 }
 
