@@ -303,7 +303,8 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     let selector = format!("app.kubernetes.io/instance={}", release.name);
     let bindings =
         cluster.kubectl_ok(&["get", "validatingadmissionpolicybindings", "-l", &selector, "-o", "name"]).unwrap();
-    assert!(bindings.trim().ends_with("-agent-node-restriction"), "the node restriction's binding: {bindings:?}");
+    let bindings: Vec<&str> = bindings.lines().map(|b| b.rsplit('-').take(2).collect::<Vec<_>>()[1]).collect();
+    assert_eq!(bindings, ["lease", "node", "snapshot"], "the node, Lease and snapshot restrictions' bindings");
     // The DaemonSet (containerd's default seccomp profile, the chart's
     // capabilities) runs the eBPF tracker: the chart's `agent.tracker: auto`
     // did not have to fall back.
@@ -313,6 +314,21 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     assert_eq!(owner["command"], "connhealth-demo", "owner: {owner}");
     assert_eq!(owner["container"], "server", "owner: {owner}");
     assert_eq!(owner["pid"].as_u64(), Some(u64::from(pid)), "owner: {owner}");
+    // `kubectl connhealth sockets`: the DaemonSet's agent (the kubelet's
+    // token, the chart's capabilities, admitted by the snapshot
+    // restriction) lists the server's sockets as ss sees them.
+    let kubeconfig = cluster.kubeconfig.to_str().expect("a UTF-8 path");
+    let plugin = Command::new(connhealth_e2e::workspace_binary("kubectl-connhealth"))
+        .args(["--kubeconfig", kubeconfig, "sockets", "leaky-server", "-n", &ns, "--state", "close-wait", "-o", "json"])
+        .output()
+        .expect("run kubectl-connhealth");
+    assert!(plugin.status.success(), "kubectl connhealth sockets: {}", String::from_utf8_lossy(&plugin.stderr));
+    let listed: Value = serde_json::from_slice(&plugin.stdout).expect("JSON");
+    assert_eq!(listed["nodeName"], NODE, "{listed}");
+    assert_eq!(listed["total"].as_u64(), Some(ss_close_wait(pid)), "{listed}");
+    let holders: Vec<u64> =
+        listed["sockets"].as_array().into_iter().flatten().filter_map(|s| s["pid"].as_u64()).collect();
+    assert_eq!(holders, vec![u64::from(pid); CONNECTIONS as usize], "every socket held by the server");
 
     // The Warning Event and the annotations on the pod.
     let event = eventually("a Warning CloseWaitLeak Event on the server pod", WAIT, || {
