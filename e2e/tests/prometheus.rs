@@ -236,7 +236,8 @@ async fn a_real_prometheus_scrapes_both_components_and_fires_on_the_leak() {
         .unwrap_or_else(|| panic!("no figure first in {event:?}"));
     assert!((60..=75).contains(&percent), "{event}");
     for needle in [
-        "% towards 127.0.0.1:8081 of 200 ephemeral ports (threshold 60%)",
+        // The destination named: loopback, the pod itself.
+        "% towards 127.0.0.1:8081 (loopback: the pod itself) of 200 ephemeral ports (threshold 60%)",
         "Ephemeral range 40000-40199, tcp_tw_reuse=0, tcp_timestamps=1",
         "securityContext.sysctls net.ipv4.ip_local_port_range",
     ] {
