@@ -521,6 +521,29 @@ pub struct NamedPeer {
     pub port_name: Option<String>,
 }
 
+impl NamedPeer {
+    /// The endpoint in words, e.g. `pod demo/web-7f9c (10.88.0.6,
+    /// Deployment/web)`, `service shop/db port postgres (10.0.0.20:5432)`,
+    /// `node worker-1 (192.168.1.5)`: how Events, reasons and the kubectl
+    /// plugin name it.
+    pub fn describe(&self) -> String {
+        let (endpoint, name) = (&self.endpoint, self.name.as_deref().unwrap_or_default());
+        match self.kind {
+            PeerKind::Pod => match &self.workload {
+                Some(workload) => format!("pod {name} ({endpoint}, {workload})"),
+                None => format!("pod {name} ({endpoint})"),
+            },
+            PeerKind::Service => match &self.port_name {
+                Some(port) => format!("service {name} port {port} ({endpoint})"),
+                None => format!("service {name} ({endpoint})"),
+            },
+            PeerKind::Node => format!("node {name} ({endpoint})"),
+            PeerKind::Loopback => format!("{endpoint} (loopback: the pod itself)"),
+            PeerKind::External => format!("{endpoint} (outside the cluster: no Pod, Service or Node has it)"),
+        }
+    }
+}
+
 /// What has a peer's address.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PeerKind {

@@ -124,27 +124,10 @@ async fn connhealth_events(target: &Target, pod: &str) -> anyhow::Result<Vec<Eve
     Ok(events)
 }
 
-/// A peer in words: its name from the verdict when the operator named it.
+/// A peer in words: as the operator named it in the verdict, else the
+/// endpoint.
 fn peer_words(endpoint: &str, named: &[NamedPeer]) -> String {
-    match named.iter().find(|p| p.endpoint == endpoint) {
-        Some(p) => match (&p.name, &p.workload) {
-            (Some(name), Some(workload)) => format!("{} {name} ({endpoint}, {workload})", kind_word(p)),
-            (Some(name), None) => format!("{} {name} ({endpoint})", kind_word(p)),
-            (None, _) => format!("{endpoint} ({})", kind_word(p)),
-        },
-        None => endpoint.to_owned(),
-    }
-}
-
-fn kind_word(p: &NamedPeer) -> &'static str {
-    use connhealth_crds::health::PeerKind;
-    match p.kind {
-        PeerKind::Pod => "pod",
-        PeerKind::Service => "service",
-        PeerKind::Node => "node",
-        PeerKind::Loopback => "loopback: the pod itself",
-        PeerKind::External => "outside the cluster",
-    }
+    named.iter().find(|p| p.endpoint == endpoint).map_or_else(|| endpoint.to_owned(), NamedPeer::describe)
 }
 
 /// What to look at next, for the pattern the report shows.

@@ -83,25 +83,10 @@ impl PeerNames {
     }
 }
 
-/// An endpoint in words, e.g. `pod demo/web-7f9c (10.88.0.6, Deployment/web)`,
-/// `service shop/db port postgres (10.0.0.20:5432)`, `node worker-1
-/// (192.168.1.5)`.
+/// An endpoint in words: its name ([`NamedPeer::describe`]) when known,
+/// else the endpoint.
 pub fn describe(endpoint: &str, named: Option<&NamedPeer>) -> String {
-    let Some(named) = named else { return endpoint.to_owned() };
-    let name = named.name.as_deref().unwrap_or_default();
-    match named.kind {
-        PeerKind::Pod => match &named.workload {
-            Some(workload) => format!("pod {name} ({endpoint}, {workload})"),
-            None => format!("pod {name} ({endpoint})"),
-        },
-        PeerKind::Service => match &named.port_name {
-            Some(port) => format!("service {name} port {port} ({endpoint})"),
-            None => format!("service {name} ({endpoint})"),
-        },
-        PeerKind::Node => format!("node {name} ({endpoint})"),
-        PeerKind::Loopback => format!("{endpoint} (loopback: the pod itself)"),
-        PeerKind::External => format!("{endpoint} (outside the cluster: no Pod, Service or Node has it)"),
-    }
+    named.map_or_else(|| endpoint.to_owned(), NamedPeer::describe)
 }
 
 /// The address and port of an endpoint as reports write it: `10.0.0.9`,
