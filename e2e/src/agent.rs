@@ -101,6 +101,28 @@ pub fn operator_run_args(lease_namespace: &str, identity: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// `connhealth-operator run` at test speed ([`operator_run_args`]) as a
+/// child process with `kubeconfig`.
+pub fn start_operator(kubeconfig: &std::path::Path, lease_namespace: &str, identity: &str) -> ChildProcess {
+    let args = operator_run_args(lease_namespace, identity);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ChildProcess::spawn("connhealth-operator", &args, kubeconfig, &[])
+}
+
+/// `connhealth-agent run` for this node at test speed ([`agent_run_args`],
+/// then `extra_args`) as a child process with `kubeconfig`.
+pub fn start_agent(
+    cluster: &Cluster,
+    kubeconfig: &std::path::Path,
+    lease_namespace: &str,
+    extra_args: &[&str],
+) -> ChildProcess {
+    let mut args = agent_run_args(&cluster.node_name(), lease_namespace);
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ChildProcess::spawn("connhealth-agent", &args, kubeconfig, &[])
+}
+
 /// The metrics endpoint's address, from the "serving /metrics" log line of
 /// the agent or the operator.
 pub fn metrics_addr(process: &ChildProcess) -> Option<String> {

@@ -18,7 +18,7 @@ use connhealth_crds::health::VerdictStatus;
 use connhealth_crds::snapshot::{ConnectionSnapshot, ConnectionSnapshotStatus, SERVED};
 use connhealth_crds::{ConnectionHealth, Verdict};
 use connhealth_e2e::agent::{
-    agent_run_args, diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, operator_run_args, scrape, sweeps,
+    diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, scrape, start_agent, start_operator, sweeps,
     wait_for_readyz,
 };
 use connhealth_e2e::proxy::apiserver_addr;
@@ -40,10 +40,7 @@ fn agent(cluster: &Cluster, kubeconfig: &Path, lease_namespace: &str) -> ChildPr
 }
 
 fn agent_with(cluster: &Cluster, kubeconfig: &Path, lease_namespace: &str, extra_args: &[&str]) -> ChildProcess {
-    let mut args = agent_run_args(&cluster.node_name(), lease_namespace);
-    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ChildProcess::spawn("connhealth-agent", &args, kubeconfig, &[])
+    start_agent(cluster, kubeconfig, lease_namespace, extra_args)
 }
 
 /// The report of `ns/name` for a poll: `None` while it is absent *or* cannot
@@ -425,9 +422,7 @@ async fn a_client_leaking_towards_a_service_names_the_service() {
     apply_policy(cluster, &ns.name, "default", "  closeWait: {stuckCount: 5, minAge: 3s}\n");
 
     let _agent = agent(cluster, &cluster.kubeconfig, &ns.name);
-    let operator_args = operator_run_args(&ns.name, "service-test-operator");
-    let operator_args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
-    let operator = ChildProcess::spawn("connhealth-operator", &operator_args, &cluster.kubeconfig, &[]);
+    let operator = start_operator(&cluster.kubeconfig, &ns.name, "service-test-operator");
 
     verdict_becomes(&client, &ns.name, "worker", Verdict::Leaking).await;
     until(WAIT, "the CloseWaitLeak Event", || pod_events(cluster, &ns.name, "worker", "CloseWaitLeak").len() == 1)
@@ -512,9 +507,7 @@ async fn a_snapshot_lists_a_pods_sockets_as_ss_sees_them() {
     leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "7", "--interval-ms", "10"]);
     until(WAIT, "7 CLOSE_WAIT sockets", || leaky.ss_count("close-wait") == 7).await;
     let _agent = agent(cluster, &cluster.kubeconfig, &ns.name);
-    let operator_args = operator_run_args(&ns.name, "snapshot-test-operator");
-    let operator_args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
-    let _operator = ChildProcess::spawn("connhealth-operator", &operator_args, &cluster.kubeconfig, &[]);
+    let _operator = start_operator(&cluster.kubeconfig, &ns.name, "snapshot-test-operator");
 
     // CLOSE_WAIT only: every one ss lists, same peers, held by the server.
     request_snapshot(cluster, &ns.name, "cw", "  podName: leaky\n  states: [close-wait]\n");
@@ -645,9 +638,7 @@ async fn an_agent_that_stops_renewing_its_lease_makes_verdicts_unknown_until_it_
     apply_policy(cluster, &ns.name, "default", "  closeWait: {stuckCount: 5, minAge: 3s}\n");
 
     let mut agent = agent(cluster, &cluster.kubeconfig, &ns.name);
-    let operator_args = operator_run_args(&ns.name, "lease-test-operator");
-    let operator_args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
-    let mut operator = ChildProcess::spawn("connhealth-operator", &operator_args, &cluster.kubeconfig, &[]);
+    let mut operator = start_operator(&cluster.kubeconfig, &ns.name, "lease-test-operator");
 
     let leaking = verdict_becomes(&client, &ns.name, "leaky", Verdict::Leaking).await;
     verdict_becomes(&client, &ns.name, "healthy", Verdict::Healthy).await;

@@ -7,10 +7,10 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use connhealth_e2e::agent::operator_run_args;
+use connhealth_e2e::agent::{start_agent, start_operator};
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, apply_policy, create_pod, pod_events, require_root,
-    until, workspace_binary, write_report,
+    AgentLock, Cluster, FakePod, TestNamespace, apply_policy, create_pod, pod_events, require_root, until,
+    workspace_binary, write_report,
 };
 use serde_json::Value;
 
@@ -45,9 +45,7 @@ async fn top_and_explain_read_the_reports_verdicts_and_events() {
     write_report(&client, &ns.name, "api-1", &leaking, 12).await;
     write_report(&client, &ns.name, "api-2", &healthy, 0).await;
     apply_policy(cluster, &ns.name, "default", "  {}\n");
-    let args = operator_run_args(&ns.name, "plugin-test-operator");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _operator = ChildProcess::spawn("connhealth-operator", &args, &cluster.kubeconfig, &[]);
+    let _operator = start_operator(&cluster.kubeconfig, &ns.name, "plugin-test-operator");
     until(WAIT, "a CloseWaitLeak Event", || pod_events(cluster, &ns.name, "api-1", "CloseWaitLeak").len() == 1).await;
 
     // top: the leaking pod, not the healthy one; with --all both.
@@ -126,9 +124,7 @@ async fn sockets_lists_a_pods_sockets_as_ss_does_and_cleans_up() {
     until(WAIT, "the server to listen", || leaky.ss_count("listening") == 1).await;
     leaky.spawn(&["connect", "--to", "127.0.0.1:8080", "--count", "5", "--interval-ms", "10"]);
     until(WAIT, "5 CLOSE_WAIT sockets", || leaky.ss_count("close-wait") == 5).await;
-    let args = connhealth_e2e::agent::agent_run_args(&cluster.node_name(), &ns.name);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _agent = ChildProcess::spawn("connhealth-agent", &args, &cluster.kubeconfig, &[]);
+    let _agent = start_agent(cluster, &cluster.kubeconfig, &ns.name, &[]);
 
     let table = plugin_ok(cluster, &["sockets", "leaky", "-n", &ns.name, "--state", "close-wait"]);
     let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("CLOSE-WAIT")).collect();
