@@ -135,10 +135,29 @@ pub struct ConnectionHealthStatus {
     pub observed_at: Option<Time>,
 
     /// True when the pod uses the node's network namespace (`hostNetwork`).
-    /// Such a pod shares every socket of the node, so its report carries no
-    /// socket figures of its own.
+    /// Such a pod shares the node's namespace, so its figures are the
+    /// node's sockets held by its own processes (found by their cgroup and
+    /// open file descriptors): see `unattributedStates`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_network: Option<bool>,
+
+    /// For a `hostNetwork` pod: the TCP states whose sockets usually belong
+    /// to no process, so that they cannot be told apart from the node's
+    /// (the kernel keeps them after the application closed them, or before
+    /// it accepted them): `timeWait`, `synRecv`, `finWait1`, `finWait2`,
+    /// `lastAck`, `closing`. The pod's `states` count only those its
+    /// processes still hold (usually none); the node's NodeConnectionHealth
+    /// counts the rest, with the port pressure and TIME_WAIT buckets that
+    /// are left out of such a pod's report. Every other state is exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unattributed_states: Vec<String>,
+
+    /// NodeConnectionHealth only: the sockets of the node's namespace held by
+    /// the processes of its `hostNetwork` pods. They are counted in `states`
+    /// (which counts every socket of the namespace) but not in `closeWait`,
+    /// which is the node's own; each pod's ConnectionHealth reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_sockets: Option<PodSocketShare>,
 
     /// Number of sockets in each TCP state, IPv4 and IPv6 together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,6 +199,18 @@ pub struct ConnectionHealthStatus {
     /// the operator; absent while no policy selects the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<VerdictStatus>,
+}
+
+/// The sockets of a node's namespace that its `hostNetwork` pods hold.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSocketShare {
+    /// `hostNetwork` pods whose processes hold at least one socket.
+    pub pods: i64,
+    /// Sockets they hold, in any state.
+    pub sockets: i64,
+    /// Of those, in CLOSE_WAIT.
+    pub close_wait: i64,
 }
 
 /// Number of sockets in each TCP state (`ss -tan` state names).
@@ -330,6 +361,10 @@ pub struct SocketOwner {
     /// Container ID from the process's cgroup, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// A node daemon's systemd service, from its cgroup (e.g.
+    /// `containerd.service`): on a NodeConnectionHealth, outside any pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
     /// Process ID as the node sees it.
     pub pid: i64,
     /// Process name (`/proc/<pid>/comm`).

@@ -11,10 +11,15 @@
 
 pub mod health;
 pub mod names;
+pub mod node;
 pub mod policy;
 pub mod snapshot;
 
 pub use health::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
+pub use node::{
+    NodeConnectionHealth, NodeConnectionHealthPolicy, NodeConnectionHealthPolicySpec, NodeConnectionHealthPolicyStatus,
+    NodeConnectionHealthSpec,
+};
 pub use policy::{ConnectionHealthPolicy, ConnectionHealthPolicySpec, ConnectionHealthPolicyStatus, Verdict};
 pub use snapshot::{ConnectionSnapshot, ConnectionSnapshotSpec, ConnectionSnapshotStatus};
 
@@ -23,7 +28,13 @@ use kube::CustomResourceExt;
 
 /// Every CRD of the API, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![ConnectionHealthPolicy::crd(), ConnectionHealth::crd(), ConnectionSnapshot::crd()]
+    vec![
+        ConnectionHealthPolicy::crd(),
+        ConnectionHealth::crd(),
+        ConnectionSnapshot::crd(),
+        NodeConnectionHealthPolicy::crd(),
+        NodeConnectionHealth::crd(),
+    ]
 }
 
 /// Header of every generated file.

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 /// CEL: a Go duration string (as `time.ParseDuration` accepts) greater than
 /// zero. The regex guards `duration()`, which would fail with a less helpful
 /// error on a malformed string; CEL's `&&` is false when either side is.
-const POSITIVE_DURATION_RULE: &str =
+pub(crate) const POSITIVE_DURATION_RULE: &str =
     "self.matches('^([0-9]+(\\\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$') && duration(self) > duration('0s')";
-const POSITIVE_DURATION_MESSAGE: &str = "must be a positive duration such as 30s, 5m or 1h30m";
+pub(crate) const POSITIVE_DURATION_MESSAGE: &str = "must be a positive duration such as 30s, 5m or 1h30m";
 
 /// Deserializes a policy's duration with kube's parser, after refusing one
 /// longer than Kubernetes durations go (Go's `time.Duration`, about 292
@@ -21,7 +21,7 @@ const POSITIVE_DURATION_MESSAGE: &str = "must be a positive duration such as 30s
 /// stored before the CEL rules existed (or with validation off) would reach
 /// the operator's watch. The length is checked with the project's exact
 /// parser, on the unsigned text.
-fn bounded_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(crate) fn bounded_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     let unsigned = text.trim().trim_start_matches(['-', '+']);
     match connhealth_runtime::duration_nanos(unsigned) {
@@ -319,7 +319,7 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 fn default_close_wait_warning_count() -> i64 {
@@ -337,7 +337,7 @@ fn default_port_pressure_percent() -> i32 {
 fn default_time_wait_buckets_percent() -> i32 {
     80
 }
-fn default_event_cooldown() -> Duration {
+pub(crate) fn default_event_cooldown() -> Duration {
     std::time::Duration::from_secs(15 * 60).into()
 }
 

@@ -6,6 +6,10 @@
 //! gives the token a DaemonSet pod on a node has (bound to a Pod object on
 //! that node, so the API server names the node in the user's extra info),
 //! which the chart's node restriction requires of the agent.
+//! [`chart_rbac`] and [`apply_rbac`]: one component's RBAC and
+//! ServiceAccount as the chart renders them, applied for a test (its
+//! cluster-scoped roles deleted with the returned [`ClusterScoped`]), so
+//! that the component runs with exactly the chart's permissions.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -13,9 +17,74 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-use serde_json::json;
+use serde::Deserialize as _;
+use serde_json::{Value, json};
 
-use crate::{Cluster, random_suffix};
+use crate::{Cluster, random_suffix, repo_root};
+
+/// Cluster-scoped objects (`kind/name`) a test created: printed when the
+/// test fails, deleted when dropped (a test namespace's deletion does not
+/// take them).
+pub struct ClusterScoped(pub Vec<String>);
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        let cluster = Cluster::get();
+        if std::thread::panicking() && !self.0.is_empty() {
+            let mut args = vec!["get", "-o", "yaml", "--ignore-not-found"];
+            args.extend(self.0.iter().map(String::as_str));
+            let (_, stdout, stderr) = cluster.kubectl_run(&args);
+            eprintln!("==== cluster-scoped objects of the test ====\n{stdout}{stderr}");
+        }
+        for object in &self.0 {
+            let _ = cluster.kubectl_run(&["delete", object, "--ignore-not-found"]);
+        }
+    }
+}
+
+/// The chart's rendered RBAC (and ServiceAccount) of one component
+/// (`agent` or `operator`), for release `release` in `namespace`, as YAML
+/// documents.
+pub fn chart_rbac(release: &str, namespace: &str, component: &str) -> Vec<Value> {
+    let chart = repo_root().join("charts/connhealth");
+    let (ok, stdout, stderr) = Cluster::get().helm_run(&[
+        "template",
+        release,
+        chart.to_str().unwrap(),
+        "-n",
+        namespace,
+        "--set",
+        "crds.install=false",
+        "--show-only",
+        &format!("templates/{component}/rbac.yaml"),
+        "--show-only",
+        &format!("templates/{component}/serviceaccount.yaml"),
+    ]);
+    assert!(ok, "helm template failed:\n{stdout}{stderr}");
+    serde_yaml::Deserializer::from_str(&stdout)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Applies the documents of [`chart_rbac`] (admin) and returns a guard
+/// deleting the cluster-scoped ones, and the ServiceAccount's name.
+pub fn apply_rbac(docs: &[Value]) -> (ClusterScoped, String) {
+    let cluster = Cluster::get();
+    let guard = ClusterScoped(
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+            .map(|d| {
+                format!("{}/{}", d["kind"].as_str().unwrap().to_lowercase(), d["metadata"]["name"].as_str().unwrap())
+            })
+            .collect(),
+    );
+    let yaml: String = docs.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap())).collect();
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(ok, "apply RBAC: {stderr}");
+    let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").expect("a ServiceAccount");
+    (guard, sa["metadata"]["name"].as_str().unwrap().to_owned())
+}
 
 /// A kubeconfig file for one ServiceAccount, removed when dropped (with
 /// the Pod its token is bound to, if any).

@@ -95,6 +95,8 @@ impl Cluster {
             "--timeout=60s",
             "crd/connectionhealths.connhealth.io",
             "crd/connectionhealthpolicies.connhealth.io",
+            "crd/nodeconnectionhealths.connhealth.io",
+            "crd/nodeconnectionhealthpolicies.connhealth.io",
         ])?;
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use connhealth_crds::health::VerdictStatus;
 use connhealth_crds::snapshot::{ConnectionSnapshot, ConnectionSnapshotStatus, SERVED};
-use connhealth_crds::{ConnectionHealth, Verdict};
+use connhealth_crds::{ConnectionHealth, NodeConnectionHealth, Verdict};
 use connhealth_e2e::agent::{
     diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, scrape, start_agent, start_operator, sweeps,
     wait_for_readyz,
@@ -117,15 +117,8 @@ async fn a_leaking_pod_is_reported_as_ss_sees_it_and_survives_api_outage() {
     let again = report(&client, &ns.name, "leaky").await.unwrap().status.unwrap().close_wait.unwrap();
     assert_eq!(again.oldest_since, Some(first_oldest.clone()));
 
-    // hostNetwork pod: reported as sharing the node's namespace, no figures.
-    let host_report = eventually("the hostNetwork pod's report", WAIT, || {
-        let client = client.clone();
-        let ns = ns.name.clone();
-        async move { report(&client, &ns, "hostnet").await }
-    })
-    .await;
-    let hs = host_report.status.unwrap();
-    assert_eq!((hs.host_network, hs.states, hs.close_wait), (Some(true), None, None));
+    // hostNetwork pod without a process yet: no report (never zeros).
+    assert!(report(&client, &ns.name, "hostnet").await.is_none(), "no process, no figures");
     drop(host);
 
     // A healthy busy pod in steady state causes no writes: its report's
@@ -698,4 +691,207 @@ async fn an_agent_that_stops_renewing_its_lease_makes_verdicts_unknown_until_it_
     assert!(agent.running() && operator.running(), "{}\n{}", agent.logs(), operator.logs());
     agent.stop(Duration::from_secs(10));
     operator.stop(Duration::from_secs(10));
+}
+
+/// `N` distinct free ports on the host's loopback, for servers in the
+/// node's own namespace (released at once: the servers bind them right
+/// after).
+fn free_loopback_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
+/// `ss -tanpH state <state>` in the node's namespace: the lines, and how
+/// many of them a process of `pids` holds.
+fn host_ss(state: &str, pids: &[u32]) -> (usize, usize) {
+    let out = Command::new("ss").args(["-tanpH", "state", state]).output().expect("run ss");
+    assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let held = lines.iter().filter(|l| pids.iter().any(|pid| l.contains(&format!("pid={pid},")))).count();
+    (lines.len(), held)
+}
+
+/// The node's own report.
+async fn node_report(client: &Client, node: &str) -> Option<NodeConnectionHealth> {
+    let api: Api<NodeConnectionHealth> = Api::all(client.clone());
+    api.get_opt(node).await.ok().flatten()
+}
+
+/// Events on the Node with `reason`, summed over their series.
+fn node_event_count(cluster: &Cluster, node: &str, reason: &str) -> u64 {
+    let lines = pod_events(cluster, "default", node, reason);
+    lines.iter().filter_map(|l| l.split('|').next()?.parse::<u64>().ok().or(Some(1))).sum()
+}
+
+/// The node's own namespace, split by who holds its sockets: a hostNetwork
+/// pod whose server leaks CLOSE_WAIT on loopback in the node's namespace
+/// gets exactly the sockets its process holds (equal to `ss -tanp` filtered
+/// by its pid), an owner and ages, and turns Leaking under its namespace's
+/// policy with the Event; a second hostNetwork pod stays Healthy; a leak of
+/// a process outside every pod (the node's own) is in no pod's report but in
+/// the NodeConnectionHealth, whose counts equal `ss` on the node, and raises
+/// an Event on the Node under a node policy, then Recovered when it ends.
+#[tokio::test]
+async fn host_network_pods_and_the_node_have_their_own_figures() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::get();
+    let _serial = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("agent-hostnet");
+    let client = cluster.client().await;
+    let node = cluster.node_name();
+
+    let [leak_port, quiet_port, node_port] = free_loopback_ports();
+    let mut leaky = FakePod::create(&client, cluster, &ns.name, "hostleak", true).await;
+    let server = leaky.spawn(&["serve", "--listen", &format!("127.0.0.1:{leak_port}")]);
+    let mut quiet = FakePod::create(&client, cluster, &ns.name, "hostquiet", true).await;
+    let quiet_server =
+        quiet.spawn(&["serve", "--listen", &format!("127.0.0.1:{quiet_port}"), "--close-after-ms", "50"]);
+    // The node's own leak: a process in no pod's cgroup.
+    let demo = connhealth_e2e::workspace_binary("connhealth-demo");
+    let node_server =
+        ChildGuard(Command::new(&demo).args(["serve", "--listen", &format!("127.0.0.1:{node_port}")]).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    leaky.spawn(&["connect", "--to", &format!("127.0.0.1:{leak_port}"), "--count", "8", "--interval-ms", "20"]);
+    quiet.spawn(&["connect", "--to", &format!("127.0.0.1:{quiet_port}"), "--count", "4", "--interval-ms", "20"]);
+    let node_client = Command::new(&demo)
+        .args(["connect", "--to", &format!("127.0.0.1:{node_port}"), "--count", "6", "--interval-ms", "20", "--exit"])
+        .status()
+        .unwrap();
+    assert!(node_client.success());
+
+    apply_policy(cluster, &ns.name, "default", "  closeWait: {stuckCount: 5, minAge: 3s}\n");
+    let agent = agent(cluster, &cluster.kubeconfig, &ns.name);
+    let _operator = start_operator(&cluster.kubeconfig, &ns.name, "hostnet-test-operator");
+
+    // The leaky hostNetwork pod: its server's sockets, as ss sees them.
+    let leaky_report = eventually("the hostNetwork pod's report with 8 CLOSE_WAIT", WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            let r = report(&client, &ns, "hostleak").await?;
+            (r.status.as_ref()?.close_wait.as_ref()?.count == 8).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(host_ss("close-wait", &[server]).1, 8, "ss -tanp: the pod's process holds 8");
+    let status = leaky_report.status.unwrap();
+    assert_eq!(status.host_network, Some(true));
+    assert!(status.unattributed_states.iter().any(|s| s == "timeWait"), "{:?}", status.unattributed_states);
+    assert_eq!(status.port_pressure, None, "port pressure is the node's");
+    let states = status.states.unwrap();
+    assert_eq!((states.close_wait, states.listen, states.time_wait), (8, 1, 0), "{states:?}");
+    let cw = status.close_wait.unwrap();
+    let owner = cw.owners.first().expect("owner (8 ≥ the owner threshold)");
+    assert_eq!((owner.pid, owner.sockets), (i64::from(server), 8));
+    assert_eq!(owner.container_id.as_deref(), Some(leaky.container_id.as_str()));
+    assert!(cw.oldest_since.is_some(), "dated");
+    verdict_becomes(&client, &ns.name, "hostleak", Verdict::Leaking).await;
+    until(WAIT, "the CloseWaitLeak Event on the hostNetwork pod", || {
+        pod_events(cluster, &ns.name, "hostleak", "CloseWaitLeak").len() == 1
+    })
+    .await;
+    verdict_becomes(&client, &ns.name, "hostquiet", Verdict::Healthy).await;
+    let quiet_status = report(&client, &ns.name, "hostquiet").await.unwrap().status.unwrap();
+    assert_eq!(quiet_status.close_wait.map(|c| c.count), Some(0), "the node's leak is not this pod's");
+    assert_eq!(quiet_status.states.map(|s| s.listen), Some(1), "its own listener");
+    assert_eq!(host_ss("listening", &[quiet_server]).1, 1);
+
+    // The node's report: every socket of the namespace as ss counts them,
+    // its own CLOSE_WAIT without the pod's, owned by the Node.
+    let node_status = eventually_explained(
+        "the node report's CLOSE_WAIT and LISTEN to equal ss on the node",
+        WAIT,
+        || {
+            let client = client.clone();
+            let node = node.clone();
+            async move {
+                let status = node_report(&client, &node).await?.status?;
+                let states = status.states.as_ref()?;
+                let ss = (host_ss("close-wait", &[]).0 as i64, host_ss("listening", &[]).0 as i64);
+                ((states.close_wait, states.listen) == ss).then_some(status)
+            }
+        },
+        || format!("ss: {:?} / {:?}", host_ss("close-wait", &[]), host_ss("listening", &[])),
+    )
+    .await;
+    let own = node_status.close_wait.clone().unwrap();
+    let shares = node_status.pod_sockets.clone().unwrap();
+    assert!(shares.close_wait >= 8, "the pod's 8 are counted on the pod, not as the node's: {shares:?}");
+    assert_eq!(own.count + shares.close_wait, node_status.states.as_ref().unwrap().close_wait, "each counted once");
+    assert!(own.count >= 6, "the node's own leak: {own:?}");
+    let node_owner = own.owners.iter().find(|o| o.pid == i64::from(node_server.0.id())).expect("the node's leaker");
+    assert_eq!((node_owner.sockets, node_owner.container_id.as_deref()), (6, None));
+    let node_object = node_report(&client, &node).await.unwrap();
+    let owner_ref = &node_object.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner_ref.kind.as_str(), owner_ref.name.as_str()), ("Node", node.as_str()));
+    let addr = metrics_addr(&agent).expect("the agent's metrics address");
+    let metrics = scrape(&addr);
+    let series = format!("connhealth_agent_host_close_wait{{node=\"{node}\"}}");
+    assert!(metric_value(&metrics, &series).is_some_and(|v| v >= 6.0), "{series} in:\n{metrics}");
+
+    // The node's own leak under a node policy: an Event on the Node; and
+    // Recovered once it ends. The Node outlives tests: first the verdict of
+    // an earlier policy must be gone (none selects the node now), so that
+    // this one's Leaking is news and not inside an old Event's cooldown.
+    eventually("the node report without a verdict", WAIT, || {
+        let client = client.clone();
+        let node = node.clone();
+        async move { node_report(&client, &node).await?.status?.verdict.is_none().then_some(()) }
+    })
+    .await;
+    let leaks_before = node_event_count(cluster, &node, "CloseWaitLeak");
+    let recovered_before = node_event_count(cluster, &node, "Recovered");
+    let policy = format!(
+        "apiVersion: connhealth.io/v1alpha1\nkind: NodeConnectionHealthPolicy\nmetadata: {{name: {}}}\n\
+         spec:\n  nodeSelector: {{matchLabels: {{kubernetes.io/hostname: {node}}}}}\n  closeWait: {{stuckCount: 5, minAge: 3s}}\n",
+        ns.name
+    );
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &policy);
+    assert!(ok, "apply the node policy: {stderr}");
+    let _policy_cleanup = NodePolicyCleanup(cluster, ns.name.clone());
+
+    let node_verdict = eventually("the node to be Leaking", WAIT, || {
+        let client = client.clone();
+        let node = node.clone();
+        async move { node_report(&client, &node).await?.status?.verdict.filter(|v| v.result == Verdict::Leaking) }
+    })
+    .await;
+    assert_eq!(node_verdict.policy, ns.name);
+    until(WAIT, "a CloseWaitLeak Event on the Node", || {
+        node_event_count(cluster, &node, "CloseWaitLeak") > leaks_before
+    })
+    .await;
+    drop(node_server);
+    eventually("the node to be Healthy", WAIT, || {
+        let client = client.clone();
+        let node = node.clone();
+        async move { node_report(&client, &node).await?.status?.verdict.filter(|v| v.result == Verdict::Healthy) }
+    })
+    .await;
+    until(WAIT, "a Recovered Event on the Node", || node_event_count(cluster, &node, "Recovered") > recovered_before)
+        .await;
+}
+
+/// Kills and reaps a process on drop.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Deletes a cluster-scoped node policy on drop (a namespace does not take
+/// it along).
+struct NodePolicyCleanup<'a>(&'a Cluster, String);
+
+impl Drop for NodePolicyCleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kubectl_run(&["delete", "nodeconnectionhealthpolicy", &self.1, "--ignore-not-found"]);
+    }
 }

@@ -598,7 +598,15 @@ fn the_node_restriction_matches_this_releases_agent_and_can_be_turned_off() {
         "request.userInfo.username == \"system:serviceaccount:ops:node-agent\""
     );
     let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
-    assert_eq!(rules["resources"], serde_json::json!(["connectionhealths", "connectionhealths/status"]));
+    assert_eq!(
+        rules["resources"],
+        serde_json::json!([
+            "connectionhealths",
+            "connectionhealths/status",
+            "nodeconnectionhealths",
+            "nodeconnectionhealths/status"
+        ])
+    );
     assert_eq!(rules["operations"], serde_json::json!(["CREATE", "UPDATE"]));
     // The Lease restriction, likewise: this release's agent, its Leases.
     let lease_policy = find(&docs, "ValidatingAdmissionPolicy", "rel-connhealth-agent-lease-restriction");
@@ -837,6 +845,8 @@ fn monitoring_objects_select_the_right_services_metrics_and_jobs() {
             "ConnhealthAgentDown",
             "ConnhealthAgentLeaseExpired",
             "ConnhealthNodeConntrackFull",
+            "ConnhealthNodeLeaking",
+            "ConnhealthNodeTimeWaitBuckets",
             "ConnhealthOperatorNoLeader",
             "ConnhealthPodLeaking",
             "ConnhealthPolicyViolations",
@@ -845,6 +855,10 @@ fn monitoring_objects_select_the_right_services_metrics_and_jobs() {
             "ConnhealthTimeWaitOverflow",
             "ConnhealthTimeWaitSurge"
         ]
+    );
+    assert_eq!(
+        alerts["ConnhealthNodeLeaking"]["expr"],
+        format!("max by (node) (connhealth_agent_host_close_wait_stuck{{job=\"{agent_job}\"}}) >= 5")
     );
     let leaking = alerts["ConnhealthPodLeaking"];
     assert_eq!(

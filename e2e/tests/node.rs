@@ -314,6 +314,29 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     assert_eq!(owner["command"], "connhealth-demo", "owner: {owner}");
     assert_eq!(owner["container"], "server", "owner: {owner}");
     assert_eq!(owner["pid"].as_u64(), Some(u64::from(pid)), "owner: {owner}");
+    // The node's own report, written by the DaemonSet's agent (admitted
+    // under the node restriction's name rule): every socket of the node's
+    // namespace as ss on the node counts them; no hostNetwork pod here, so
+    // nothing is split off, and the pods' reports stay their own
+    // namespaces' (no hostNetwork, no unattributed states).
+    assert_eq!(report["status"]["hostNetwork"], Value::Null, "{}", report["status"]);
+    assert_eq!(report["status"]["unattributedStates"], Value::Null, "{}", report["status"]);
+    let host_ss = |state: &str| {
+        let out = Command::new("ss").args(["-tanH", "state", state]).output().expect("run ss");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count() as u64
+    };
+    let node_report = eventually("the node report's LISTEN and CLOSE_WAIT to equal ss on the node", WAIT, || async {
+        let (ok, out, _) = cluster.kubectl_run(&["get", "nodeconnectionhealth", NODE, "-o", "json"]);
+        let report: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let states = &report["status"]["states"];
+        let ss = (host_ss("listening"), host_ss("close-wait"));
+        ((states["listen"].as_u64()?, states["closeWait"].as_u64()?) == ss).then_some(report)
+    })
+    .await;
+    assert_eq!(node_report["metadata"]["ownerReferences"][0]["kind"], "Node", "{node_report}");
+    assert_eq!(node_report["spec"]["nodeName"], NODE);
+    assert_eq!(node_report["status"]["podSockets"]["pods"], 0, "{}", node_report["status"]);
+    assert_eq!(node_report["status"]["tracker"], "ebpf");
     // `kubectl connhealth sockets`: the DaemonSet's agent (the kubelet's
     // token, the chart's capabilities, admitted by the snapshot
     // restriction) lists the server's sockets as ss sees them.

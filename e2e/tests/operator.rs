@@ -3,7 +3,10 @@
 //! field manager) for Pod objects it creates, and reads back what the
 //! operator did with `kubectl`: verdicts, Events, annotations, policy status,
 //! recovery, cleanup on policy deletion, no duplicate Events after a
-//! restart, and one acting replica out of two.
+//! restart, and one acting replica out of two. Node reports the same way:
+//! the test registers Nodes (no kubelet) and writes their
+//! NodeConnectionHealth as their agent would; the operator runs with the
+//! chart's own RBAC there.
 //!
 //! An operator acts on every namespace of the cluster, so tests that run one
 //! hold [`AgentLock`]: two operators with different leases would both act.
@@ -11,19 +14,23 @@
 use std::path::Path;
 use std::time::Duration;
 
-use connhealth_crds::ConnectionHealth;
 use connhealth_crds::health::{DestinationPressure, EndpointCount, PortPressureDetail};
 use connhealth_crds::names::field_managers;
+use connhealth_crds::node::NodeConnectionHealthSpec;
+use connhealth_crds::{ConnectionHealth, NodeConnectionHealth};
+use connhealth_e2e::access::{ClusterScoped, apply_rbac, chart_rbac};
 use connhealth_e2e::agent::{
     diagnosis, failed_writes_in_a_row, metric_value, metrics_addr, operator_run_args, scrape, wait_for_readyz,
 };
 use connhealth_e2e::proxy::apiserver_addr;
+use connhealth_e2e::report::{leaking_status, renew_agent_lease};
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, apply_policy, create_pod, eventually_explained,
-    jsonpath, pod_events, until, write_report, write_report_naming, write_report_seen, write_report_status,
+    AgentLock, ChildProcess, Cluster, HangingProxy, TestNamespace, TokenKubeconfig, apply_policy, create_pod,
+    eventually_explained, jsonpath, pod_events, random_suffix, register_node, until, write_report, write_report_naming,
+    write_report_seen, write_report_status,
 };
 use jiff::SignedDuration;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -738,4 +745,165 @@ async fn a_refused_write_is_a_warning_event_on_the_policy_named_by_its_category(
     // What kubectl describe shows a person.
     let described = cluster.kubectl_ok(&["describe", "chp", "default", "-n", &ns.name]).unwrap();
     assert!(described.contains("Warning  Forbidden"), "{described}");
+}
+
+/// Writes node `node`'s NodeConnectionHealth as its agent would (server-side
+/// apply, the agent's field manager, owned by the Node, its agent's Lease in
+/// `lease_namespace` renewed first): `close_wait` of the node's own
+/// CLOSE_WAIT sockets, first seen 10 minutes ago, held by a node daemon.
+async fn write_node_report(client: &kube::Client, lease_namespace: &str, node: &str, close_wait: i64) {
+    renew_agent_lease(client, lease_namespace, node, SignedDuration::from_hours(1)).await;
+    let node_uid = Api::<Node>::all(client.clone()).get(node).await.expect("read the Node").uid().expect("a UID");
+    let mut report = NodeConnectionHealth::new(
+        node,
+        NodeConnectionHealthSpec { node_name: node.into(), node_uid: node_uid.clone() },
+    );
+    report.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node.into(),
+        uid: node_uid,
+        ..Default::default()
+    }]);
+    let api: Api<NodeConnectionHealth> = Api::all(client.clone());
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    api.patch(node, &params, &Patch::Apply(&report)).await.expect("apply the node report");
+    let mut status = leaking_status(close_wait, SignedDuration::from_mins(10));
+    for owner in status.close_wait.iter_mut().flat_map(|cw| cw.owners.iter_mut()) {
+        owner.container = None;
+        owner.systemd_unit = Some("chtest-daemon.service".into());
+    }
+    let body = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "NodeConnectionHealth", "status": status });
+    api.patch_status(node, &params, &Patch::Apply(&body)).await.expect("apply the node report's status");
+}
+
+/// The Events (events.k8s.io) of Node `node` with `reason`, one
+/// `type|regarding UID|note` line each. A Node is cluster-scoped: its
+/// Events are in namespace `default`.
+fn node_events(cluster: &Cluster, node: &str, reason: &str) -> Vec<String> {
+    let out = cluster
+        .kubectl_ok(&[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("regarding.kind=Node,regarding.name={node},reason={reason}"),
+            "-o",
+            "jsonpath={range .items[*]}{.type}|{.regarding.uid}|{.note}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+}
+
+/// Node reports, with the operator running as the chart's ServiceAccount
+/// (its rendered RBAC, a token): a NodeConnectionHealthPolicy selecting a
+/// node by label judges the node's own sockets — Leaking, a `CloseWaitLeak`
+/// Warning Event on the Node (as `kubectl describe node` shows it), the
+/// policy's status — and, once they are closed, Healthy with a Normal
+/// `Recovered` Event. A policy whose selector matches no node judges none;
+/// a node no policy selects loses the verdict it had (and gets no Event).
+#[tokio::test]
+async fn node_reports_get_verdicts_events_on_the_node_and_policy_status() {
+    let cluster = Cluster::get();
+    let _one_at_a_time = AgentLock::acquire(cluster);
+    let ns = TestNamespace::new("op-nodes");
+    let client = cluster.client().await;
+    let suffix = random_suffix();
+    let (edge, plain) = (format!("chtest-edge-{suffix}"), format!("chtest-plain-{suffix}"));
+    let (policy, nobody) = (format!("chtest-edge-{suffix}"), format!("chtest-nobody-{suffix}"));
+    let group = format!("edge-{suffix}");
+
+    let release = format!("op-nodes-{suffix}");
+    let (_rbac, account) = apply_rbac(&chart_rbac(&release, &ns.name, "operator"));
+    let token = TokenKubeconfig::for_service_account(cluster, &ns.name, &account).unwrap();
+    let _objects = ClusterScoped(vec![
+        format!("nodeconnectionhealthpolicy/{policy}"),
+        format!("nodeconnectionhealthpolicy/{nobody}"),
+        format!("nodeconnectionhealth/{edge}"),
+        format!("nodeconnectionhealth/{plain}"),
+        format!("node/{edge}"),
+        format!("node/{plain}"),
+    ]);
+    register_node(&client, &edge, &[("connhealth.io/e2e-group", &group)]).await.unwrap();
+    register_node(&client, &plain, &[]).await.unwrap();
+    write_node_report(&client, &ns.name, &edge, 12).await;
+    write_node_report(&client, &ns.name, &plain, 12).await;
+    // A verdict the operator wrote under a policy that is gone since.
+    let gone = json!({ "apiVersion": "connhealth.io/v1alpha1", "kind": "NodeConnectionHealth",
+        "status": { "verdict": { "result": "Leaking", "policy": format!("chtest-gone-{suffix}"), "reasons": ["earlier"] } } });
+    Api::<NodeConnectionHealth>::all(client.clone())
+        .patch_status(&plain, &PatchParams::apply(field_managers::OPERATOR).force(), &Patch::Apply(&gone))
+        .await
+        .unwrap();
+
+    let lease = format!("{release}-connhealth-operator");
+    let op = operator_with(&ns, "op-nodes", &token.path, &["--lease-name", &lease]);
+    let policies = format!(
+        "apiVersion: connhealth.io/v1alpha1\nkind: NodeConnectionHealthPolicy\nmetadata: {{name: {policy}}}\n\
+         spec: {{nodeSelector: {{matchLabels: {{connhealth.io/e2e-group: {group}}}}}}}\n---\n\
+         apiVersion: connhealth.io/v1alpha1\nkind: NodeConnectionHealthPolicy\nmetadata: {{name: {nobody}}}\n\
+         spec: {{nodeSelector: {{matchLabels: {{connhealth.io/e2e-group: nobody-{suffix}}}}}}}\n"
+    );
+    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &policies);
+    assert!(ok, "apply the node policies: {stderr}");
+
+    let report = |node: &str, path: &str| jsonpath(cluster, &ns.name, &format!("nch/{node}"), path);
+    until(WAIT, "the edge node's verdict to be Leaking", || {
+        report(&edge, "{.status.verdict.result}/{.status.verdict.policy}") == format!("Leaking/{policy}")
+    })
+    .await;
+    until(WAIT, "a CloseWaitLeak Event on the edge Node", || !node_events(cluster, &edge, "CloseWaitLeak").is_empty())
+        .await;
+    let leak = node_events(cluster, &edge, "CloseWaitLeak");
+    let node_uid = jsonpath(cluster, &ns.name, &format!("node/{edge}"), "{.metadata.uid}");
+    assert_eq!(leak.len(), 1, "{leak:?}");
+    let fields: Vec<&str> = leak[0].splitn(3, '|').collect();
+    assert_eq!(fields[..2], ["Warning", node_uid.as_str()], "{leak:?}");
+    assert!(
+        fields[2].starts_with(
+            "The node's own sockets (its network namespace, not its pods'): 12 CLOSE_WAIT sockets stuck for at least 2m"
+        ),
+        "{leak:?}"
+    );
+    assert!(fields[2].contains("Held by leaky-server (pid 31337) of chtest-daemon.service: 12 sockets"), "{leak:?}");
+    let described = cluster.kubectl_ok(&["describe", "node", &edge]).unwrap();
+    assert!(described.contains("CloseWaitLeak") && described.contains("The node's own sockets"), "{described}");
+
+    let status = |name: &str, path: &str| jsonpath(cluster, &ns.name, &format!("nchp/{name}"), path);
+    let counts = "{.status.observedGeneration}/{.status.matchedNodes}/{.status.violatingNodes}/\
+                  {.status.conditions[?(@.type==\"Ready\")].status}";
+    until(WAIT, "the policy to count its node as violating", || status(&policy, counts) == "1/1/1/True").await;
+    assert_eq!(
+        status(&policy, "{.status.violations[0].node}/{.status.violations[0].verdict}"),
+        format!("{edge}/Leaking")
+    );
+    until(WAIT, "the policy that selects no node to be Ready", || status(&nobody, counts) == "1/0/0/True").await;
+
+    // The node no policy selects: its old verdict removed, no Event.
+    until(WAIT, "the plain node's verdict to be removed", || report(&plain, "{.status.verdict}").is_empty()).await;
+    assert_eq!(report(&plain, "{.status.closeWait.count}"), "12", "the agent's fields are untouched");
+    for reason in ["CloseWaitLeak", "CloseWaitHigh", "Recovered"] {
+        assert_eq!(node_events(cluster, &plain, reason), Vec::<String>::new(), "{reason}");
+    }
+
+    let metrics = scrape(&metrics_addr(&op).expect("metrics address in the log"));
+    for series in [
+        "connhealth_operator_node_events_published_total{reason=\"CloseWaitLeak\"} 1",
+        "connhealth_operator_nodes{verdict=\"Leaking\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} not in:\n{metrics}");
+    }
+
+    // The node's daemon closes its sockets: Healthy, and one Recovered.
+    write_node_report(&client, &ns.name, &edge, 0).await;
+    until(WAIT, "the edge node's verdict to be Healthy", || report(&edge, "{.status.verdict.result}") == "Healthy")
+        .await;
+    until(WAIT, "a Recovered Event on the edge Node", || !node_events(cluster, &edge, "Recovered").is_empty()).await;
+    let recovered = node_events(cluster, &edge, "Recovered");
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(recovered[0].starts_with(&format!("Normal|{node_uid}|The node's own sockets")), "{recovered:?}");
+    until(WAIT, "the policy to count no violation", || status(&policy, counts) == "1/1/0/True").await;
+    assert_eq!(node_events(cluster, &edge, "CloseWaitLeak").len(), 1, "one leak, one Event");
+    assert!(!op.logs().contains("forbidden"), "the chart's RBAC lets it do everything it does:\n{}", op.logs());
 }

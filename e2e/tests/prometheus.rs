@@ -42,7 +42,7 @@ fn promtool_unit_tests_cover_every_alert() {
         text.lines().filter_map(|l| l.trim().strip_prefix(key)).map(|n| n.trim().to_owned()).collect()
     };
     let alerts = alert_names(&rules, "- alert:");
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 13, "{alerts:?}");
     assert_eq!(alert_names(&tests, "alertname:"), alerts, "every alert, and only those, is tested");
 
     let dir = std::env::temp_dir().join(format!("connhealth-promtool-{}", random_suffix()));

@@ -31,9 +31,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use connhealth_crds::ConnectionHealth;
 use connhealth_crds::names::{annotations, field_managers, labels, reasons};
 use connhealth_crds::snapshot::ConnectionSnapshot;
+use connhealth_crds::{ConnectionHealth, NodeConnectionHealth};
+use connhealth_e2e::access::{ClusterScoped, apply_rbac, chart_rbac};
 use connhealth_e2e::agent::{
     agent_run_args, capability_mask, capability_names, metrics_addr, process_capabilities, scrape,
     setpriv_with_capabilities, sweeps,
@@ -47,7 +48,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// Longest wait for the system to converge (never a performance limit).
@@ -139,17 +139,6 @@ impl Drop for Release {
             &selector,
             "--ignore-not-found",
         ]);
-    }
-}
-
-/// Cluster-scoped objects applied by a test, deleted when dropped.
-struct ClusterScoped(Vec<String>);
-
-impl Drop for ClusterScoped {
-    fn drop(&mut self) {
-        for object in &self.0 {
-            let _ = Cluster::get().kubectl_run(&["delete", object, "--ignore-not-found"]);
-        }
     }
 }
 
@@ -680,30 +669,6 @@ async fn each_capability_the_chart_adds_to_the_agent_is_needed() {
 // ---------------------------------------------------------------------------
 // RBAC with one verb removed
 
-/// The chart's rendered RBAC (and ServiceAccount) of one component, for
-/// release `release` in `namespace`, as YAML documents.
-fn rendered_rbac(release: &str, namespace: &str, component: &str) -> Vec<Value> {
-    let chart = repo_root().join("charts/connhealth");
-    let (ok, stdout, stderr) = Cluster::get().helm_run(&[
-        "template",
-        release,
-        chart.to_str().unwrap(),
-        "-n",
-        namespace,
-        "--set",
-        "crds.install=false",
-        "--show-only",
-        &format!("templates/{component}/rbac.yaml"),
-        "--show-only",
-        &format!("templates/{component}/serviceaccount.yaml"),
-    ]);
-    assert!(ok, "helm template failed:\n{stdout}{stderr}");
-    serde_yaml::Deserializer::from_str(&stdout)
-        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
 /// Removes `verb` from the ClusterRole's rule for `resource` (and the rule,
 /// when that was its only verb); panics when the chart does not grant it
 /// (then this test needs another verb).
@@ -720,25 +685,6 @@ fn remove_verb(docs: &mut [Value], resource: &str, verb: &str) {
     verbs.retain(|v| v != verb);
     assert_eq!(verbs.len(), before - 1, "the chart grants {verb} on {resource}");
     rules.retain(|r| r["verbs"].as_array().is_some_and(|v| !v.is_empty()));
-}
-
-/// Applies the documents (admin) and returns a guard deleting the
-/// cluster-scoped ones, and the ServiceAccount's name.
-fn apply_rbac(docs: &[Value]) -> (ClusterScoped, String) {
-    let cluster = Cluster::get();
-    let guard = ClusterScoped(
-        docs.iter()
-            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
-            .map(|d| {
-                format!("{}/{}", d["kind"].as_str().unwrap().to_lowercase(), d["metadata"]["name"].as_str().unwrap())
-            })
-            .collect(),
-    );
-    let yaml: String = docs.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap())).collect();
-    let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml);
-    assert!(ok, "apply RBAC: {stderr}");
-    let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").expect("a ServiceAccount");
-    (guard, sa["metadata"]["name"].as_str().unwrap().to_owned())
 }
 
 /// The first log line that contains every one of `needles`.
@@ -765,7 +711,7 @@ async fn agent_missing_one_verb_says_what_it_cannot_do() {
         ("connectionhealths/status", "patch", "cannot patch resource \"connectionhealths/status\""),
     ] {
         let release = format!("scn-{}", random_suffix());
-        let mut docs = rendered_rbac(&release, &ns.name, "agent");
+        let mut docs = chart_rbac(&release, &ns.name, "agent");
         remove_verb(&mut docs, resource, verb);
         let (_rbac, sa) = apply_rbac(&docs);
         let kc = TokenKubeconfig::for_service_account(cluster, &ns.name, &sa).unwrap();
@@ -774,7 +720,7 @@ async fn agent_missing_one_verb_says_what_it_cannot_do() {
         let mut agent = ChildProcess::spawn("connhealth-agent", &args, &kc.path, &[]);
         let pod_key = format!("{}/web", ns.name);
         let user = format!("User \"{}\"", kc.username);
-        let needles = ["the API server refused the ConnectionHealth report", &pod_key, "forbidden", &user, says];
+        let needles = ["the API server refused the report", &pod_key, "forbidden", &user, says];
         until(WAIT, &format!("the agent without {verb} on {resource} to log {says:?}"), || {
             log_line(&agent.logs(), &needles).is_some()
         })
@@ -874,6 +820,22 @@ async fn serve_snapshot_as(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
         Err(other) => panic!("serving snapshot {namespace}/{name}: {other}"),
+    }
+}
+
+/// Applies the NodeConnectionHealth `name` saying `spec.nodeName: node`, as
+/// the agent does, with `kubeconfig`'s token.
+async fn apply_node_report_as(kubeconfig: &TokenKubeconfig, name: &str, node: &str) -> Result<(), (u16, String)> {
+    let api: Api<NodeConnectionHealth> = Api::all(client_from(kubeconfig.path()).await);
+    let body = json!({
+        "apiVersion": "connhealth.io/v1alpha1", "kind": "NodeConnectionHealth",
+        "metadata": { "name": name, "labels": { labels::NODE: node } },
+        "spec": { "nodeName": node, "nodeUID": "uid-of-the-node" },
+    });
+    match api.patch(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
+        Err(other) => panic!("applying NodeConnectionHealth {name}: {other}"),
     }
 }
 
@@ -1007,6 +969,25 @@ async fn the_node_restriction_admits_only_reports_of_the_tokens_node() {
         over.0 == 403 && over.1.contains(&format!("may not rewrite a snapshot served by node {other_node}")),
         "{over:?}"
     );
+    // The node's own report the same way: only the one named after the
+    // token's node.
+    apply_node_report_as(&here, &node, &node).await.expect("the agent here writes its node's report");
+    apply_node_report_as(&there, &other_node, &other_node).await.expect("the other node's agent writes its own");
+    let forged = apply_node_report_as(&here, &other_node, &other_node).await.unwrap_err();
+    assert!(forged.0 == 403 && forged.1.contains("may not write a report for node"), "{forged:?}");
+    // Nor another node's name with its own node inside (the report of an
+    // existing node is another node's to take over; a new name is refused
+    // by name).
+    let taken = apply_node_report_as(&here, &other_node, &node).await.unwrap_err();
+    assert!(taken.0 == 403 && taken.1.contains("may not take over the report of node"), "{taken:?}");
+    let invented = format!("{other_node}-invented");
+    let _node_reports =
+        ClusterScoped(vec![format!("nodeconnectionhealth/{other_node}"), format!("nodeconnectionhealth/{invented}")]);
+    let renamed = apply_node_report_as(&here, &invented, &node).await.unwrap_err();
+    assert!(
+        renamed.0 == 403 && renamed.1.contains(&format!("may not write the NodeConnectionHealth of node {invented}")),
+        "{renamed:?}"
+    );
     let remote_report: ConnectionHealth = Api::namespaced(client.clone(), &shop.name).get("remote").await.unwrap();
     assert_eq!(remote_report.spec.node_name, other_node, "the remote report is still the remote node's");
     assert_eq!(remote_report.status.and_then(|s| s.observed_at), None, "and its status untouched");
@@ -1019,7 +1000,7 @@ async fn the_node_restriction_admits_only_reports_of_the_tokens_node() {
     let says = format!("the agent on node {other_node} may not write a report for node {node}");
     // Whichever pod's report was refused first is named; the other's
     // refusal, of the same kind, is logged at debug level.
-    let needles = ["the API server refused the ConnectionHealth report;", says.as_str()];
+    let needles = ["the API server refused the report;", says.as_str()];
     until(WAIT, "the misplaced agent to log the refusal", || log_line(&misplaced.logs(), &needles).is_some()).await;
     let first_refusal = std::time::Instant::now();
     let addr = eventually("the misplaced agent's metrics address", WAIT, || {
@@ -1031,8 +1012,7 @@ async fn the_node_restriction_admits_only_reports_of_the_tokens_node() {
     until(WAIT, "three more sweeps of the misplaced agent", || sweeps(&addr) >= after_refusal + 3).await;
     assert!(misplaced.running(), "{}", misplaced.logs());
     let logs = misplaced.logs();
-    let refusals: Vec<&str> =
-        logs.lines().filter(|l| l.contains("the API server refused the ConnectionHealth report;")).collect();
+    let refusals: Vec<&str> = logs.lines().filter(|l| l.contains("the API server refused the report;")).collect();
     assert_eq!(refusals.len(), 1, "one line, not one per pod or sweep:\n{}", refusals.join("\n"));
     let metrics = scrape(&addr);
     let refused = metrics
@@ -1042,9 +1022,9 @@ async fn the_node_restriction_admits_only_reports_of_the_tokens_node() {
         .sum::<f64>();
     // Each pod is tried once a minute, not every sweep.
     if first_refusal.elapsed() < Duration::from_secs(50) {
-        assert_eq!(refused, 2.0, "web's and api's reports refused once each:\n{metrics}");
+        assert_eq!(refused, 3.0, "web's, api's and the node's reports refused once each:\n{metrics}");
     } else {
-        assert!(refused >= 2.0, "web's and api's reports refused:\n{metrics}");
+        assert!(refused >= 3.0, "web's, api's and the node's reports refused:\n{metrics}");
     }
     eprintln!("misplaced agent: {}", refusals[0]);
     for pod in ["web", "api"] {
@@ -1075,7 +1055,7 @@ async fn operator_missing_pod_patch_says_what_it_cannot_do() {
 
     let release = format!("scn-{}", random_suffix());
     let full = format!("{release}-connhealth");
-    let mut docs = rendered_rbac(&release, &ns.name, "operator");
+    let mut docs = chart_rbac(&release, &ns.name, "operator");
     remove_verb(&mut docs, "pods", "patch");
     let (_rbac, sa) = apply_rbac(&docs);
     let kc = TokenKubeconfig::for_service_account(cluster, &ns.name, &sa).unwrap();

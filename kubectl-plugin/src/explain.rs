@@ -212,7 +212,10 @@ fn render(e: &Explanation, policy: Option<&ConnectionHealthPolicy>, now: Timesta
         status.observed_at.as_ref().map(|t| format!("{} ago", age(t, now))).unwrap_or_else(|| "never".into());
     out.push_str(&format!("Observed: {observed} (reports are rewritten only when a figure moves)\n"));
     if status.host_network == Some(true) {
-        out.push_str("The pod uses the node's network namespace (hostNetwork): it has no socket figures of its own.\n");
+        out.push_str(
+            "The pod uses the node's network namespace (hostNetwork): these are the node's sockets its processes hold; \
+             TIME_WAIT and sockets no process holds are the node's (kubectl get nodeconnectionhealth).\n",
+        );
     }
     if let Some(states) = &status.states {
         out.push_str(&format!(

@@ -4,8 +4,14 @@
 //! sweep per interval, and a ConnectionHealth per pod written when it
 //! changed meaningfully ([`crate::report`]) through [`crate::reporter`].
 //!
-//! - A `hostNetwork` pod shares the node's namespace: its report says
-//!   `hostNetwork: true` and carries no socket figures.
+//! - The node's own namespace is scanned too, split by the processes that
+//!   hold its sockets ([`connhealth_scan::attribution`]): a `hostNetwork`
+//!   pod's report has the sockets its processes hold (`hostNetwork: true`,
+//!   `unattributedStates`), and the node's own report
+//!   (NodeConnectionHealth, owned by the Node) has every socket of the
+//!   namespace with the CLOSE_WAIT detail of those no pod holds. A pod's
+//!   figures come from its own namespace or, with `hostNetwork`, from its
+//!   processes: never both.
 //! - A pod whose namespace is not found yet (starting, terminating) is
 //!   retried each sweep and never reported as zero.
 //! - The API server down or hung: every call ends by `--api-timeout`
@@ -26,13 +32,15 @@ use std::time::{Duration, SystemTime};
 use connhealth_runtime::apiclient::{self, ApiHealth};
 use connhealth_runtime::endpoint::{Endpoint, Readiness};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 
 use connhealth_runtime::error_chain;
+use connhealth_scan::aggregate::NamespaceSummary;
+use connhealth_scan::attribution::{AttributedPart, HostPod};
 use connhealth_scan::discovery::{self, DiscoveryOptions};
 use connhealth_scan::scan::{NamespaceReport, ScanConfig, Scanner, SweepReport, Target};
 use connhealth_scan::sockdiag::TcpState;
@@ -43,7 +51,7 @@ use crate::error::Error;
 use crate::lease::{self, LeaseSettings};
 use crate::metrics::{AgentMetrics, KindLabels, PodLabels, PodStateLabels, StateLabels};
 use crate::report::{self, ChangeRule, MAX_FIRST_SEEN_GROUPS, ReportContext};
-use crate::reporter::{PodKey, Reporter};
+use crate::reporter::{ReportKey, Reporter};
 
 /// `connhealth-agent run`: validates the settings, connects, runs until a
 /// shutdown signal.
@@ -102,7 +110,7 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
     // while they keep coming.
     let (sweep_finished, sweeps) = tokio::sync::watch::channel(None);
     tokio::spawn(lease::renew(client.clone(), config.node_name.clone(), config.lease.clone(), sweeps, metrics.clone()));
-    let mut reporter = Reporter::new(client, config.node_name.clone(), config.change, metrics.clone());
+    let mut reporter = Reporter::new(client.clone(), config.node_name.clone(), config.change, metrics.clone());
     let mut scan_config = ScanConfig::default();
     scan_config.aggregate.min_age = config.close_wait_min_age;
     scan_config.aggregate.limits.first_seen_groups = MAX_FIRST_SEEN_GROUPS;
@@ -113,7 +121,14 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
         tracing::info!(attached_to, "eBPF tracker loaded: namespaces are dumped when their TCP states change");
     }
     metrics.record_tracker(scanner.tracker_status());
-    let mut agent = Agent { scanner: Some(scanner), scan_config, metrics };
+    let mut agent = Agent {
+        scanner: Some(scanner),
+        scan_config,
+        metrics,
+        client: client.clone(),
+        node_name: config.node_name.clone(),
+        node_uid: None,
+    };
 
     let shutdown = connhealth_runtime::shutdown_signal();
     tokio::pin!(shutdown);
@@ -177,11 +192,15 @@ struct Agent {
     /// `None` only while a sweep runs on the blocking pool.
     scanner: Option<Scanner>,
     metrics: AgentMetrics,
+    client: Client,
+    node_name: String,
+    /// The Node's UID (the owner of the node's report), once read.
+    node_uid: Option<String>,
 }
 
 /// A pod of this node as the sweep needs it.
 pub(crate) struct NodePod {
-    pub(crate) key: PodKey,
+    pub(crate) key: ReportKey,
     pub(crate) uid: String,
     pub(crate) host_network: bool,
     pub(crate) running: bool,
@@ -203,7 +222,7 @@ pub(crate) fn node_pod(pod: &Pod) -> Option<NodePod> {
         })
         .collect();
     Some(NodePod {
-        key: PodKey { namespace: pod.namespace()?, name: pod.name_any() },
+        key: ReportKey { namespace: pod.namespace()?, name: pod.name_any() },
         uid,
         host_network: spec.host_network.unwrap_or(false),
         running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
@@ -237,12 +256,18 @@ async fn sweep_or_start_afresh<T: Send + 'static>(
 impl Agent {
     async fn sweep_once(&mut self, pods: &Store<Pod>, reporter: &mut Reporter) {
         let node_pods: Vec<NodePod> = pods.state().iter().filter_map(|p| node_pod(p)).collect();
+        if self.node_uid.is_none() {
+            self.node_uid = self.read_node_uid().await;
+        }
 
         let scanner = self.scanner.take().expect("one sweep at a time");
         let wanted: HashSet<String> = node_pods.iter().filter(|p| !p.host_network).map(|p| p.uid.clone()).collect();
-        let (scanner, sweep) =
-            sweep_or_start_afresh(scanner, &self.scan_config, move |scanner| scanner.sweep(&pod_targets(&wanted)))
-                .await;
+        let host_network: HashSet<String> =
+            node_pods.iter().filter(|p| p.host_network).map(|p| p.uid.clone()).collect();
+        let (scanner, sweep) = sweep_or_start_afresh(scanner, &self.scan_config, move |scanner| {
+            scanner.sweep(&node_targets(&wanted, &host_network))
+        })
+        .await;
         let Some(sweep) = sweep else {
             // A fresh scanner: its tracker may have loaded differently.
             self.metrics.record_tracker(scanner.tracker_status());
@@ -255,34 +280,67 @@ impl Agent {
         let observed_at = sweep.observed_at_unix_ms;
         let scanned: HashMap<&str, &NamespaceReport> =
             sweep.namespaces.iter().filter_map(|ns| Some((ns.label.pod_uid.as_deref()?, ns))).collect();
+        let host = sweep.namespaces.iter().find(|ns| ns.label.host);
+        let host_parts: HashMap<&str, &AttributedPart> = host
+            .iter()
+            .flat_map(|ns| ns.attributed.iter())
+            .filter_map(|part| Some((part.pod_uid.as_deref()?, part)))
+            .collect();
+        let no_names = HashMap::new();
         reporter.begin_sweep();
+        if let (Some(host), Some(node_uid)) = (host, self.node_uid.clone()) {
+            let ctx = ReportContext { observed_at, container_names: &no_names, tracker: sweep.tracker.mode };
+            if let Some(status) = report::node_status(host, ctx) {
+                reporter.offer(&ReportKey::node(&self.node_name), &node_uid, status, SystemTime::now()).await;
+            }
+        }
         let mut without_namespace = 0;
         for pod in &node_pods {
-            let status = if pod.host_network {
-                report::host_network_status(observed_at)
-            } else if let Some(ns) = scanned.get(pod.uid.as_str()) {
-                self.record_pod(pod, ns);
-                report::status_from_scan(
-                    ns,
-                    ReportContext { observed_at, container_names: &pod.container_names, tracker: sweep.tracker.mode },
-                )
-            } else {
-                if pod.running {
-                    without_namespace += 1;
-                    tracing::debug!(pod = %format!("{}/{}", pod.key.namespace, pod.key.name), "network namespace not found yet; retrying next sweep");
+            let ctx = ReportContext { observed_at, container_names: &pod.container_names, tracker: sweep.tracker.mode };
+            let status = match (pod.host_network, host, host_parts.get(pod.uid.as_str())) {
+                (true, Some(host), Some(part)) => {
+                    self.record_pod(pod, &part.summary);
+                    report::host_pod_status(part, host, ctx)
                 }
-                continue;
+                (false, _, _) if let Some(ns) = scanned.get(pod.uid.as_str()) => {
+                    self.record_pod(pod, &ns.summary);
+                    report::status_from_scan(ns, ctx)
+                }
+                _ => {
+                    // No namespace yet, or a hostNetwork pod without a
+                    // process yet (or the node's namespace failed).
+                    if pod.running {
+                        without_namespace += 1;
+                        tracing::debug!(pod = %format!("{}/{}", pod.key.namespace, pod.key.name), "network namespace (or, with hostNetwork, processes) not found yet; retrying next sweep");
+                    }
+                    continue;
+                }
             };
             reporter.offer(&pod.key, &pod.uid, status, SystemTime::now()).await;
         }
         self.metrics.pods_without_namespace.set(without_namespace);
 
         // Pods that left the node: forget them and their series.
-        let present: HashSet<&PodKey> = node_pods.iter().map(|p| &p.key).collect();
+        let mut present: HashSet<&ReportKey> = node_pods.iter().map(|p| &p.key).collect();
+        let node_key = ReportKey::node(&self.node_name);
+        present.insert(&node_key);
         for key in reporter.known() {
             if !present.contains(&key) {
                 reporter.forget(&key);
                 self.metrics.forget_pod(&key.namespace, &key.name);
+            }
+        }
+    }
+
+    /// The Node's UID, for the node report's owner reference; `None` (and
+    /// one line) while it cannot be read: the node report waits for it.
+    async fn read_node_uid(&self) -> Option<String> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        match nodes.get(&self.node_name).await {
+            Ok(node) => node.metadata.uid,
+            Err(error) => {
+                tracing::warn!(node = %self.node_name, error = %error_chain(&error), "cannot read this node's UID; its NodeConnectionHealth waits for it");
+                None
             }
         }
     }
@@ -306,6 +364,11 @@ impl Agent {
         if let Some(counters) = &sweep.tracker_counters {
             self.metrics.record_tracker_counters(counters);
         }
+        if let Some(host) = sweep.namespaces.iter().find(|ns| ns.label.host)
+            && let Some(own) = host.attributed.iter().find(|part| part.pod_uid.is_none())
+        {
+            self.metrics.record_host(&self.node_name, &host.summary, &own.summary);
+        }
         let conntrack = sweep.host_conntrack.map_or((0, 0), |c| (c.entries, c.max));
         self.metrics.node_conntrack_entries.set(i64::try_from(conntrack.0).unwrap_or(i64::MAX));
         self.metrics.node_conntrack_max.set(i64::try_from(conntrack.1).unwrap_or(i64::MAX));
@@ -315,20 +378,27 @@ impl Agent {
         }
     }
 
-    fn record_pod(&self, pod: &NodePod, ns: &NamespaceReport) {
+    /// A pod's series. A `hostNetwork` pod has no port pressure or
+    /// TIME_WAIT series: those are the node's ([`report::host_pod_status`]).
+    fn record_pod(&self, pod: &NodePod, summary: &NamespaceSummary) {
         let labels = PodLabels { namespace: pod.key.namespace.clone(), pod: pod.key.name.clone() };
-        let cw = &ns.summary.close_wait;
+        let cw = &summary.close_wait;
         self.metrics.close_wait_stuck.get_or_create(&labels).set(cw.stuck as i64);
         self.metrics.close_wait_oldest_age.get_or_create(&labels).set(cw.oldest_age_seconds.unwrap_or(0) as i64);
-        let pressure = &ns.summary.port_pressure;
-        self.metrics.port_pressure.get_or_create(&labels).set(pressure.percent as i64);
-        self.metrics.port_pressure_effective.get_or_create(&labels).set(pressure.effective_percent as i64);
-        let tw = &ns.summary.time_wait;
-        self.metrics.time_wait_buckets.get_or_create(&labels).set(tw.buckets_percent.unwrap_or(0) as i64);
-        if let Some(overflows) = tw.overflows.filter(|n| *n > 0) {
-            self.metrics.time_wait_overflows.get_or_create(&labels).set(i64::try_from(overflows).unwrap_or(i64::MAX));
+        if !pod.host_network {
+            let pressure = &summary.port_pressure;
+            self.metrics.port_pressure.get_or_create(&labels).set(pressure.percent as i64);
+            self.metrics.port_pressure_effective.get_or_create(&labels).set(pressure.effective_percent as i64);
+            let tw = &summary.time_wait;
+            self.metrics.time_wait_buckets.get_or_create(&labels).set(tw.buckets_percent.unwrap_or(0) as i64);
+            if let Some(overflows) = tw.overflows.filter(|n| *n > 0) {
+                self.metrics
+                    .time_wait_overflows
+                    .get_or_create(&labels)
+                    .set(i64::try_from(overflows).unwrap_or(i64::MAX));
+            }
         }
-        for (state, count) in ns.summary.states.iter().filter(|(state, _)| self.metrics.per_pod(*state)) {
+        for (state, count) in summary.states.iter().filter(|(state, _)| self.metrics.per_pod(*state)) {
             self.metrics
                 .sockets
                 .get_or_create(&PodStateLabels {
@@ -341,14 +411,26 @@ impl Agent {
     }
 }
 
-/// Discovers the node's namespaces and keeps those of the wanted pods.
-fn pod_targets(wanted_uids: &HashSet<String>) -> Vec<Target> {
-    match discovery::discover(&DiscoveryOptions::default()) {
+/// Discovers the node's namespaces and keeps the node's own, split by the
+/// `hostNetwork` pods' processes, and those of the wanted pods. The host's
+/// processes' cgroups are read only when there are `hostNetwork` pods.
+fn node_targets(wanted_uids: &HashSet<String>, host_network_uids: &HashSet<String>) -> Vec<Target> {
+    let options = DiscoveryOptions { label_host_processes: !host_network_uids.is_empty(), ..Default::default() };
+    match discovery::discover(&options) {
         Ok(found) => found
             .namespaces
             .iter()
             .filter_map(|ns| {
-                ns.pod_uid.as_ref().filter(|uid| !ns.is_host && wanted_uids.contains(*uid))?;
+                if ns.is_host {
+                    let pods = ns
+                        .pod_uids
+                        .iter()
+                        .filter(|vote| host_network_uids.contains(&vote.uid))
+                        .map(|vote| HostPod { uid: vote.uid.clone(), pids: vote.pids.clone() })
+                        .collect();
+                    return Some(Target { host_pods: Some(pods), ..Target::from_discovery(ns) });
+                }
+                ns.pod_uid.as_ref().filter(|uid| wanted_uids.contains(*uid))?;
                 Some(Target::from_discovery(ns))
             })
             .collect(),

@@ -7,9 +7,13 @@
 //! ESTAB, CLOSE-WAIT, TIME-WAIT, SYN-SENT) plus stuck CLOSE_WAIT, oldest
 //! CLOSE_WAIT age, port pressure (raw and effective) and the TIME_WAIT
 //! bucket share: 9 by default, 16 with `all`; one more for a pod whose
-//! namespace ever overflowed its TIME_WAIT buckets. Every state is also
-//! exported once per node, summed over its pods, with the node's conntrack
-//! table fill.
+//! namespace ever overflowed its TIME_WAIT buckets. A `hostNetwork` pod
+//! (its processes' sockets in the node's namespace) has no port-pressure
+//! or TIME_WAIT series: those are the node's. Every state is also exported
+//! once per node, summed over its pods, with the node's conntrack table
+//! fill; and the node's own namespace has `host_*` series labelled with
+//! the node (16: every state, its own CLOSE_WAIT count, stuck and oldest
+//! age, port pressure, TIME_WAIT buckets).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use connhealth_scan::aggregate::NamespaceSummary;
 use connhealth_scan::sockdiag::TcpState;
 use connhealth_scan::tracker::{TrackerCounters, TrackerStatus};
 
@@ -44,6 +49,22 @@ pub struct PodStateLabels {
 /// A TCP state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
+    /// `ss` state name, e.g. `CLOSE-WAIT`.
+    pub state: String,
+}
+
+/// This node (on the series of the node's own namespace).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// The node's name.
+    pub node: String,
+}
+
+/// This node and a TCP state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeStateLabels {
+    /// The node's name.
+    pub node: String,
     /// `ss` state name, e.g. `CLOSE-WAIT`.
     pub state: String,
 }
@@ -95,6 +116,19 @@ pub struct AgentMetrics {
     /// The namespace's `TCPTimeWaitOverflow` counter, for pods where it is
     /// above zero.
     pub time_wait_overflows: Family<PodLabels, Gauge>,
+    /// Sockets of the node's own namespace per state (all of them, as `ss`
+    /// on the node counts them).
+    pub host_sockets: Family<NodeStateLabels, Gauge>,
+    /// The node's own CLOSE_WAIT sockets (none a `hostNetwork` pod holds).
+    pub host_close_wait: Family<NodeLabels, Gauge>,
+    /// Of those, stuck.
+    pub host_close_wait_stuck: Family<NodeLabels, Gauge>,
+    /// Age of the oldest of those, seconds.
+    pub host_close_wait_oldest_age: Family<NodeLabels, Gauge>,
+    /// The node namespace's effective port pressure, percent.
+    pub host_port_pressure_effective: Family<NodeLabels, Gauge>,
+    /// The node namespace's TIME_WAIT share of its `tcp_max_tw_buckets`.
+    pub host_time_wait_buckets: Family<NodeLabels, Gauge>,
     /// The node's conntrack entries (host namespace).
     pub node_conntrack_entries: Gauge,
     /// The node's conntrack limit.
@@ -135,6 +169,12 @@ impl AgentMetrics {
             port_pressure_effective: Family::default(),
             time_wait_buckets: Family::default(),
             time_wait_overflows: Family::default(),
+            host_sockets: Family::default(),
+            host_close_wait: Family::default(),
+            host_close_wait_stuck: Family::default(),
+            host_close_wait_oldest_age: Family::default(),
+            host_port_pressure_effective: Family::default(),
+            host_time_wait_buckets: Family::default(),
             node_conntrack_entries: Gauge::default(),
             node_conntrack_max: Gauge::default(),
             sweep_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -186,6 +226,36 @@ impl AgentMetrics {
             "time_wait_overflows",
             "Closes that skipped TIME_WAIT at tcp_max_tw_buckets since the pod's network namespace was created (TcpExt TCPTimeWaitOverflow, a kernel counter); only pods where it is above zero",
             m.time_wait_overflows.clone(),
+        );
+        r.register(
+            "host_sockets",
+            "TCP sockets of the node's own network namespace (node daemons and hostNetwork pods) by state, as ss on the node counts them; every state",
+            m.host_sockets.clone(),
+        );
+        r.register(
+            "host_close_wait",
+            "The node's own CLOSE_WAIT sockets: in the node's network namespace and held by no hostNetwork pod's process (those are the pod's series)",
+            m.host_close_wait.clone(),
+        );
+        r.register(
+            "host_close_wait_stuck",
+            "The node's own CLOSE_WAIT sockets older than the agent's --close-wait-min-age",
+            m.host_close_wait_stuck.clone(),
+        );
+        r.register(
+            "host_close_wait_oldest_age_seconds",
+            "Age of the node's oldest own CLOSE_WAIT socket, as the kernel dates it (a lower bound; 0 when none)",
+            m.host_close_wait_oldest_age.clone(),
+        );
+        r.register(
+            "host_port_pressure_effective_percent",
+            "Highest share of the node namespace's ephemeral port range that connect() cannot take towards one destination",
+            m.host_port_pressure_effective.clone(),
+        );
+        r.register(
+            "host_time_wait_buckets_percent",
+            "TIME_WAIT sockets of the node's network namespace in percent of its net.ipv4.tcp_max_tw_buckets",
+            m.host_time_wait_buckets.clone(),
         );
         r.register(
             "node_conntrack_entries",
@@ -253,6 +323,23 @@ impl AgentMetrics {
         self.tracker_close_wait_table_full.set(i64::try_from(counters.close_wait_full).unwrap_or(i64::MAX));
     }
 
+    /// Records the node's own namespace: every socket in `whole`, CLOSE_WAIT
+    /// of the node's own part `own`.
+    pub fn record_host(&self, node: &str, whole: &NamespaceSummary, own: &NamespaceSummary) {
+        let labels = NodeLabels { node: node.to_owned() };
+        for (state, count) in whole.states.iter() {
+            let state = state.ss_name().to_owned();
+            self.host_sockets.get_or_create(&NodeStateLabels { node: node.to_owned(), state }).set(gauge(count));
+        }
+        let cw = &own.close_wait;
+        self.host_close_wait.get_or_create(&labels).set(gauge(cw.count));
+        self.host_close_wait_stuck.get_or_create(&labels).set(gauge(cw.stuck));
+        self.host_close_wait_oldest_age.get_or_create(&labels).set(gauge(cw.oldest_age_seconds.unwrap_or(0)));
+        self.host_port_pressure_effective.get_or_create(&labels).set(gauge(whole.port_pressure.effective_percent));
+        let buckets = whole.time_wait.buckets_percent.unwrap_or(0);
+        self.host_time_wait_buckets.get_or_create(&labels).set(gauge(buckets));
+    }
+
     /// Whether `state` gets a series per pod.
     pub fn per_pod(&self, state: TcpState) -> bool {
         self.pod_states[state.index()]
@@ -275,4 +362,8 @@ impl AgentMetrics {
             });
         }
     }
+}
+
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }

@@ -30,14 +30,17 @@ use std::time::SystemTime;
 
 use connhealth_crds::ConnectionHealthStatus;
 use connhealth_crds::health::{
-    CloseWaitDetail, DestinationPressure, EndpointCount, FirstSeenGroup, NetnsSysctls as ReportSysctls, PortCount,
-    PortPressureDetail, SocketOwner as ReportOwner, TcpStateCounts, TimeWaitDetail,
+    CloseWaitDetail, DestinationPressure, EndpointCount, FirstSeenGroup, NetnsSysctls as ReportSysctls, PodSocketShare,
+    PortCount, PortPressureDetail, SocketOwner as ReportOwner, TcpStateCounts, TimeWaitDetail,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use connhealth_scan::aggregate::StateCounts;
+use connhealth_scan::aggregate::{NamespaceSummary, StateCounts};
+use connhealth_scan::attribution::{AttributedPart, UNATTRIBUTABLE};
+use connhealth_scan::owners::Owners;
 use connhealth_scan::procfs::RlimitValue;
 use connhealth_scan::scan::NamespaceReport;
+use connhealth_scan::sysctls::NetnsSysctls;
 use connhealth_scan::tracker::TrackerMode;
 
 /// Most first-seen groups in a report (the CRD's `maxItems`); the scanner
@@ -78,16 +81,69 @@ fn int(v: u64) -> i64 {
 
 /// The status the agent writes for a pod whose namespace was scanned.
 pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> ConnectionHealthStatus {
-    let cw = &ns.summary.close_wait;
+    status_from_summary(&ns.summary, ns.owners.as_ref(), &ns.sysctls, ctx)
+}
+
+/// The TCP states a `hostNetwork` pod's report leaves to the node's
+/// ([`connhealth_scan::attribution::UNATTRIBUTABLE`]), as the report's
+/// `unattributedStates` names them.
+pub fn unattributed_state_names() -> Vec<String> {
+    UNATTRIBUTABLE.iter().map(|s| s.key().to_owned()).collect()
+}
+
+/// The status of a `hostNetwork` pod: the node's sockets its processes hold
+/// (`part`), with the node namespace's sysctls. Port pressure and TIME_WAIT
+/// buckets are left out: they are made of TIME_WAIT sockets, which no
+/// process holds (the node's report has them).
+pub fn host_pod_status(
+    part: &AttributedPart,
+    host: &NamespaceReport,
+    ctx: ReportContext<'_>,
+) -> ConnectionHealthStatus {
+    ConnectionHealthStatus {
+        host_network: Some(true),
+        unattributed_states: unattributed_state_names(),
+        port_pressure: None,
+        time_wait: None,
+        ..status_from_summary(&part.summary, part.owners.as_ref(), &host.sysctls, ctx)
+    }
+}
+
+/// The status of the node's own report: every socket of the node's
+/// namespace in `states`, TIME_WAIT and port pressure of the namespace, and
+/// CLOSE_WAIT detail of the node's own part (sockets no `hostNetwork` pod's
+/// process holds); `podSockets` counts the rest. `None` when `host` was not
+/// split.
+pub fn node_status(host: &NamespaceReport, ctx: ReportContext<'_>) -> Option<ConnectionHealthStatus> {
+    let own = host.attributed.iter().find(|part| part.pod_uid.is_none())?;
+    let pods: Vec<&AttributedPart> = host.attributed.iter().filter(|p| p.pod_uid.is_some()).collect();
+    let mut summary = host.summary.clone();
+    summary.close_wait = own.summary.close_wait.clone();
+    summary.truncated.extend(own.summary.truncated.iter().filter(|t| !host.summary.truncated.contains(t)));
+    Some(ConnectionHealthStatus {
+        pod_sockets: Some(PodSocketShare {
+            pods: int(pods.iter().filter(|p| p.summary.total > 0).count() as u64),
+            sockets: int(pods.iter().map(|p| p.summary.total).sum()),
+            close_wait: int(pods.iter().map(|p| p.summary.close_wait.count).sum()),
+        }),
+        ..status_from_summary(&summary, own.owners.as_ref(), &host.sysctls, ctx)
+    })
+}
+
+fn status_from_summary(
+    summary: &NamespaceSummary,
+    owners: Option<&Owners>,
+    sysctls: &NetnsSysctls,
+    ctx: ReportContext<'_>,
+) -> ConnectionHealthStatus {
+    let cw = &summary.close_wait;
     let first_seen: Vec<FirstSeenGroup> = cw
         .first_seen
         .iter()
         .take(MAX_FIRST_SEEN_GROUPS)
         .map(|g| FirstSeenGroup { since: to_time(g.since), count: int(g.count) })
         .collect();
-    let owners = ns
-        .owners
-        .as_ref()
+    let owners = owners
         .map(|o| {
             o.owners
                 .iter()
@@ -95,6 +151,7 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
                 .map(|owner| ReportOwner {
                     container: owner.container_id.as_ref().and_then(|id| ctx.container_names.get(id).cloned()),
                     container_id: owner.container_id.clone(),
+                    systemd_unit: owner.systemd_unit.clone(),
                     pid: i64::from(owner.process.pid),
                     command: owner.process.comm.clone(),
                     command_line: Some(owner.command_line.clone()).filter(|c| !c.is_empty()),
@@ -110,13 +167,15 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
                 .collect()
         })
         .unwrap_or_default();
-    let pressure = &ns.summary.port_pressure;
-    let tw = &ns.summary.time_wait;
+    let pressure = &summary.port_pressure;
+    let tw = &summary.time_wait;
     let percent = |p: u64| i32::try_from(p.min(100)).unwrap_or(100);
     ConnectionHealthStatus {
         observed_at: Some(to_time(ctx.observed_at)),
         host_network: None,
-        states: Some(states(&ns.summary.states)),
+        unattributed_states: Vec::new(),
+        pod_sockets: None,
+        states: Some(states(&summary.states)),
         close_wait: Some(CloseWaitDetail {
             count: int(cw.count),
             stuck: int(cw.stuck),
@@ -166,27 +225,18 @@ pub fn status_from_scan(ns: &NamespaceReport, ctx: ReportContext<'_>) -> Connect
             overflows: tw.overflows.map(int),
         }),
         sysctls: Some(ReportSysctls {
-            ip_local_port_range: format!(
-                "{}-{}",
-                ns.sysctls.ip_local_port_range.low, ns.sysctls.ip_local_port_range.high
-            ),
-            tcp_tw_reuse: i32::try_from(ns.sysctls.tcp_tw_reuse).unwrap_or(-1),
-            tcp_timestamps: i32::try_from(ns.sysctls.tcp_timestamps).unwrap_or(-1),
-            tcp_max_tw_buckets: ns.sysctls.tcp_max_tw_buckets,
-            tcp_fin_timeout: i32::try_from(ns.sysctls.tcp_fin_timeout).unwrap_or(-1),
+            ip_local_port_range: format!("{}-{}", sysctls.ip_local_port_range.low, sysctls.ip_local_port_range.high),
+            tcp_tw_reuse: i32::try_from(sysctls.tcp_tw_reuse).unwrap_or(-1),
+            tcp_timestamps: i32::try_from(sysctls.tcp_timestamps).unwrap_or(-1),
+            tcp_max_tw_buckets: sysctls.tcp_max_tw_buckets,
+            tcp_fin_timeout: i32::try_from(sysctls.tcp_fin_timeout).unwrap_or(-1),
             // Unknown (kernel < 6.1) means shared: older kernels have one table.
-            shared_hash_table: ns.sysctls.shared_hash_table.unwrap_or(true),
+            shared_hash_table: sysctls.shared_hash_table.unwrap_or(true),
         }),
         tracker: Some(ctx.tracker.as_str().to_owned()),
-        truncated: ns.summary.truncated.iter().map(|s| (*s).to_owned()).collect(),
+        truncated: summary.truncated.iter().map(|s| (*s).to_owned()).collect(),
         verdict: None,
     }
-}
-
-/// The status of a `hostNetwork` pod: it shares the node's namespace, so it
-/// has no sockets of its own to report.
-pub fn host_network_status(observed_at: SystemTime) -> ConnectionHealthStatus {
-    ConnectionHealthStatus { observed_at: Some(to_time(observed_at)), host_network: Some(true), ..Default::default() }
 }
 
 /// How much change is worth a write.

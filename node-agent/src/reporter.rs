@@ -23,9 +23,11 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use connhealth_crds::names::{field_managers, labels};
-use connhealth_crds::{ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus};
+use connhealth_crds::{
+    ConnectionHealth, ConnectionHealthSpec, ConnectionHealthStatus, NodeConnectionHealth, NodeConnectionHealthSpec,
+};
 use connhealth_runtime::error_chain;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -33,13 +35,33 @@ use serde_json::json;
 use crate::metrics::{AgentMetrics, WriteLabels};
 use crate::report::{ChangeRule, WriteReason, write_reason};
 
-/// The pod a report is for.
+/// What a report is for: a pod (its namespace and name), or the node
+/// itself (no namespace: a NodeConnectionHealth is cluster-scoped, named
+/// after the node).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PodKey {
-    /// Namespace.
+pub struct ReportKey {
+    /// The pod's namespace; empty for the node's own report.
     pub namespace: String,
-    /// Name.
+    /// The pod's name, or the node's.
     pub name: String,
+}
+
+impl ReportKey {
+    /// The node's own report.
+    pub fn node(name: &str) -> Self {
+        Self { namespace: String::new(), name: name.to_owned() }
+    }
+
+    /// Whether this is the node's own report.
+    pub fn is_node(&self) -> bool {
+        self.namespace.is_empty()
+    }
+}
+
+impl std::fmt::Display for ReportKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_node() { write!(f, "node {}", self.name) } else { write!(f, "{}/{}", self.namespace, self.name) }
+    }
 }
 
 /// What the agent last wrote for a pod.
@@ -101,8 +123,8 @@ pub enum Decision {
 /// the memory behind the write decision, without any I/O.
 #[derive(Debug, Default)]
 pub struct WriteBook {
-    written: HashMap<PodKey, Written>,
-    pending: HashMap<PodKey, Pending>,
+    written: HashMap<ReportKey, Written>,
+    pending: HashMap<ReportKey, Pending>,
     /// Set when a write failed this sweep; cleared by
     /// [`WriteBook::begin_sweep`].
     failing: bool,
@@ -114,7 +136,7 @@ impl WriteBook {
     /// is still pending.
     pub fn decide(
         &self,
-        key: &PodKey,
+        key: &ReportKey,
         pod_uid: &str,
         status: &ConnectionHealthStatus,
         rule: &ChangeRule,
@@ -143,33 +165,33 @@ impl WriteBook {
     }
 
     /// Records a status written (or read back) for a pod.
-    pub fn written(&mut self, key: &PodKey, pod_uid: &str, status: ConnectionHealthStatus) {
+    pub fn written(&mut self, key: &ReportKey, pod_uid: &str, status: ConnectionHealthStatus) {
         self.pending.remove(key);
         self.written.insert(key.clone(), Written { pod_uid: pod_uid.to_owned(), status });
     }
 
     /// Records a write kept for later; `failed`: because it failed now, so
     /// the rest of this sweep's writes are held too.
-    pub fn pending(&mut self, key: &PodKey, pod_uid: &str, reason: WriteReason, failed: bool) {
+    pub fn pending(&mut self, key: &ReportKey, pod_uid: &str, reason: WriteReason, failed: bool) {
         self.failing |= failed;
         self.pending.insert(key.clone(), Pending { pod_uid: pod_uid.to_owned(), reason, retry_at: None });
     }
 
     /// Records a write the API server refused: this pod's newest status is
     /// tried again at `retry_at`; the sweep's other writes go on.
-    pub fn refused(&mut self, key: &PodKey, pod_uid: &str, reason: WriteReason, retry_at: SystemTime) {
+    pub fn refused(&mut self, key: &ReportKey, pod_uid: &str, reason: WriteReason, retry_at: SystemTime) {
         self.pending.insert(key.clone(), Pending { pod_uid: pod_uid.to_owned(), reason, retry_at: Some(retry_at) });
     }
 
     /// Forgets a pod.
-    pub fn forget(&mut self, key: &PodKey) {
+    pub fn forget(&mut self, key: &ReportKey) {
         self.written.remove(key);
         self.pending.remove(key);
     }
 
     /// Pods written or pending, sorted.
-    pub fn known(&self) -> Vec<PodKey> {
-        let mut keys: Vec<PodKey> = self.written.keys().chain(self.pending.keys()).cloned().collect();
+    pub fn known(&self) -> Vec<ReportKey> {
+        let mut keys: Vec<ReportKey> = self.written.keys().chain(self.pending.keys()).cloned().collect();
         keys.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         keys.dedup();
         keys
@@ -202,11 +224,18 @@ impl Reporter {
         let api: Api<ConnectionHealth> = Api::all(self.client.clone());
         let list = api.list(&ListParams::default().labels(&format!("{}={}", labels::NODE, self.node))).await?;
         for report in list {
-            let key = PodKey { namespace: report.namespace().unwrap_or_default(), name: report.name_any() };
+            let key = ReportKey { namespace: report.namespace().unwrap_or_default(), name: report.name_any() };
             let mut status = report.status.unwrap_or_default();
             // The verdict is the operator's; never compare or write it.
             status.verdict = None;
             self.book.written(&key, &report.spec.pod_uid, status);
+        }
+        let nodes: Api<NodeConnectionHealth> = Api::all(self.client.clone());
+        let list = nodes.list(&ListParams::default().labels(&format!("{}={}", labels::NODE, self.node))).await?;
+        for report in list.into_iter().filter(|r| r.name_any() == self.node) {
+            let mut status = report.status.unwrap_or_default();
+            status.verdict = None;
+            self.book.written(&ReportKey::node(&self.node), &report.spec.node_uid, status);
         }
         Ok(())
     }
@@ -220,7 +249,7 @@ impl Reporter {
     /// [`WriteBook::decide`] says so.
     pub async fn offer(
         &mut self,
-        key: &PodKey,
+        key: &ReportKey,
         pod_uid: &str,
         status: ConnectionHealthStatus,
         now: SystemTime,
@@ -241,15 +270,15 @@ impl Reporter {
             }
             Err(kube::Error::Api(refusal)) if is_refusal(refusal.code) => {
                 self.count(reason, "refused");
-                let pod = format!("{}/{}", key.namespace, key.name);
+                let pod = key.to_string();
                 let kind = (refusal.code, refusal.reason.clone());
                 let repeat = self.last_refusal.as_ref().is_some_and(|(logged, at)| {
                     *logged == kind && now.duration_since(*at).is_ok_and(|d| d < REFUSAL_LOG_INTERVAL)
                 });
                 if repeat {
-                    tracing::debug!(%pod, error = %refusal.message, "the API server refused the ConnectionHealth report again");
+                    tracing::debug!(report = %pod, error = %refusal.message, "the API server refused the report again");
                 } else {
-                    tracing::warn!(%pod, code = refusal.code, error = %refusal.message, "the API server refused the ConnectionHealth report; trying this pod's again in {}s (refusals of this kind are logged at debug level for {} min)", REFUSED_RETRY.as_secs(), REFUSAL_LOG_INTERVAL.as_secs() / 60);
+                    tracing::warn!(report = %pod, code = refusal.code, error = %refusal.message, "the API server refused the report; trying it again in {}s (refusals of this kind are logged at debug level for {} min)", REFUSED_RETRY.as_secs(), REFUSAL_LOG_INTERVAL.as_secs() / 60);
                     self.last_refusal = Some((kind, now));
                 }
                 self.book.refused(key, pod_uid, reason, now + REFUSED_RETRY);
@@ -257,7 +286,7 @@ impl Reporter {
             }
             Err(error) => {
                 self.count(reason, "error");
-                tracing::warn!(pod = %format!("{}/{}", key.namespace, key.name), error = %error_chain(&error), "writing the ConnectionHealth report failed; keeping the newest figures for the next sweep");
+                tracing::warn!(report = %key, error = %error_chain(&error), "writing the report failed; keeping the newest figures for the next sweep");
                 self.book.pending(key, pod_uid, reason, true);
                 Offer::Pending(reason)
             }
@@ -266,12 +295,12 @@ impl Reporter {
 
     /// Forgets a pod that left the node (its report goes with the pod, by
     /// garbage collection).
-    pub fn forget(&mut self, key: &PodKey) {
+    pub fn forget(&mut self, key: &ReportKey) {
         self.book.forget(key);
     }
 
     /// Pods the reporter knows about (written or pending).
-    pub fn known(&self) -> Vec<PodKey> {
+    pub fn known(&self) -> Vec<ReportKey> {
         self.book.known()
     }
 
@@ -282,34 +311,66 @@ impl Reporter {
             .inc();
     }
 
+    /// Writes a pod's report (`owner_uid`: the pod's) or the node's own
+    /// (`owner_uid`: the Node's).
     async fn write(
         &self,
-        key: &PodKey,
-        pod_uid: &str,
+        key: &ReportKey,
+        owner_uid: &str,
         status: &ConnectionHealthStatus,
         create: bool,
     ) -> Result<(), kube::Error> {
-        let api: Api<ConnectionHealth> = Api::namespaced(self.client.clone(), &key.namespace);
-        let params = PatchParams::apply(field_managers::AGENT).force();
-        if create {
-            api.patch(&key.name, &params, &Patch::Apply(report_object(key, pod_uid, &self.node))).await?;
-        }
-        let body = json!({
-            "apiVersion": ConnectionHealth::api_version(&()),
-            "kind": ConnectionHealth::kind(&()),
-            "status": status,
-        });
-        match api.patch_status(&key.name, &params, &Patch::Apply(body.clone())).await {
-            Ok(_) => Ok(()),
-            // The report was deleted (a new pod of the same name, or someone
-            // removed it): create it again.
-            Err(kube::Error::Api(s)) if s.code == 404 && !create => {
-                api.patch(&key.name, &params, &Patch::Apply(report_object(key, pod_uid, &self.node))).await?;
-                api.patch_status(&key.name, &params, &Patch::Apply(body)).await.map(|_| ())
-            }
-            Err(e) => Err(e),
+        if key.is_node() {
+            let api: Api<NodeConnectionHealth> = Api::all(self.client.clone());
+            write_report(&api, &key.name, node_report_object(&self.node, owner_uid), status, create).await
+        } else {
+            let api: Api<ConnectionHealth> = Api::namespaced(self.client.clone(), &key.namespace);
+            write_report(&api, &key.name, report_object(key, owner_uid, &self.node), status, create).await
         }
     }
+}
+
+/// Applies `object` (when `create`) and then `status` to the report `name`,
+/// under the agent's field manager; a report deleted meanwhile (a new pod
+/// of the same name, or someone removed it) is created again.
+async fn write_report<K>(
+    api: &Api<K>,
+    name: &str,
+    object: K,
+    status: &ConnectionHealthStatus,
+    create: bool,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + serde::Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let params = PatchParams::apply(field_managers::AGENT).force();
+    if create {
+        api.patch(name, &params, &Patch::Apply(&object)).await?;
+    }
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    match api.patch_status(name, &params, &Patch::Apply(body.clone())).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 && !create => {
+            api.patch(name, &params, &Patch::Apply(&object)).await?;
+            api.patch_status(name, &params, &Patch::Apply(body)).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The node's own report without status: named after the node, owned by
+/// the Node (so it is garbage-collected with it), labelled with the node.
+pub fn node_report_object(node: &str, node_uid: &str) -> NodeConnectionHealth {
+    let mut report = NodeConnectionHealth::new(
+        node,
+        NodeConnectionHealthSpec { node_name: node.to_owned(), node_uid: node_uid.to_owned() },
+    );
+    label_and_own(report.meta_mut(), node, "Node", node, node_uid);
+    report
 }
 
 /// Whether an API error means the server refused this write as such (it
@@ -321,13 +382,20 @@ fn is_refusal(code: u16) -> bool {
 
 /// The report object without status: name and namespace of the pod, owned
 /// by it (so it is garbage-collected with it), labelled with the node.
-pub fn report_object(key: &PodKey, pod_uid: &str, node: &str) -> ConnectionHealth {
+pub fn report_object(key: &ReportKey, pod_uid: &str, node: &str) -> ConnectionHealth {
     let mut report = ConnectionHealth::new(
         &key.name,
         ConnectionHealthSpec { node_name: node.to_owned(), pod_uid: pod_uid.to_owned() },
     );
     let meta = report.meta_mut();
     meta.namespace = Some(key.namespace.clone());
+    label_and_own(meta, node, "Pod", &key.name, pod_uid);
+    report
+}
+
+/// A report's labels (its node, managed by connhealth) and its owner (the
+/// Pod or Node it describes, so that it is garbage-collected with it).
+fn label_and_own(meta: &mut ObjectMeta, node: &str, owner_kind: &str, owner_name: &str, owner_uid: &str) {
     meta.labels = Some(
         [
             (labels::NODE.to_owned(), node.to_owned()),
@@ -337,13 +405,12 @@ pub fn report_object(key: &PodKey, pod_uid: &str, node: &str) -> ConnectionHealt
     );
     meta.owner_references = Some(vec![OwnerReference {
         api_version: "v1".into(),
-        kind: "Pod".into(),
-        name: key.name.clone(),
-        uid: pod_uid.to_owned(),
-        // No blockOwnerDeletion: it would need the pods/finalizers verb.
+        kind: owner_kind.into(),
+        name: owner_name.to_owned(),
+        uid: owner_uid.to_owned(),
+        // No blockOwnerDeletion: it would need the owner's finalizers verb.
         ..Default::default()
     }]);
-    report
 }
 
 #[cfg(test)]
@@ -367,7 +434,7 @@ mod tests {
     #[test]
     fn decisions_follow_the_rule_pending_writes_and_failing_sweeps() {
         let rule = ChangeRule::default();
-        let key = PodKey { namespace: "shop".into(), name: "api-1".into() };
+        let key = ReportKey { namespace: "shop".into(), name: "api-1".into() };
         let mut book = WriteBook::default();
 
         // A pod never written: create it.
@@ -384,7 +451,7 @@ mod tests {
         // A write failed: the rest of the sweep is held, and what failed
         // is written at the next sweep even if nothing changed since.
         book.pending(&key, "uid-1", WriteReason::States, true);
-        let other = PodKey { namespace: "shop".into(), name: "api-2".into() };
+        let other = ReportKey { namespace: "shop".into(), name: "api-2".into() };
         assert_eq!(book.decide(&other, "uid-9", &status(1, 15), &rule, at(15)), Decision::Hold(WriteReason::New));
         book.begin_sweep();
         assert_eq!(book.decide(&key, "uid-1", &status(3, 30), &rule, at(30)), states);
@@ -405,8 +472,8 @@ mod tests {
     #[test]
     fn a_refused_pod_waits_alone_and_is_tried_again_later() {
         let rule = ChangeRule::default();
-        let key = PodKey { namespace: "shop".into(), name: "api-1".into() };
-        let other = PodKey { namespace: "shop".into(), name: "api-2".into() };
+        let key = ReportKey { namespace: "shop".into(), name: "api-1".into() };
+        let other = ReportKey { namespace: "shop".into(), name: "api-2".into() };
         let mut book = WriteBook::default();
         let new = Decision::Write { reason: WriteReason::New, create: true };
 

@@ -28,6 +28,11 @@
 //! that cannot be read is reported `Invalid` in its status; a report that
 //! cannot be read is skipped with a warning.
 //!
+//! [`run`] also runs the node controllers ([`crate::nodes`]), which share
+//! the client, the Event recorder, the agents' liveness, the peer directory
+//! and the metrics with this one ([`Shared`]), and the helpers that write
+//! verdicts, Events and policy status.
+//!
 //! A failed reconcile is logged, counted, retried after
 //! [`RETRY_AFTER_FAILURE`], and published as a Warning Event on its policy
 //! whose reason is the error's category and whose note is the error chain —
@@ -40,9 +45,9 @@ use std::time::Duration;
 
 use connhealth_crds::health::VerdictStatus;
 use connhealth_crds::names::{POLICY_FINALIZER, agent_leases, annotations, field_managers};
-use connhealth_crds::policy::ConnectionHealthPolicyStatus;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthPolicy};
 use connhealth_runtime::error_chain;
+use futures::channel::mpsc::UnboundedSender;
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -55,12 +60,17 @@ use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporte
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 
 use crate::error::{Error, kube as kube_err};
-use crate::evaluate::{self, EventType, GrowthHistory};
+use crate::evaluate::{self, EventIntent, EventType, Subject};
 use crate::liveness::{self, AgentLease, LivenessBook};
+use crate::memory::Memory;
 use crate::metrics::{EventLabels, OperatorMetrics, PolicyLabels, ReconcileLabels};
 use crate::peers::{PeerDirectory, PeerNames};
 use crate::plan::{self, PodInput, PodWrite, PolicyInput, ReportInput};
@@ -90,47 +100,55 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
 /// folds repeats into a series too, but each repeat is still a request.
 pub const FAILURE_EVENT_INTERVAL: Duration = Duration::from_secs(300);
 
-/// The verdict the operator last wrote for a pod, and to which report
-/// object (its UID, when the API server returned one).
-struct WrittenVerdict {
-    report_uid: Option<String>,
-    verdict: Option<VerdictStatus>,
+/// What the pod controller and the node controllers ([`crate::nodes`])
+/// share: one client, one Event recorder (its series cache), the agents'
+/// liveness, one directory of peer names (its Service and Node caches) and
+/// the metrics.
+#[derive(Clone)]
+pub struct Shared {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events as the operator.
+    pub recorder: Recorder,
+    /// Which nodes' agents renew their Lease, as of the last liveness tick.
+    pub liveness: Arc<Mutex<LivenessBook>>,
+    /// Names for the peers of pods and nodes in trouble.
+    pub peers: Arc<PeerDirectory>,
+    /// The operator's metrics.
+    pub metrics: OperatorMetrics,
 }
 
-/// A policy and an error category: what failure Events are limited by.
-type FailureEventKey = (ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>, &'static str);
+impl Shared {
+    /// Whether the agents' Leases have been read: until then, judging would
+    /// call every node's reports Unknown.
+    pub fn liveness_known(&self) -> bool {
+        self.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).ready()
+    }
+
+    /// Why the reports of `node` are not current, if they are not.
+    pub fn stale_reason(&self, node: &str) -> Option<String> {
+        self.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).stale_reason(node)
+    }
+}
 
 /// What every reconcile shares.
 pub struct Context {
-    client: Client,
-    recorder: Recorder,
+    shared: Shared,
     policies: Store<DeserializeGuard<ConnectionHealthPolicy>>,
     reports: Store<DeserializeGuard<ConnectionHealth>>,
     pods: Store<PartialObjectMeta<Pod>>,
     /// The names of the cached pods by namespace.
     pods_by_namespace: PodsByNamespace,
-    /// CLOSE_WAIT history per pod UID for the growth rule.
-    history: Mutex<HashMap<String, GrowthHistory>>,
-    /// The verdict this replica last wrote per pod UID. The report cache
-    /// lags behind our own writes; a reconcile that ran on the stale copy
-    /// would publish the same Event again. Only the leader writes verdicts,
-    /// so while it leads, its own last write is the truth — of the report
-    /// object it was written to: a report deleted and created again (by the
-    /// agent) gets the verdict back.
-    written: Mutex<HashMap<String, WrittenVerdict>>,
+    /// Growth history and the verdicts this replica wrote, by pod UID.
+    memory: Memory,
     /// When a failure Event was last published, per policy and category.
-    failure_events: Mutex<HashMap<FailureEventKey, Instant>>,
+    failure_events: FailureEvents<DeserializeGuard<ConnectionHealthPolicy>>,
     /// The node of each scheduled pod by pod UID, for the namespaces listed
     /// by [`reports_from_their_pods_nodes`]; pruned with the pods.
     pod_nodes: Mutex<HashMap<String, String>>,
     /// Reports warned about as naming another node than their pod's:
     /// (pod UID, the report's node).
     misplaced: Mutex<HashSet<(String, String)>>,
-    /// Which nodes' agents renew their Lease, as of the last liveness tick.
-    liveness: Arc<Mutex<LivenessBook>>,
-    /// Names for the peers of pods in trouble.
-    peers: PeerDirectory,
-    metrics: OperatorMetrics,
 }
 
 /// The caches a reconcile reads.
@@ -139,33 +157,21 @@ struct Caches {
     reports: Store<DeserializeGuard<ConnectionHealth>>,
     pods: Store<PartialObjectMeta<Pod>>,
     pods_by_namespace: PodsByNamespace,
-    peers: PeerDirectory,
 }
 
 impl Context {
-    fn new(
-        client: Client,
-        recorder: Recorder,
-        caches: Caches,
-        liveness: Arc<Mutex<LivenessBook>>,
-        metrics: OperatorMetrics,
-    ) -> Self {
-        let Caches { policies, reports, pods, pods_by_namespace, peers } = caches;
+    fn new(shared: Shared, caches: Caches) -> Self {
+        let Caches { policies, reports, pods, pods_by_namespace } = caches;
         Self {
-            client,
-            recorder,
+            shared,
             policies,
             reports,
             pods,
             pods_by_namespace,
-            history: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
-            failure_events: Mutex::new(HashMap::new()),
+            memory: Memory::default(),
+            failure_events: FailureEvents::default(),
             pod_nodes: Mutex::new(HashMap::new()),
             misplaced: Mutex::new(HashSet::new()),
-            liveness,
-            peers,
-            metrics,
         }
     }
 
@@ -175,25 +181,31 @@ impl Context {
         fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
             m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
         }
-        lock(&self.history).retain(|uid, _| live.contains(uid));
-        lock(&self.written).retain(|uid, _| live.contains(uid));
+        self.memory.retain(|uid| live.contains(uid));
         lock(&self.pod_nodes).retain(|uid, _| live.contains(uid));
         lock(&self.misplaced).retain(|(uid, _)| live.contains(uid));
     }
+}
 
-    /// Whether a failure Event for `policy` and `category` may be published
+/// When a failure Event was last published, per object and error
+/// category: at most one per [`FAILURE_EVENT_INTERVAL`].
+pub struct FailureEvents<K: Resource<DynamicType = ()>>(Mutex<HashMap<(ObjectRef<K>, &'static str), Instant>>);
+
+impl<K: Resource<DynamicType = ()>> Default for FailureEvents<K> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> FailureEvents<K> {
+    /// Whether a failure Event for `object` and `category` may be published
     /// at `now`; if so, it counts as published. Entries older than the
     /// interval are dropped, so the map holds at most the failures of one
     /// interval.
-    fn failure_event_due(
-        &self,
-        policy: ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>,
-        category: &'static str,
-        now: Instant,
-    ) -> bool {
-        let mut last = self.failure_events.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn due(&self, object: ObjectRef<K>, category: &'static str, now: Instant) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         last.retain(|_, at| now.duration_since(*at) < FAILURE_EVENT_INTERVAL);
-        match last.entry((policy, category)) {
+        match last.entry((object, category)) {
             Entry::Occupied(_) => false,
             Entry::Vacant(slot) => {
                 slot.insert(now);
@@ -269,29 +281,36 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
     let liveness_book = Arc::new(Mutex::new(LivenessBook::new(&lease_namespace)));
-    let (liveness_trigger, liveness_changes) = futures::channel::mpsc::unbounded();
+    let (pods_liveness, pods_liveness_changes) = futures::channel::mpsc::unbounded();
+    let (nodes_liveness, nodes_liveness_changes) = futures::channel::mpsc::unbounded();
     tokio::spawn(track_liveness(
         leases,
         lease_events,
         liveness_book.clone(),
-        reports.clone(),
-        policy_store.clone(),
-        liveness_trigger,
+        vec![pods_liveness, nodes_liveness],
         metrics.clone(),
     ));
+    // The policies of every namespace with a report of a node whose
+    // liveness changed.
+    let liveness_changes = pods_liveness_changes.flat_map({
+        let (reports, policies) = (reports.clone(), policy_store.clone());
+        move |changed: Arc<BTreeSet<String>>| futures::stream::iter(policies_of_nodes(&reports, &policies, &changed))
+    });
 
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: field_managers::OPERATOR.into(), instance: Some(identity) },
     );
-    let caches = Caches {
-        policies: policy_store.clone(),
-        reports: reports.clone(),
-        pods: pods.clone(),
-        pods_by_namespace,
-        peers: PeerDirectory::start(client.clone()),
+    let shared = Shared {
+        client: client.clone(),
+        recorder,
+        liveness: liveness_book,
+        peers: Arc::new(PeerDirectory::start(client)),
+        metrics,
     };
-    let ctx = Arc::new(Context::new(client, recorder, caches, liveness_book, metrics));
+    let caches =
+        Caches { policies: policy_store.clone(), reports: reports.clone(), pods: pods.clone(), pods_by_namespace };
+    let ctx = Arc::new(Context::new(shared.clone(), caches));
 
     // A pod's labels changed: every policy of its namespace (one that
     // selected it by its old labels must drop it from its status).
@@ -303,8 +322,11 @@ pub async fn run(
         let (policies, pods) = (policy_store.clone(), pods.clone());
         move |report: DeserializeGuard<ConnectionHealth>| policies_of_report(&policies, &pods, &report)
     };
-    tokio::spawn(forget_gone_pods(ctx.clone(), pods.clone()));
-    let snapshot_expiry = tokio::spawn(crate::snapshots::delete_expired(ctx.client.clone()));
+    tokio::spawn(forget_gone(pods.clone(), {
+        let ctx = ctx.clone();
+        move |live| ctx.forget_gone_pods(live)
+    }));
+    let snapshot_expiry = tokio::spawn(crate::snapshots::delete_expired(shared.client.clone()));
     let caches_ready = {
         let (reports, pods) = (reports.clone(), pods.clone());
         async move {
@@ -314,43 +336,72 @@ pub async fn run(
     };
     tokio::spawn(caches_ready);
 
-    controller
+    let pod_policies = controller
         .watches_stream(report_events, map_report)
         .watches_stream(pod_events, map_pod)
         .reconcile_on(liveness_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((policy, action)) => tracing::debug!(%policy, ?action, "reconciled"),
-                // `error_policy` has logged it, with its category.
-                Err(error @ kube::runtime::controller::Error::ReconcilerFailed(..)) => {
-                    tracing::debug!(error = %error_chain(&error), "reconcile failed");
-                }
-                Err(error) => tracing::warn!(error = %error_chain(&error), "the controller's queue failed"),
-            }
-        })
-        .await;
+        .for_each(log_result);
+    tokio::join!(pod_policies, crate::nodes::run(shared, nodes_liveness_changes));
     snapshot_expiry.abort();
+}
+
+/// Logs one result of a controller (a failed reconcile was logged, with
+/// its category, by the error policy).
+pub(crate) fn log_result<K>(
+    result: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<Error, watcher::Error>>,
+) -> std::future::Ready<()>
+where
+    K: Resource<DynamicType = ()>,
+{
+    match result {
+        Ok((object, action)) => tracing::debug!(%object, ?action, "reconciled"),
+        Err(error @ kube::runtime::controller::Error::ReconcilerFailed(..)) => {
+            tracing::debug!(error = %error_chain(&error), "reconcile failed");
+        }
+        Err(error) => tracing::warn!(error = %error_chain(&error), "the controller's queue failed"),
+    }
+    std::future::ready(())
 }
 
 /// A failed reconcile: counted, logged, retried after
 /// [`RETRY_AFTER_FAILURE`], and published as a Warning Event on the policy
-/// when one is due ([`Context::failure_event_due`]).
+/// when one is due ([`FailureEvents`]).
 fn error_policy(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, error: &Error, ctx: Arc<Context>) -> Action {
+    on_failure(&*policy, error, &ctx.failure_events, &ctx.shared.recorder, &ctx.shared.metrics.reconciles)
+}
+
+/// A failed reconcile of `object`: counted in `results` by the error's
+/// category, logged, retried after [`RETRY_AFTER_FAILURE`], and published
+/// as a Warning Event on `object` (reason: the category, note: the error
+/// chain) when `failures` says one is due.
+pub(crate) fn on_failure<K>(
+    object: &K,
+    error: &Error,
+    failures: &FailureEvents<K>,
+    recorder: &Recorder,
+    results: &Family<ReconcileLabels, Counter>,
+) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
     let category = error.category();
     let chain = error_chain(error);
-    let policy_name = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
-    ctx.metrics.reconciles.get_or_create(&ReconcileLabels { result: category.into() }).inc();
+    let name = match object.namespace() {
+        Some(namespace) => format!("{} {namespace}/{}", K::kind(&()), object.name_any()),
+        None => format!("{} {}", K::kind(&()), object.name_any()),
+    };
+    results.get_or_create(&ReconcileLabels { result: category.into() }).inc();
     tracing::warn!(
-        policy = %policy_name,
+        object = %name,
         category,
         error = %chain,
         "reconcile failed; retrying in {}s",
         RETRY_AFTER_FAILURE.as_secs()
     );
-    if ctx.failure_event_due(ObjectRef::from_obj(&*policy), category, Instant::now()) {
-        // kube-runtime calls `error_policy` synchronously, inside its
+    if failures.due(ObjectRef::from_obj(object), category, Instant::now()) {
+        // kube-runtime calls the error policy synchronously, inside its
         // scheduler: the Event is published on a task of its own, so the
         // controller never waits for the API server here. Its failure is
         // only logged: the reconcile's own retry is what matters, and the
@@ -362,14 +413,14 @@ fn error_policy(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, error: &E
             action: "Reconcile".into(),
             secondary: None,
         };
-        let reference = policy.object_ref(&());
-        let recorder = ctx.recorder.clone();
+        let reference = object.object_ref(&());
+        let recorder = recorder.clone();
         tokio::spawn(async move {
             if let Err(error) = recorder.publish(&event, &reference).await
                 && !namespace_terminating(&error)
             {
                 tracing::warn!(
-                    policy = %policy_name,
+                    object = %name,
                     reason = event.reason,
                     error = %error_chain(&error),
                     "publishing the reconcile-failure Event failed"
@@ -383,9 +434,9 @@ fn error_policy(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, error: &E
 async fn reconcile(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let result = reconcile_inner(&policy, &ctx).await;
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.shared.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     if let Ok(action) = &result {
-        ctx.metrics.reconciles.get_or_create(&ReconcileLabels { result: "ok".into() }).inc();
+        ctx.shared.metrics.reconciles.get_or_create(&ReconcileLabels { result: "ok".into() }).inc();
         tracing::info!(
             policy = %format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any()),
             ?action,
@@ -396,14 +447,14 @@ async fn reconcile(policy: Arc<DeserializeGuard<ConnectionHealthPolicy>>, ctx: A
 }
 
 async fn reconcile_inner(policy: &DeserializeGuard<ConnectionHealthPolicy>, ctx: &Context) -> Result<Action, Error> {
-    if !ctx.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).ready() {
+    if !ctx.shared.liveness_known() {
         // Which agents are alive is not known yet: judging now would call
         // every node's reports Unknown.
         return Ok(Action::requeue(liveness::TICK));
     }
     let name = policy.name_any();
     let namespace = policy.namespace().ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    let api: Api<ConnectionHealthPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api: Api<ConnectionHealthPolicy> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     let meta = policy.meta();
     let has_finalizer = meta.finalizers.iter().flatten().any(|f| f == POLICY_FINALIZER);
     let deleting = meta.deletion_timestamp.is_some();
@@ -413,7 +464,7 @@ async fn reconcile_inner(policy: &DeserializeGuard<ConnectionHealthPolicy>, ctx:
             apply_plan(ctx, &namespace, &name, false).await?;
             remove_finalizer(&api, &name, meta.finalizers.as_deref().unwrap_or_default()).await?;
         }
-        ctx.metrics.forget_policy(&namespace, &name);
+        ctx.shared.metrics.forget_policy(&namespace, &name);
         return Ok(Action::await_change());
     }
     if !has_finalizer {
@@ -429,18 +480,23 @@ async fn reconcile_inner(policy: &DeserializeGuard<ConnectionHealthPolicy>, ctx:
     let new_status =
         status::policy_status(meta.generation, invalid.as_deref(), &plan.selected, previous.as_ref(), Timestamp::now());
     let labels = PolicyLabels { namespace: namespace.clone(), policy: name.clone() };
-    ctx.metrics.matched_pods.get_or_create(&labels).set(new_status.matched_pods);
-    ctx.metrics.unknown_pods.get_or_create(&labels).set(new_status.unknown_pods);
-    ctx.metrics.violating_pods.get_or_create(&labels).set(new_status.violating_pods);
+    let metrics = &ctx.shared.metrics;
+    metrics.matched_pods.get_or_create(&labels).set(new_status.matched_pods);
+    metrics.unknown_pods.get_or_create(&labels).set(new_status.unknown_pods);
+    metrics.violating_pods.get_or_create(&labels).set(new_status.violating_pods);
     if previous.as_ref() != Some(&new_status) {
-        write_policy_status(&api, &name, &new_status).await?;
+        write_status(&api, &name, &new_status, &format!("policy {name}")).await?;
     }
+    Ok(requeue_until(plan.recheck_at))
+}
 
-    let until_recheck = plan
-        .recheck_at
+/// Reconcile again when a verdict may change by time alone (`recheck_at`),
+/// and at least every [`RESYNC`].
+pub(crate) fn requeue_until(recheck_at: Option<Timestamp>) -> Action {
+    let until_recheck = recheck_at
         .and_then(|at| Duration::try_from(at.duration_since(Timestamp::now())).ok())
         .map_or(RESYNC, |d| d.min(RESYNC) + Duration::from_secs(1));
-    Ok(Action::requeue(until_recheck))
+    Action::requeue(until_recheck)
 }
 
 /// Plans and performs the writes policy `me` is responsible for.
@@ -475,85 +531,45 @@ async fn apply_plan(ctx: &Context, namespace: &str, me: &str, me_present: bool) 
     // One look at the liveness book for the whole namespace (it changes
     // every tick at most; a change triggers another reconcile).
     let reports: Vec<(ReportInput, String)> = {
-        let liveness = ctx.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let liveness = ctx.shared.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         names
-        .iter()
-        .filter_map(|name| ctx.reports.get(&ObjectRef::new(name).within(namespace)))
-        .filter_map(|r| match &r.0 {
-            Ok(report) => {
-                let mut status = report.status.clone().unwrap_or_default();
-                let mut written = ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if written.get(&report.spec.pod_uid).is_some_and(|ours| {
-                    ours.report_uid == report.metadata.uid && same_as_stored(&ours.verdict, &status.verdict)
-                }) {
-                    // The cache shows what this replica wrote: it is the
-                    // truth again, and nothing needs remembering.
-                    written.remove(&report.spec.pod_uid);
-                } else if let Some(ours) = written.get(&report.spec.pod_uid) {
-                    status.verdict = ours.verdict.clone();
-                    if ours.report_uid.is_some() && ours.report_uid != report.metadata.uid {
-                        // A report created again since: the verdict carries
-                        // over (its since and last Event: no Event repeats),
-                        // but this object does not hold it yet, and an
-                        // evaluated observation it never had makes the plan
-                        // write it.
-                        if let Some(verdict) = status.verdict.as_mut() {
-                            verdict.evaluated_observation = None;
-                        }
-                    }
+            .iter()
+            .filter_map(|name| ctx.reports.get(&ObjectRef::new(name).within(namespace)))
+            .filter_map(|r| match &r.0 {
+                Ok(report) => {
+                    let status = ctx.memory.as_written(
+                        &report.spec.pod_uid,
+                        report.metadata.uid.as_ref(),
+                        report.status.as_ref(),
+                    );
+                    let input = ReportInput {
+                        name: report.name_any(),
+                        pod_uid: report.spec.pod_uid.clone(),
+                        status,
+                        stale: liveness.stale_reason(&report.spec.node_name),
+                        peers: PeerNames::default(),
+                    };
+                    Some((input, report.spec.node_name.clone()))
                 }
-                let stale = liveness.stale_reason(&report.spec.node_name);
-                let input = ReportInput {
-                    name: report.name_any(),
-                    pod_uid: report.spec.pod_uid.clone(),
-                    status,
-                    stale,
-                    peers: PeerNames::default(),
-                };
-                Some((input, report.spec.node_name.clone()))
-            }
-            Err(bad) => {
-                tracing::warn!(report = %format!("{namespace}/{}", r.name_any()), error = %bad.error, "skipping a ConnectionHealth that cannot be read");
-                None
-            }
-        })
-        .collect()
+                Err(bad) => {
+                    tracing::warn!(report = %format!("{namespace}/{}", r.name_any()), error = %bad.error, "skipping a ConnectionHealth that cannot be read");
+                    None
+                }
+            })
+            .collect()
     };
     let cached_pods: HashSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
     let mut reports = reports_from_their_pods_nodes(ctx, namespace, reports, &cached_pods).await?;
 
-    {
-        let mut history = ctx.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let keep = plan::history_horizon(&policies);
-        for report in &reports {
-            if let (Some(at), Some(cw)) = (&report.status.observed_at, &report.status.close_wait) {
-                // A pod first seen by this replica: its history so far is
-                // in the verdict the leader before wrote.
-                let carried = report.status.verdict.as_ref().map_or(&[][..], |v| &v.close_wait_counts[..]);
-                history
-                    .entry(report.pod_uid.clone())
-                    .or_insert_with(|| GrowthHistory::from_carried(carried, keep))
-                    .record(at.0, cw.count, keep);
-            }
-        }
-    }
+    ctx.memory.record(reports.iter().map(|r| (r.pod_uid.as_str(), &r.status)), plan::history_horizon(&policies));
     let now = Timestamp::now();
-    let plan_with = |reports: &[ReportInput]| {
-        let history = ctx.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        plan::plan(me, me_present, &policies, &pods, reports, &history, now)
-    };
+    let plan_with =
+        |reports: &[ReportInput]| plan::plan(me, me_present, &policies, &pods, reports, &ctx.memory.history(), now);
     let mut plan = plan_with(&reports);
     // Pods in trouble: their peers are named (bounded lookups, most of them
     // cached), then planned again with the names.
-    if !plan.unnamed_peers.is_empty() {
-        let endpoints: BTreeSet<&str> = plan.unnamed_peers.values().flatten().map(String::as_str).collect();
-        let names = ctx.peers.name(&endpoints).await;
-        if !names.is_empty() {
-            for report in reports.iter_mut().filter(|r| plan.unnamed_peers.contains_key(&r.name)) {
-                report.peers = names.clone();
-            }
-            plan = plan_with(&reports);
-        }
+    if ctx.shared.peers.name_for(Subject::Pod, &plan, &mut reports).await {
+        plan = plan_with(&reports);
     }
 
     for write in &plan.writes {
@@ -581,7 +597,7 @@ async fn reports_from_their_pods_nodes(
         reports.iter().any(|(r, _)| cached_pods.contains(r.pod_uid.as_str()) && !nodes.contains_key(&r.pod_uid))
     };
     if unknown {
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), namespace);
         let list = pods
             .list(&ListParams::default())
             .await
@@ -615,7 +631,7 @@ async fn reports_from_their_pods_nodes(
 /// is cached: all but name, namespace, UID and resource version (the
 /// callers put back the labels and annotations they read). At 20,000 pods
 /// every byte kept per object is 20 kB per byte of the operator's memory.
-fn keep_what_is_read(meta: &mut ObjectMeta) {
+pub(crate) fn keep_what_is_read(meta: &mut ObjectMeta) {
     *meta = ObjectMeta {
         name: meta.name.take(),
         namespace: meta.namespace.take(),
@@ -623,16 +639,6 @@ fn keep_what_is_read(meta: &mut ObjectMeta) {
         resource_version: meta.resource_version.take(),
         ..ObjectMeta::default()
     };
-}
-
-/// Whether two verdicts are the same as the API server stores them: times
-/// in whole seconds (a verdict held in memory has nanoseconds; its copy in
-/// the cache, read back from the server, does not).
-fn same_as_stored(ours: &Option<VerdictStatus>, cached: &Option<VerdictStatus>) -> bool {
-    match (serde_json::to_value(ours), serde_json::to_value(cached)) {
-        (Ok(ours), Ok(cached)) => ours == cached,
-        _ => false,
-    }
 }
 
 /// Whether a cached object is of `namespace` (without copying its name).
@@ -679,36 +685,37 @@ fn policies_of_report(
         .collect()
 }
 
-/// Every [`FORGET_GONE_PODS_EVERY`], drops what the context keeps per pod
-/// (growth history, written verdicts, nodes, warnings) for pods no longer
-/// in the cache. One pass over the cache a minute, instead of one per
-/// reconcile: at 20,000 pods a set of every pod's UID built by each of
-/// hundreds of concurrent reconciles was most of the operator's memory.
-async fn forget_gone_pods(ctx: Arc<Context>, pods: Store<PartialObjectMeta<Pod>>) {
+/// Every [`FORGET_GONE_PODS_EVERY`], hands `forget` the UIDs of the
+/// objects in `store`, so that what a context keeps per pod (or node) is
+/// dropped for those no longer in the cache. One pass over the cache a
+/// minute, instead of one per reconcile: at 20,000 pods a set of every
+/// pod's UID built by each of hundreds of concurrent reconciles was most of
+/// the operator's memory.
+pub(crate) async fn forget_gone<K>(store: Store<K>, forget: impl Fn(&HashSet<String>))
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
     // Before the first list the cache is empty: it would forget everything.
-    if pods.wait_until_ready().await.is_err() {
+    if store.wait_until_ready().await.is_err() {
         return;
     }
     let mut every = tokio::time::interval(FORGET_GONE_PODS_EVERY);
     loop {
         every.tick().await;
-        let live: HashSet<String> = pods.state().iter().filter_map(|p| p.uid()).collect();
-        ctx.forget_gone_pods(&live);
+        let live: HashSet<String> = store.state().iter().filter_map(|o| o.uid()).collect();
+        forget(&live);
     }
 }
 
 /// Keeps the Lease cache `leases` current (by polling `lease_events`) and,
 /// every [`liveness::TICK`] once it has been listed, brings `book` up to
-/// date; for the nodes whose liveness changed, sends the policies of every
-/// namespace with a report of such a node on `trigger`. Ends when the
-/// controller stops listening.
+/// date; sends the nodes whose liveness changed to each of `listeners` (the
+/// pod and the node controllers). Ends when no listener is left.
 async fn track_liveness(
     leases: Store<Lease>,
     lease_events: impl futures::Stream<Item = Result<Lease, watcher::Error>> + Send + 'static,
     book: Arc<Mutex<LivenessBook>>,
-    reports: Store<DeserializeGuard<ConnectionHealth>>,
-    policies: Store<DeserializeGuard<ConnectionHealthPolicy>>,
-    trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>>,
+    mut listeners: Vec<UnboundedSender<Arc<BTreeSet<String>>>>,
     metrics: OperatorMetrics,
 ) {
     tokio::spawn(lease_events.for_each(|event| async move {
@@ -718,7 +725,7 @@ async fn track_liveness(
     }));
     let _ = leases.wait_until_ready().await;
     let mut tick = tokio::time::interval(liveness::TICK);
-    loop {
+    while !listeners.is_empty() {
         tick.tick().await;
         let current: HashMap<String, AgentLease> =
             leases.state().iter().filter_map(|lease| AgentLease::from_lease(lease)).collect();
@@ -736,23 +743,30 @@ async fn track_liveness(
         tracing::info!(
             renewing = ?live,
             ?not_renewing,
-            "agents started or stopped renewing their Lease; re-evaluating the policies of their nodes' reports (Unknown while not renewing)"
+            "agents started or stopped renewing their Lease; re-evaluating their nodes' reports (Unknown while not renewing)"
         );
-        let changed: HashSet<String> = changed.into_iter().collect();
-        let namespaces: HashSet<String> = reports
-            .state()
-            .iter()
-            .filter(|r| r.0.as_ref().is_ok_and(|report| changed.contains(&report.spec.node_name)))
-            .filter_map(|r| r.namespace())
-            .collect();
-        for policy in policies.state() {
-            if policy.namespace().is_some_and(|ns| namespaces.contains(&ns))
-                && trigger.unbounded_send(ObjectRef::from_obj(&*policy)).is_err()
-            {
-                return;
-            }
-        }
+        let changed = Arc::new(changed.into_iter().collect::<BTreeSet<String>>());
+        listeners.retain(|listener| listener.unbounded_send(changed.clone()).is_ok());
     }
+}
+
+/// The policies of every namespace with a report of one of the `nodes`.
+fn policies_of_nodes(
+    reports: &Store<DeserializeGuard<ConnectionHealth>>,
+    policies: &Store<DeserializeGuard<ConnectionHealthPolicy>>,
+    nodes: &BTreeSet<String>,
+) -> Vec<ObjectRef<DeserializeGuard<ConnectionHealthPolicy>>> {
+    let namespaces: HashSet<String> = reports
+        .state()
+        .iter()
+        .filter(|r| r.0.as_ref().is_ok_and(|report| nodes.contains(&report.spec.node_name)))
+        .filter_map(|r| r.namespace())
+        .collect();
+    policies
+        .state_filter(|p| p.meta().namespace.as_ref().is_some_and(|ns| namespaces.contains(ns)))
+        .iter()
+        .map(|p| ObjectRef::from_obj(&**p))
+        .collect()
 }
 
 /// Whether the API server refused a creation because the namespace is
@@ -794,17 +808,7 @@ pub async fn perform(ctx: &Context, namespace: &str, write: &PodWrite) -> Result
             uid: Some(write.pod_uid.clone()),
             ..Default::default()
         };
-        let event = Event {
-            type_: match intent.type_ {
-                EventType::Warning => KubeEventType::Warning,
-                EventType::Normal => KubeEventType::Normal,
-            },
-            reason: intent.reason.into(),
-            note: Some(intent.note.clone()),
-            action: "Evaluate".into(),
-            secondary: None,
-        };
-        match ctx.recorder.publish(&event, &reference).await {
+        match publish(&ctx.shared.recorder, intent, &reference).await {
             Ok(()) => {}
             // The namespace is being deleted, with the pod, its report and
             // the policy: nobody is left to tell, and nothing to write.
@@ -813,25 +817,19 @@ pub async fn perform(ctx: &Context, namespace: &str, write: &PodWrite) -> Result
                 return Ok(());
             }
             Err(source) => {
-                return Err(Error::Event { reason: intent.reason, pod: format!("{namespace}/{}", write.pod), source });
+                let object = format!("pod {namespace}/{}", write.pod);
+                return Err(Error::Event { reason: intent.reason, object, source });
             }
         }
-        ctx.metrics.events.get_or_create(&EventLabels { reason: intent.reason.into() }).inc();
+        ctx.shared.metrics.events.get_or_create(&EventLabels { reason: intent.reason.into() }).inc();
     }
-    let params = PatchParams::apply(field_managers::OPERATOR).force();
     if let Some(verdict) = &write.verdict {
-        let reports: Api<ConnectionHealth> = Api::namespaced(ctx.client.clone(), namespace);
-        let report = reports
-            .patch_status(&write.pod, &params, &Patch::Apply(verdict_patch(verdict.as_ref())))
-            .await
-            .map_err(kube_err(format!("writing the verdict of ConnectionHealth {namespace}/{}", write.pod)))?;
-        ctx.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(
-            write.pod_uid.clone(),
-            WrittenVerdict { report_uid: report.metadata.uid, verdict: verdict.clone() },
-        );
+        let reports: Api<ConnectionHealth> = Api::namespaced(ctx.shared.client.clone(), namespace);
+        write_verdict(&reports, write, verdict.as_ref(), &ctx.memory).await?;
     }
     if let Some(annotations) = &write.annotations {
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), namespace);
+        let params = PatchParams::apply(field_managers::OPERATOR).force();
         match pods.patch(&write.pod, &params, &Patch::Apply(annotations_patch(&write.pod, annotations))).await {
             Ok(_) => {}
             // A pod deleted since the cache saw it has no annotations to fix.
@@ -842,16 +840,60 @@ pub async fn perform(ctx: &Context, namespace: &str, write: &PodWrite) -> Result
     Ok(())
 }
 
+/// Publishes the Event an intent asks for on `reference` (the object the
+/// verdict is about).
+pub(crate) async fn publish(
+    recorder: &Recorder,
+    intent: &EventIntent,
+    reference: &ObjectReference,
+) -> Result<(), kube::Error> {
+    let event = Event {
+        type_: match intent.type_ {
+            EventType::Warning => KubeEventType::Warning,
+            EventType::Normal => KubeEventType::Normal,
+        },
+        reason: intent.reason.into(),
+        note: Some(intent.note.clone()),
+        action: "Evaluate".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, reference).await
+}
+
+/// Applies `verdict` as `status.verdict` of the report `write` is about (a
+/// ConnectionHealth or a NodeConnectionHealth, in `api`'s scope), and
+/// remembers it in `memory`.
+pub(crate) async fn write_verdict<K>(
+    api: &Api<K>,
+    write: &PodWrite,
+    verdict: Option<&VerdictStatus>,
+    memory: &Memory,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams::apply(field_managers::OPERATOR).force();
+    let report = api.patch_status(&write.pod, &params, &Patch::Apply(verdict_patch::<K>(verdict))).await.map_err(
+        kube_err(match api.namespace() {
+            Some(namespace) => format!("writing the verdict of {} {namespace}/{}", K::kind(&()), write.pod),
+            None => format!("writing the verdict of {} {}", K::kind(&()), write.pod),
+        }),
+    )?;
+    memory.wrote(&write.pod_uid, report.meta().uid.clone(), verdict.cloned());
+    Ok(())
+}
+
 /// The server-side apply body that sets (or, with `None`, removes) the
-/// operator's `status.verdict` on a report.
-pub fn verdict_patch(verdict: Option<&VerdictStatus>) -> serde_json::Value {
+/// operator's `status.verdict` on a report of kind `K` (ConnectionHealth or
+/// NodeConnectionHealth).
+pub fn verdict_patch<K: Resource<DynamicType = ()>>(verdict: Option<&VerdictStatus>) -> serde_json::Value {
     let status = match verdict {
         Some(v) => json!({ "verdict": v }),
         None => json!({}),
     };
     json!({
-        "apiVersion": ConnectionHealth::api_version(&()),
-        "kind": ConnectionHealth::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     })
 }
@@ -867,19 +909,20 @@ pub fn annotations_patch(pod: &str, annotations: &BTreeMap<String, String>) -> s
     })
 }
 
-async fn write_policy_status(
-    api: &Api<ConnectionHealthPolicy>,
-    name: &str,
-    status: &ConnectionHealthPolicyStatus,
-) -> Result<(), Error> {
+/// Applies `status` as the status of policy `name` (of kind `K`, `what` in
+/// messages).
+pub(crate) async fn write_status<K>(api: &Api<K>, name: &str, status: &impl Serialize, what: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let body = json!({
-        "apiVersion": ConnectionHealthPolicy::api_version(&()),
-        "kind": ConnectionHealthPolicy::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     api.patch_status(name, &PatchParams::apply(field_managers::OPERATOR).force(), &Patch::Apply(body))
         .await
-        .map_err(kube_err(format!("writing the status of policy {name}")))?;
+        .map_err(kube_err(format!("writing the status of {what}")))?;
     Ok(())
 }
 
@@ -924,52 +967,32 @@ mod tests {
     use connhealth_crds::Verdict;
     use connhealth_runtime::Error as RuntimeError;
     use http::Method;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::core::Status;
     use prometheus_client::registry::Registry;
 
     const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
 
-    /// A context on the mocked API with empty caches.
-    fn context(client: Client) -> Context {
+    /// What the controllers share, on the mocked API, the agents' liveness
+    /// known (no Lease), no peer names.
+    pub(crate) fn shared(client: Client) -> Shared {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "connhealth-operator".into(), instance: None });
         let metrics = OperatorMetrics::register(&mut Registry::default());
         let mut book = LivenessBook::new("connhealth-system");
         book.update(&HashMap::new(), Timestamp::now());
+        let peers = PeerDirectory::new(client.clone(), reflector::store().0, reflector::store().0);
+        Shared { client, recorder, liveness: Arc::new(Mutex::new(book)), peers: Arc::new(peers), metrics }
+    }
+
+    /// A context on the mocked API with empty caches.
+    fn context(client: Client) -> Context {
         let caches = Caches {
             policies: reflector::store().0,
             reports: reflector::store().0,
             pods: reflector::store().0,
             pods_by_namespace: PodsByNamespace::default(),
-            peers: PeerDirectory::new(client.clone(), reflector::store().0, reflector::store().0),
         };
-        Context::new(client, recorder, caches, Arc::new(Mutex::new(book)), metrics)
-    }
-
-    /// The verdict this replica wrote (in memory, with nanoseconds) is
-    /// recognised in its copy read back from the API server (whole
-    /// seconds), so the replica stops overriding the cache with it.
-    #[test]
-    fn a_written_verdict_is_recognised_as_stored() {
-        let now = Timestamp::from_second(1_800_000_000).unwrap() + jiff::SignedDuration::from_nanos(123_456_789);
-        let ours = VerdictStatus {
-            result: Verdict::Healthy,
-            policy: "default".into(),
-            reasons: Vec::new(),
-            since: Some(Time(now)),
-            evaluated_observation: Some(Time(now)),
-            last_event: None,
-            last_known: None,
-            close_wait_counts: Vec::new(),
-            peers: Vec::new(),
-        };
-        let stored: VerdictStatus = serde_json::from_value(serde_json::to_value(&ours).unwrap()).unwrap();
-        assert_ne!(stored, ours, "the round trip drops the nanoseconds");
-        assert!(same_as_stored(&Some(ours.clone()), &Some(stored.clone())));
-        let other = VerdictStatus { result: Verdict::Warning, ..stored };
-        assert!(!same_as_stored(&Some(ours.clone()), &Some(other)));
-        assert!(!same_as_stored(&Some(ours), &None));
+        Context::new(shared(client), caches)
     }
 
     #[tokio::test(start_paused = true)]

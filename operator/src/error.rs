@@ -23,12 +23,12 @@ pub enum Error {
         source: kube::Error,
     },
     /// Publishing an Event failed.
-    #[error("publishing {reason} Event on pod {pod}")]
+    #[error("publishing {reason} Event on {object}")]
     Event {
         /// Event reason.
         reason: &'static str,
-        /// `namespace/name` of the pod.
-        pod: String,
+        /// What the Event is about: `pod <namespace>/<name>` or `node <name>`.
+        object: String,
         #[source]
         source: kube::Error,
     },
@@ -61,8 +61,13 @@ pub enum Error {
     // message goes into the policy's `Invalid` condition, so it says what to
     // fix.
     /// A `matchExpressions` entry the operator cannot apply.
-    #[error("spec.podSelector: {0}")]
-    InvalidSelector(String),
+    #[error("{field}: {why}")]
+    InvalidSelector {
+        /// The selector's path: `spec.podSelector` or `spec.nodeSelector`.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A duration that is zero or negative.
     #[error("{field}: must be a positive duration, got {value}")]
     InvalidDuration {
@@ -106,7 +111,7 @@ impl Error {
             Error::LostLease { .. } => "LostLease",
             Error::InvalidSetting(_) => "InvalidSetting",
             Error::Runtime(error) => error.category(),
-            Error::InvalidSelector(_)
+            Error::InvalidSelector { .. }
             | Error::InvalidDuration { .. }
             | Error::InvalidThreshold { .. }
             | Error::NothingEnabled(_) => "InvalidSpec",
@@ -150,7 +155,7 @@ mod tests {
     fn categories_are_stable_names() {
         let cases = [
             (Error::InvalidSetting("--retry-period".into()), "InvalidSetting"),
-            (Error::InvalidSelector("x".into()), "InvalidSpec"),
+            (Error::InvalidSelector { field: "spec.podSelector", why: "x".into() }, "InvalidSpec"),
             (Error::UnreadablePolicy("x".into()), "UnreadablePolicy"),
             (Error::NoNamespace("x".into()), "NoNamespace"),
             (

@@ -25,10 +25,18 @@
 //!   reason while it stays so; `Recovered` when it is Healthy again after
 //!   Warning or Leaking. The last Event is remembered on the report, so a
 //!   restarted operator does not repeat it.
+//! - A node's own sockets (a NodeConnectionHealth) are judged by the same
+//!   rules: a NodeConnectionHealthPolicy's spec is read as a pod policy's
+//!   (`as_policy`: its `nodeSelector` over the Node's labels, no
+//!   annotations; [`validate_node_spec`] asks for no action, since the
+//!   verdict is always written); its Events' notes say they are about the
+//!   node's own sockets, and their hints name the node's settings
+//!   ([`Subject::Node`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration as StdDuration;
 
+use connhealth_crds::NodeConnectionHealthPolicySpec;
 use connhealth_crds::Verdict;
 use connhealth_crds::health::{
     CloseWaitDetail, ConnectionHealthStatus, CountSample, DestinationPressure, LastEvent, LastKnownVerdict,
@@ -48,7 +56,24 @@ use crate::peers::PeerNames;
 /// operator never crashes on such a policy: it reports the error's message
 /// in the policy's `Invalid` condition.
 pub fn validate_spec(spec: &ConnectionHealthPolicySpec) -> Result<(), Error> {
-    selector_requirements(&spec.pod_selector)?;
+    validate_checks(spec, "spec.podSelector")?;
+    if !spec.actions.events && !spec.actions.annotations {
+        return Err(Error::NothingEnabled("at least one action (events or annotations) must be enabled"));
+    }
+    Ok(())
+}
+
+/// [`validate_spec`] for a NodeConnectionHealthPolicy: the same selector
+/// and thresholds (its `nodeSelector` in the `podSelector`'s place), and no
+/// action is required: a node's verdict is always written, so
+/// `events: false` is a valid choice.
+pub fn validate_node_spec(spec: &NodeConnectionHealthPolicySpec) -> Result<(), Error> {
+    validate_checks(&spec.as_policy(), "spec.nodeSelector")
+}
+
+/// The selector (named `selector_field` in messages) and the thresholds.
+fn validate_checks(spec: &ConnectionHealthPolicySpec, selector_field: &'static str) -> Result<(), Error> {
+    selector_requirements(&spec.pod_selector).map_err(|why| Error::InvalidSelector { field: selector_field, why })?;
     let positive = |field: &'static str, d: &kube::core::Duration| {
         if d.is_negative() || StdDuration::from(*d).is_zero() {
             Err(Error::InvalidDuration { field, value: d.to_string() })
@@ -81,9 +106,6 @@ pub fn validate_spec(spec: &ConnectionHealthPolicySpec) -> Result<(), Error> {
     if !cw.enabled && !spec.port_pressure.enabled && !spec.time_wait.enabled {
         return Err(Error::NothingEnabled("at least one check (closeWait, portPressure or timeWait) must be enabled"));
     }
-    if !spec.actions.events && !spec.actions.annotations {
-        return Err(Error::NothingEnabled("at least one action (events or annotations) must be enabled"));
-    }
     Ok(())
 }
 
@@ -95,32 +117,27 @@ enum Requirement<'a> {
     DoesNotExist(&'a str),
 }
 
-fn selector_requirements(selector: &LabelSelector) -> Result<Vec<Requirement<'_>>, Error> {
+/// The requirements of a selector, or why one cannot be applied.
+fn selector_requirements(selector: &LabelSelector) -> Result<Vec<Requirement<'_>>, String> {
     let mut out = Vec::new();
     for expr in selector.match_expressions.iter().flatten() {
         let values = expr.values.as_deref().unwrap_or_default();
         let req = match expr.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => {
-                return Err(Error::InvalidSelector(format!(
-                    "operator {} on key {:?} needs at least one value",
-                    expr.operator, expr.key
-                )));
+                return Err(format!("operator {} on key {:?} needs at least one value", expr.operator, expr.key));
             }
             "Exists" | "DoesNotExist" if !values.is_empty() => {
-                return Err(Error::InvalidSelector(format!(
-                    "operator {} on key {:?} takes no values",
-                    expr.operator, expr.key
-                )));
+                return Err(format!("operator {} on key {:?} takes no values", expr.operator, expr.key));
             }
             "In" => Requirement::In(&expr.key, values),
             "NotIn" => Requirement::NotIn(&expr.key, values),
             "Exists" => Requirement::Exists(&expr.key),
             "DoesNotExist" => Requirement::DoesNotExist(&expr.key),
             other => {
-                return Err(Error::InvalidSelector(format!(
+                return Err(format!(
                     "unknown operator {other:?} on key {:?} (use In, NotIn, Exists or DoesNotExist)",
                     expr.key
-                )));
+                ));
             }
         };
         out.push(req);
@@ -128,8 +145,9 @@ fn selector_requirements(selector: &LabelSelector) -> Result<Vec<Requirement<'_>
     Ok(out)
 }
 
-/// Whether `selector` selects a pod with these labels. An invalid selector
-/// selects nothing (the policy is reported Invalid by [`validate_spec`]).
+/// Whether `selector` selects a pod (for a node policy, a node) with these
+/// labels. An invalid selector selects nothing (the policy is reported
+/// Invalid by [`validate_spec`] or [`validate_node_spec`]).
 pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let Ok(requirements) = selector_requirements(selector) else { return false };
     let labels_match = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
@@ -474,10 +492,39 @@ pub struct PodOutcome {
 /// Events' notes are limited to 1 KiB by the API.
 pub(crate) const MAX_NOTE_BYTES: usize = 1024;
 
+/// What a report describes, which decides how its Events speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Subject {
+    /// A pod's sockets (a ConnectionHealth).
+    #[default]
+    Pod,
+    /// A node's own sockets, in its network namespace, not its pods' (a
+    /// NodeConnectionHealth): the notes say so, since `kubectl describe
+    /// node` shows them beside the kubelet's, and their hints name the
+    /// node's settings rather than a pod's.
+    Node,
+}
+
+/// How a node's Event note begins.
+pub const NODE_NOTE_PREFIX: &str = "The node's own sockets (its network namespace, not its pods'): ";
+
 /// Decides verdict, annotations and Event for a pod from the deciding
 /// policy's assessment and what was decided before (the report's current
 /// `status.verdict`). `names` names the report's endpoints where known.
 pub fn outcome(
+    decided: Option<(PolicyRef<'_>, &Assessment)>,
+    report: &ConnectionHealthStatus,
+    previous: Option<&VerdictStatus>,
+    names: &PeerNames,
+    now: Timestamp,
+) -> PodOutcome {
+    outcome_for(Subject::Pod, decided, report, previous, names, now)
+}
+
+/// [`outcome`] for a report of `subject`: the same decisions, with Event
+/// notes worded for it.
+pub fn outcome_for(
+    subject: Subject,
     decided: Option<(PolicyRef<'_>, &Assessment)>,
     report: &ConnectionHealthStatus,
     previous: Option<&VerdictStatus>,
@@ -505,7 +552,7 @@ pub fn outcome(
             event = Some(EventIntent {
                 type_: EventType::Warning,
                 reason,
-                note: truncate(warning_note(assessment, report, names), MAX_NOTE_BYTES),
+                note: truncate(warning_note(subject, assessment, report, names), MAX_NOTE_BYTES),
             });
             last_event = Some(LastEvent { reason: reason.to_owned(), time: Time(now) });
         }
@@ -513,7 +560,7 @@ pub fn outcome(
         event = Some(EventIntent {
             type_: EventType::Normal,
             reason: reasons::RECOVERED,
-            note: truncate(recovered_note(policy.name, before, report), MAX_NOTE_BYTES),
+            note: truncate(recovered_note(subject, policy.name, before, report), MAX_NOTE_BYTES),
         });
         last_event = Some(LastEvent { reason: reasons::RECOVERED.to_owned(), time: Time(now) });
     }
@@ -626,9 +673,17 @@ const PORT_PRESSURE_REASON: &str = "port pressure ";
 /// How a TIME_WAIT bucket finding's text begins.
 const TIME_WAIT_BUCKETS_REASON: &str = "TIME_WAIT at ";
 
-/// The Recovered Event's note: what the pod was and why (the verdict's
-/// first reason), and the figures of that kind now.
-fn recovered_note(policy: &str, before: &VerdictStatus, report: &ConnectionHealthStatus) -> String {
+/// How a note about `subject` begins.
+fn note_prefix(subject: Subject) -> &'static str {
+    match subject {
+        Subject::Pod => "",
+        Subject::Node => NODE_NOTE_PREFIX,
+    }
+}
+
+/// The Recovered Event's note: what the pod (or node) was and why (the
+/// verdict's first reason), and the figures of that kind now.
+fn recovered_note(subject: Subject, policy: &str, before: &VerdictStatus, report: &ConnectionHealthStatus) -> String {
     let first = before.reasons.first();
     let why = first.map_or(String::new(), |r| format!(" ({r})"));
     let now = match first {
@@ -642,7 +697,11 @@ fn recovered_note(policy: &str, before: &VerdictStatus, report: &ConnectionHealt
         }
         _ => format!("{} CLOSE_WAIT sockets now", report.close_wait.as_ref().map_or(0, |c| c.count)),
     };
-    format!("Recovered from {}{why}: no threshold of policy {policy} is crossed any more ({now}).", before.result)
+    format!(
+        "{}Recovered from {}{why}: no threshold of policy {policy} is crossed any more ({now}).",
+        note_prefix(subject),
+        before.result
+    )
 }
 
 /// What the namespace's `tcp_tw_reuse` does, as the agent judged it
@@ -658,7 +717,7 @@ fn time_wait_reuse_words(reuse: Option<&str>) -> Option<&'static str> {
 }
 
 /// The port-pressure note after the findings: the evidence and what helps.
-fn port_pressure_advice(report: &ConnectionHealthStatus) -> String {
+fn port_pressure_advice(subject: Subject, report: &ConnectionHealthStatus) -> String {
     let mut note = String::new();
     if let Some(sysctls) = &report.sysctls {
         note.push_str(&format!(
@@ -670,16 +729,23 @@ fn port_pressure_advice(report: &ConnectionHealthStatus) -> String {
     {
         note.push_str(&format!(": {words}"));
     }
-    note.push_str(
-        ". Hint: reuse connections (keep-alive or a pool) instead of one per request; widen the pod's range with \
-         securityContext.sysctls net.ipv4.ip_local_port_range (a safe sysctl; keep its listening ports out). \
-         tcp_fin_timeout shortens FIN_WAIT2 only, not TIME_WAIT; never tcp_tw_recycle (gone since Linux 4.12).",
-    );
+    note.push_str(match subject {
+        Subject::Pod => {
+            ". Hint: reuse connections (keep-alive or a pool) instead of one per request; widen the pod's range with \
+             securityContext.sysctls net.ipv4.ip_local_port_range (a safe sysctl; keep its listening ports out). \
+             tcp_fin_timeout shortens FIN_WAIT2 only, not TIME_WAIT; never tcp_tw_recycle (gone since Linux 4.12)."
+        }
+        Subject::Node => {
+            ". Hint: find the node's daemon that opens one connection per request and make it reuse them; widen the \
+             node's net.ipv4.ip_local_port_range (keep its listening ports, and NodePorts, out). tcp_fin_timeout \
+             shortens FIN_WAIT2 only, not TIME_WAIT; never tcp_tw_recycle (gone since Linux 4.12)."
+        }
+    });
     note
 }
 
 /// The TIME_WAIT bucket note after the findings: overflows and what helps.
-fn time_wait_buckets_advice(report: &ConnectionHealthStatus) -> String {
+fn time_wait_buckets_advice(subject: Subject, report: &ConnectionHealthStatus) -> String {
     let mut note = String::new();
     if let Some(overflows) = report.time_wait.as_ref().and_then(|t| t.overflows).filter(|n| *n > 0) {
         note.push_str(&format!(
@@ -688,23 +754,32 @@ fn time_wait_buckets_advice(report: &ConnectionHealthStatus) -> String {
     }
     note.push_str(
         ". Hint: past the limit a late segment of an old connection can reach a new one with the same ports; \
-         reuse connections instead of one per request, or raise net.ipv4.tcp_max_tw_buckets for the pod (not a \
-         safe sysctl: the kubelet must allow it).",
+         reuse connections instead of one per request, or raise net.ipv4.tcp_max_tw_buckets ",
     );
+    note.push_str(match subject {
+        Subject::Pod => "for the pod (not a safe sysctl: the kubelet must allow it).",
+        Subject::Node => "on the node.",
+    });
     note
 }
 
 /// The Warning Event's note: the figures, the oldest age, the top peer, the
 /// owner and its fd budget, and a hint.
-fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus, names: &PeerNames) -> String {
-    let mut note = assessment.findings.iter().map(|f| f.named_text(names)).collect::<Vec<_>>().join("; ");
+fn warning_note(
+    subject: Subject,
+    assessment: &Assessment,
+    report: &ConnectionHealthStatus,
+    names: &PeerNames,
+) -> String {
+    let findings = assessment.findings.iter().map(|f| f.named_text(names)).collect::<Vec<_>>().join("; ");
+    let mut note = format!("{}{findings}", note_prefix(subject));
     match assessment.findings.first().map(|f| f.kind) {
         Some(FindingKind::PortPressure) => {
-            note.push_str(&port_pressure_advice(report));
+            note.push_str(&port_pressure_advice(subject, report));
             return note;
         }
         Some(FindingKind::TimeWaitBuckets) => {
-            note.push_str(&time_wait_buckets_advice(report));
+            note.push_str(&time_wait_buckets_advice(subject, report));
             return note;
         }
         _ => {}
@@ -717,7 +792,12 @@ fn warning_note(assessment: &Assessment, report: &ConnectionHealthStatus, names:
             note.push_str(&format!(", local port {}", port.port));
         }
         if let Some(owner) = cw.owners.first() {
-            let container = owner.container.as_deref().map(|c| format!(" in container {c}")).unwrap_or_default();
+            // Where it runs: a pod's container, or a node daemon's service.
+            let container = match (&owner.container, &owner.systemd_unit) {
+                (Some(container), _) => format!(" in container {container}"),
+                (None, Some(unit)) => format!(" of {unit}"),
+                (None, None) => String::new(),
+            };
             let limit = owner.fd_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
             // What `ps` would tell about the owner, when it explains the leak.
             let state = match owner.state.as_deref() {

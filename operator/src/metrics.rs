@@ -1,6 +1,8 @@
 //! The operator's Prometheus metrics. Labels are bounded: result and error
 //! category are fixed sets; namespace and policy name the objects the user
-//! created; Event reasons are the constants in `connhealth_crds::names`.
+//! created; Event reasons are the constants in `connhealth_crds::names`;
+//! verdicts are the five of [`NodeVerdictLabels`]. No series is per node:
+//! nodes are counted by verdict.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +34,18 @@ pub struct EventLabels {
     pub reason: String,
 }
 
+/// A node report's verdict: `Healthy`, `Warning`, `Leaking`, `Unknown`, or
+/// `None` (no NodeConnectionHealthPolicy selects the node).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeVerdictLabels {
+    /// The verdict.
+    pub verdict: String,
+}
+
+/// The values of [`NodeVerdictLabels`], each always exported (0 when no
+/// node has it).
+pub const NODE_VERDICTS: [&str; 5] = ["Healthy", "Warning", "Leaking", "Unknown", "None"];
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct OperatorMetrics {
@@ -50,6 +64,12 @@ pub struct OperatorMetrics {
     pub expired_agent_leases: Gauge,
     /// Events published by reason.
     pub events: Family<EventLabels, Counter>,
+    /// Node report reconciles (one node's verdict and Events) by result.
+    pub node_reconciles: Family<ReconcileLabels, Counter>,
+    /// Nodes with a NodeConnectionHealth report, by verdict.
+    pub nodes: Family<NodeVerdictLabels, Gauge>,
+    /// Events published on Nodes by reason.
+    pub node_events: Family<EventLabels, Counter>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
 }
@@ -65,6 +85,9 @@ impl OperatorMetrics {
             unknown_pods: Family::default(),
             expired_agent_leases: Gauge::default(),
             events: Family::default(),
+            node_reconciles: Family::default(),
+            nodes: Family::default(),
+            node_events: Family::default(),
             leader: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("connhealth_operator");
@@ -91,6 +114,21 @@ impl OperatorMetrics {
             m.expired_agent_leases.clone(),
         );
         r.register("events_published", "Events published on pods, by reason", m.events.clone());
+        r.register(
+            "node_reconciles",
+            "Node report reconciles (one node's verdict and Events), by result (ok or the error category)",
+            m.node_reconciles.clone(),
+        );
+        r.register(
+            "nodes",
+            "Nodes with a NodeConnectionHealth report, by verdict (None: no NodeConnectionHealthPolicy selects the node)",
+            m.nodes.clone(),
+        );
+        r.register(
+            "node_events_published",
+            "Events published on Nodes about their own sockets, by reason",
+            m.node_events.clone(),
+        );
         r.register("leader", "1 while this replica holds the leader lease and acts, else 0", m.leader.clone());
         m
     }

@@ -3,7 +3,9 @@
 //! that verdicts, Events, annotations and policy status say
 //! `pod demo/leaky-client` where the agent saw `10.88.0.6`.
 //!
-//! Only the endpoints of pods whose verdict is Warning or Leaking are named,
+//! Only the endpoints of pods (and nodes: a node report's evidence is named
+//! the same way, but for its loopback peers) whose verdict is Warning or
+//! Leaking are named,
 //! and each source is read where it scales:
 //! - **Services** are few: a cache of their ClusterIPs and ports (the
 //!   reflector keeps nothing else), searched per endpoint.
@@ -31,6 +33,8 @@ use std::time::{Duration, Instant};
 use connhealth_crds::health::{NamedPeer, PeerKind};
 
 use crate::cache::start_cache;
+use crate::evaluate::Subject;
+use crate::plan::{Plan, ReportInput};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, Service, ServicePort, ServiceSpec};
 use kube::api::{ListParams, PartialObjectMeta};
@@ -80,6 +84,11 @@ impl PeerNames {
     /// Whether no endpoint is named.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Keeps only the names for which `keep` is true.
+    pub fn retain(&mut self, keep: impl Fn(&NamedPeer) -> bool) {
+        self.0.retain(|_, named| keep(named));
     }
 }
 
@@ -188,6 +197,28 @@ impl PeerDirectory {
             }
         }
         names
+    }
+
+    /// Names the endpoints `plan` asks for ([`Plan::unnamed_peers`]) into
+    /// the reports (of `subject`s) they belong to; whether it named any
+    /// (then plan again with the names). A node's loopback peers are left
+    /// unnamed: the name says "the pod itself".
+    pub async fn name_for(&self, subject: Subject, plan: &Plan, reports: &mut [ReportInput]) -> bool {
+        if plan.unnamed_peers.is_empty() {
+            return false;
+        }
+        let endpoints: BTreeSet<&str> = plan.unnamed_peers.values().flatten().map(String::as_str).collect();
+        let mut names = self.name(&endpoints).await;
+        if subject == Subject::Node {
+            names.retain(|named| named.kind != PeerKind::Loopback);
+        }
+        if names.is_empty() {
+            return false;
+        }
+        for report in reports.iter_mut().filter(|r| plan.unnamed_peers.contains_key(&r.name)) {
+            report.peers = names.clone();
+        }
+        true
     }
 
     /// Whether the Service and Node caches hold every object: until then

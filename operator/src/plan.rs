@@ -9,6 +9,12 @@
 //! set), or when the current verdict names a policy that no longer exists.
 //! Several policies may compute the same write for a pod; it is the same
 //! write, so applying it twice changes nothing.
+//!
+//! Nodes are planned the same way ([`plan_for`], [`Subject::Node`]): the
+//! Node's metadata in the pod's place (a [`PodInput`] without annotations),
+//! its NodeConnectionHealth as the report, NodeConnectionHealthPolicies as
+//! the policies. Each node is reconciled on its own ([`Responsible::Every`]):
+//! its one write is planned whichever policy decides.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,7 +25,7 @@ use connhealth_crds::policy::ConnectionHealthPolicySpec;
 use jiff::Timestamp;
 
 use crate::error::Error;
-use crate::evaluate::{self, EventIntent, GrowthHistory, PolicyRef};
+use crate::evaluate::{self, EventIntent, GrowthHistory, PolicyRef, Subject};
 use crate::peers::PeerNames;
 use crate::status::PodVerdict;
 
@@ -104,6 +110,24 @@ pub fn history_horizon(policies: &[PolicyInput]) -> std::time::Duration {
         .unwrap_or_default()
 }
 
+/// Whose writes a plan holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Responsible<'a> {
+    /// Those of the reports policy `name` is responsible for (see the
+    /// module doc), and its own view of the ones it selects
+    /// ([`Plan::selected`]). `present` is false while it is being deleted:
+    /// it then selects nothing and only clears what it set.
+    Policy {
+        /// The policy's name.
+        name: &'a str,
+        /// Whether it is still in force.
+        present: bool,
+    },
+    /// Those of every report, whichever policy decides (no policy's own
+    /// view): for subjects reconciled one at a time.
+    Every,
+}
+
 /// Plans the reconcile of policy `me` in a namespace. `me_present` is false
 /// when `me` is being deleted: it then selects nothing and only clears what
 /// it set. `history` holds CLOSE_WAIT counts per pod UID (updated by the
@@ -117,9 +141,28 @@ pub fn plan(
     history: &HashMap<String, GrowthHistory>,
     now: Timestamp,
 ) -> Plan {
+    let who = Responsible::Policy { name: me, present: me_present };
+    plan_for(who, Subject::Pod, policies, pods, reports, history, now)
+}
+
+/// [`plan`] for the writes of `who`, for reports of `subject` (pods, or
+/// nodes: the Node's metadata as the [`PodInput`], keyed by the Node's UID).
+pub fn plan_for(
+    who: Responsible<'_>,
+    subject: Subject,
+    policies: &[PolicyInput],
+    pods: &[PodInput],
+    reports: &[ReportInput],
+    history: &HashMap<String, GrowthHistory>,
+    now: Timestamp,
+) -> Plan {
+    let (me, me_present) = match who {
+        Responsible::Policy { name, present } => (Some(name), present),
+        Responsible::Every => (None, true),
+    };
     let valid: Vec<PolicyRef<'_>> = policies
         .iter()
-        .filter(|p| me_present || p.name != me)
+        .filter(|p| me_present || Some(p.name.as_str()) != me)
         .filter_map(|p| Some(PolicyRef { name: &p.name, spec: p.spec.as_ref().ok()? }))
         .collect();
     let valid_names: BTreeSet<&str> = valid.iter().map(|p| p.name).collect();
@@ -145,7 +188,7 @@ pub fn plan(
             .map(|p| (*p, evaluate::assess(p.spec, &report.status, growth, now)))
             .collect();
 
-        if let Some((_, mine)) = assessed.iter().find(|(p, _)| p.name == me) {
+        if let Some((_, mine)) = assessed.iter().find(|(p, _)| Some(p.name) == me) {
             let (verdict, summary) = match &report.stale {
                 Some(_) => (Verdict::Unknown, UNKNOWN_SUMMARY.to_owned()),
                 None => {
@@ -157,8 +200,9 @@ pub fn plan(
         }
 
         let decided = evaluate::decide(&assessed);
-        let responsible = decided.is_some_and(|(p, _)| p.name == me)
-            || previous.is_some_and(|v| v.policy == me || !valid_names.contains(v.policy.as_str()));
+        let responsible = me.is_none()
+            || decided.is_some_and(|(p, _)| Some(p.name) == me)
+            || previous.is_some_and(|v| Some(v.policy.as_str()) == me || !valid_names.contains(v.policy.as_str()));
         if !responsible {
             continue;
         }
@@ -179,7 +223,7 @@ pub fn plan(
             },
             _ => {
                 let previous = evaluate::known_previous(previous);
-                let outcome = evaluate::outcome(decided, &report.status, previous.as_ref(), &names, now);
+                let outcome = evaluate::outcome_for(subject, decided, &report.status, previous.as_ref(), &names, now);
                 if let Some((_, assessment)) = decided {
                     // Names are asked for where none is known, and afresh
                     // (the lookups are cached) for an Event; a verdict that
@@ -204,7 +248,8 @@ pub fn plan(
             verdict.close_wait_counts = growth.carried();
         }
         if let Some(mine) = out.selected.last_mut().filter(|s| s.pod == pod.name) {
-            mine.since = outcome.verdict.as_ref().filter(|v| v.policy == me).and_then(|v| v.since.clone());
+            mine.since =
+                outcome.verdict.as_ref().filter(|v| Some(v.policy.as_str()) == me).and_then(|v| v.since.clone());
         }
         let write = PodWrite {
             pod: pod.name.clone(),

@@ -1,11 +1,15 @@
 //! Policy status, as a pure function: matched and violating counts, the
 //! bounded list of violations, and conditions whose `lastTransitionTime`
-//! moves only when the condition's status does.
+//! moves only when the condition's status does. The same for a
+//! ConnectionHealthPolicy (pods) and a NodeConnectionHealthPolicy (nodes).
 
 use connhealth_crds::Verdict;
+use connhealth_crds::node::{NodeConnectionHealthPolicyStatus, NodePolicyViolation};
 use connhealth_crds::policy::{ConnectionHealthPolicyStatus, PolicyViolation};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::evaluate::Subject;
 
 /// Most violations listed in a policy's status (the schema's `maxItems`).
 pub const MAX_VIOLATIONS: usize = 20;
@@ -15,10 +19,10 @@ pub const READY: &str = "Ready";
 /// Condition type: the spec cannot be used (message says why).
 pub const INVALID: &str = "Invalid";
 
-/// One selected pod as this policy sees it.
+/// One selected pod (or node) as this policy sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodVerdict {
-    /// Pod name.
+    /// Pod name (for a node policy, the node's).
     pub pod: String,
     /// This policy's own verdict on the pod.
     pub verdict: Verdict,
@@ -26,6 +30,64 @@ pub struct PodVerdict {
     pub summary: String,
     /// Since when the pod has had this verdict, if known.
     pub since: Option<Time>,
+}
+
+/// What both kinds of policy status say.
+struct Counted<'a> {
+    matched: i64,
+    violating: i64,
+    unknown: i64,
+    /// The worst violations, at most [`MAX_VIOLATIONS`].
+    violations: Vec<&'a PodVerdict>,
+    conditions: Vec<Condition>,
+}
+
+/// Counts `subjects` (nothing when the spec is `invalid`) and sets the
+/// conditions, keeping each one's transition time from `previous` while
+/// its status stays.
+fn count<'a>(
+    of: Subject,
+    generation: Option<i64>,
+    invalid: Option<&str>,
+    subjects: &'a [PodVerdict],
+    previous: &[Condition],
+    now: Timestamp,
+) -> Counted<'a> {
+    let mut violating: Vec<&PodVerdict> = subjects.iter().filter(|p| p.verdict > Verdict::Healthy).collect();
+    violating.sort_by(|a, b| b.verdict.cmp(&a.verdict).then_with(|| a.pod.cmp(&b.pod)));
+    let unknown = subjects.iter().filter(|p| p.verdict == Verdict::Unknown).count();
+    let (noun, why_unknown) = match of {
+        Subject::Pod => ("pods", "the agent on their node is not renewing its Lease"),
+        Subject::Node => ("nodes", "their agent is not renewing its Lease"),
+    };
+    let unknown_words = match unknown {
+        0 => String::new(),
+        n => format!(", {n} unknown ({why_unknown})"),
+    };
+    let (ready, invalid_cond) = match invalid {
+        None => (
+            cond(
+                READY,
+                "True",
+                "Evaluated",
+                &format!("evaluating {} {noun}, {} violating{unknown_words}", subjects.len(), violating.len()),
+            ),
+            cond(INVALID, "False", "Valid", "the spec is valid"),
+        ),
+        Some(why) => (cond(READY, "False", "InvalidSpec", why), cond(INVALID, "True", "InvalidSpec", why)),
+    };
+    let conditions =
+        [ready, invalid_cond].into_iter().map(|c| with_transition_time(c, previous, generation, now)).collect();
+    if invalid.is_some() {
+        return Counted { matched: 0, violating: 0, unknown: 0, violations: Vec::new(), conditions };
+    }
+    Counted {
+        matched: subjects.len() as i64,
+        violating: violating.len() as i64,
+        unknown: unknown as i64,
+        violations: violating.into_iter().take(MAX_VIOLATIONS).collect(),
+        conditions,
+    }
 }
 
 /// The status a policy should have. `invalid` is the reason its spec cannot
@@ -38,49 +100,54 @@ pub fn policy_status(
     previous: Option<&ConnectionHealthPolicyStatus>,
     now: Timestamp,
 ) -> ConnectionHealthPolicyStatus {
-    let mut violating: Vec<&PodVerdict> = pods.iter().filter(|p| p.verdict > Verdict::Healthy).collect();
-    violating.sort_by(|a, b| b.verdict.cmp(&a.verdict).then_with(|| a.pod.cmp(&b.pod)));
-    let violations = violating
-        .iter()
-        .take(MAX_VIOLATIONS)
-        .map(|p| PolicyViolation {
-            pod: p.pod.clone(),
-            verdict: p.verdict,
-            summary: p.summary.clone(),
-            since: p.since.clone(),
-        })
-        .collect();
-
-    let unknown = pods.iter().filter(|p| p.verdict == Verdict::Unknown).count();
-    let unknown_words = match unknown {
-        0 => String::new(),
-        n => format!(", {n} unknown (the agent on their node is not renewing its Lease)"),
-    };
-    let (ready, invalid_cond) = match invalid {
-        None => (
-            cond(
-                READY,
-                "True",
-                "Evaluated",
-                &format!("evaluating {} pods, {} violating{unknown_words}", pods.len(), violating.len()),
-            ),
-            cond(INVALID, "False", "Valid", "the spec is valid"),
-        ),
-        Some(why) => (cond(READY, "False", "InvalidSpec", why), cond(INVALID, "True", "InvalidSpec", why)),
-    };
-    let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
-    let conditions = [ready, invalid_cond]
-        .into_iter()
-        .map(|c| with_transition_time(c, previous_conditions, generation, now))
-        .collect();
-
+    let previous = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let counted = count(Subject::Pod, generation, invalid, pods, previous, now);
     ConnectionHealthPolicyStatus {
         observed_generation: generation,
-        matched_pods: if invalid.is_some() { 0 } else { pods.len() as i64 },
-        violating_pods: if invalid.is_some() { 0 } else { violating.len() as i64 },
-        unknown_pods: if invalid.is_some() { 0 } else { unknown as i64 },
-        violations: if invalid.is_some() { Vec::new() } else { violations },
-        conditions,
+        matched_pods: counted.matched,
+        violating_pods: counted.violating,
+        unknown_pods: counted.unknown,
+        violations: counted
+            .violations
+            .into_iter()
+            .map(|p| PolicyViolation {
+                pod: p.pod.clone(),
+                verdict: p.verdict,
+                summary: p.summary.clone(),
+                since: p.since.clone(),
+            })
+            .collect(),
+        conditions: counted.conditions,
+    }
+}
+
+/// [`policy_status`] of a NodeConnectionHealthPolicy: `nodes` are the nodes
+/// it selects that have a report.
+pub fn node_policy_status(
+    generation: Option<i64>,
+    invalid: Option<&str>,
+    nodes: &[PodVerdict],
+    previous: Option<&NodeConnectionHealthPolicyStatus>,
+    now: Timestamp,
+) -> NodeConnectionHealthPolicyStatus {
+    let previous = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let counted = count(Subject::Node, generation, invalid, nodes, previous, now);
+    NodeConnectionHealthPolicyStatus {
+        observed_generation: generation,
+        matched_nodes: counted.matched,
+        violating_nodes: counted.violating,
+        unknown_nodes: counted.unknown,
+        violations: counted
+            .violations
+            .into_iter()
+            .map(|n| NodePolicyViolation {
+                node: n.pod.clone(),
+                verdict: n.verdict,
+                summary: n.summary.clone(),
+                since: n.since.clone(),
+            })
+            .collect(),
+        conditions: counted.conditions,
     }
 }
 

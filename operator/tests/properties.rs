@@ -173,10 +173,12 @@ fn arb_close_wait(range: Range) -> impl Strategy<Value = CloseWaitDetail> {
         count(range),
         prop::option::of(any::<i64>()),
         prop::option::of("[RSDZTtXI]|.{0,3}"),
+        prop::option::of("[a-z-]{0,12}\\.service"),
     )
-        .prop_map(|(container, pid, command, sockets, open_fds, fd_limit, state)| SocketOwner {
+        .prop_map(|(container, pid, command, sockets, open_fds, fd_limit, state, systemd_unit)| SocketOwner {
             container,
             container_id: None,
+            systemd_unit,
             pid,
             command,
             command_line: None,
@@ -275,6 +277,8 @@ fn arb_report(range: Range) -> impl Strategy<Value = ConnectionHealthStatus> {
         .prop_map(|(observed_at, states, close_wait, port_pressure, time_wait, sysctls)| ConnectionHealthStatus {
             observed_at: observed_at.map(Time),
             host_network: None,
+            unattributed_states: Vec::new(),
+            pod_sockets: None,
             states,
             close_wait,
             port_pressure,

@@ -82,12 +82,16 @@ pub struct CgroupIdentity {
     /// host's namespaces, so it says nothing about the pod's network
     /// namespace.
     pub runtime_helper: bool,
+    /// Outside any pod and container: the systemd service the process runs
+    /// in (`containerd.service`, `kubelet.service`), from the innermost
+    /// `*.service` component of its path.
+    pub systemd_unit: Option<String>,
 }
 
 impl CgroupIdentity {
     /// Whether anything was recognised.
     pub fn is_empty(&self) -> bool {
-        self.pod_uid.is_none() && self.container_id.is_none() && !self.runtime_helper
+        self.pod_uid.is_none() && self.container_id.is_none() && !self.runtime_helper && self.systemd_unit.is_none()
     }
 }
 
@@ -207,6 +211,9 @@ pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
                 if identity.runtime == Some(Runtime::Unknown) {
                     identity.runtime = Some(Runtime::Docker);
                 }
+            } else {
+                identity.systemd_unit =
+                    components.iter().rev().find(|c| c.ends_with(".service")).map(|c| (*c).to_owned());
             }
         }
     }

@@ -166,6 +166,10 @@ pub struct PodVote {
     pub uid: String,
     /// Processes whose cgroup names it.
     pub processes: u64,
+    /// Those processes (thread-group leaders), ascending: in the host
+    /// namespace, what a `hostNetwork` pod's sockets are attributed by.
+    #[serde(skip)]
+    pub pids: Vec<u32>,
 }
 
 /// Finds every network namespace of the host. See the module docs.
@@ -325,7 +329,7 @@ fn describe(
 
     let mut processes: Vec<ProcessInfo> = Vec::new();
     let mut live_pids = Vec::with_capacity(pids.len());
-    let mut votes: HashMap<String, u64> = HashMap::new();
+    let mut votes: HashMap<String, Vec<u32>> = HashMap::new();
     let mut containers: BTreeSet<String> = BTreeSet::new();
     let mut runtimes: BTreeMap<Runtime, u64> = BTreeMap::new();
 
@@ -347,7 +351,7 @@ fn describe(
                 Ok(cg) if cg.runtime_helper => {}
                 Ok(cg) => {
                     if let Some(uid) = cg.pod_uid {
-                        *votes.entry(uid).or_default() += 1;
+                        votes.entry(uid).or_default().push(pid);
                     }
                     if let Some(container) = cg.container_id {
                         containers.insert(container);
@@ -388,7 +392,8 @@ fn describe(
     }
     let open_path = paths.remove(0);
 
-    let mut pod_uids: Vec<PodVote> = votes.into_iter().map(|(uid, processes)| PodVote { uid, processes }).collect();
+    let mut pod_uids: Vec<PodVote> =
+        votes.into_iter().map(|(uid, pids)| PodVote { uid, processes: pids.len() as u64, pids }).collect();
     pod_uids.sort_by(|a, b| b.processes.cmp(&a.processes).then_with(|| a.uid.cmp(&b.uid)));
     let (pod_uid, pod_uid_ambiguous) =
         if is_host { (None, false) } else { (pod_uids.first().map(|v| v.uid.clone()), pod_uids.len() > 1) };

@@ -422,6 +422,9 @@ pub enum DumpReason {
     /// A TIME_WAIT socket seen last time has become old enough for
     /// `connect()` to reuse (the effective port pressure changed).
     TimeWaitReusable,
+    /// The `hostNetwork` pods its sockets are split by, or their processes,
+    /// changed ([`crate::attribution`]).
+    HostPodsChanged,
 }
 
 /// The gate's decision for one namespace.

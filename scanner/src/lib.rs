@@ -35,6 +35,7 @@
 //!   harness's).
 
 pub mod aggregate;
+pub mod attribution;
 pub mod cgroup;
 pub mod discovery;
 pub mod error;

@@ -64,6 +64,8 @@ pub struct SocketOwner {
     pub pod_uid: Option<String>,
     /// The container ID its cgroup names.
     pub container_id: Option<String>,
+    /// The systemd service its cgroup names, outside any pod (a node daemon).
+    pub systemd_unit: Option<String>,
     /// How many of the given inodes it holds (each counted once, however many
     /// fds point at it).
     pub held: u64,
@@ -156,6 +158,7 @@ pub fn find_owners(opts: &OwnersOptions, inodes: &[u64], pids: &[u32]) -> Owners
             command_line,
             pod_uid: cgroup.pod_uid,
             container_id: cgroup.container_id,
+            systemd_unit: cgroup.systemd_unit,
             held: walk.held,
             open_fds: walk.open_fds,
             nofile_soft: limits.map(|(soft, _)| soft),

@@ -44,8 +44,10 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use crate::aggregate::{
-    AggregateConfig, FirstSeenGroup, NamespaceParams, NamespaceSummary, NamespaceTracker, group_first_seen,
+    AggregateConfig, FirstSeenGroup, KERNEL_CLOCK_STEP, NamespaceParams, NamespaceSummary, NamespaceTracker, Socket,
+    group_first_seen,
 };
+use crate::attribution::{AttributedPart, Attribution, HostPod, KernelAge, SplitInput};
 use crate::discovery::NamespaceInfo;
 use connhealth_runtime::error_chain;
 
@@ -55,7 +57,7 @@ use crate::json;
 use crate::netns::{DiagSocket, NetnsHandle, NetnsId};
 use crate::owners::{self, Owners, OwnersOptions};
 use crate::procfs::ProcessInfo;
-use crate::sockdiag::{DumpMode, Dumper, StateSet, TcpState};
+use crate::sockdiag::{DumpMode, Dumper, SockId, StateSet, TcpState};
 use crate::sysctls::{self, Conntrack, ConntrackFiles, NetnsSysctls};
 use crate::tracker::{Tracker, TrackerChoice, TrackerCounters, TrackerError, TrackerMode, TrackerStatus};
 
@@ -120,6 +122,10 @@ pub struct Target {
     pub paths: Vec<PathBuf>,
     /// What is known about it.
     pub label: NamespaceLabel,
+    /// For the host namespace: the `hostNetwork` pods whose processes'
+    /// sockets are split out of it ([`crate::attribution`]); `None`: not
+    /// split.
+    pub host_pods: Option<Vec<HostPod>>,
 }
 
 impl Target {
@@ -138,6 +144,7 @@ impl Target {
                 container_ids: ns.container_ids.clone(),
                 pids: ns.pids.clone(),
             },
+            host_pods: None,
         }
     }
 
@@ -149,7 +156,12 @@ impl Target {
         let name = (path.parent() == Some(Path::new("/run/netns")))
             .then(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
             .flatten();
-        Ok(Self { id, paths: vec![path.to_owned()], label: NamespaceLabel { name, ..NamespaceLabel::default() } })
+        Ok(Self {
+            id,
+            paths: vec![path.to_owned()],
+            label: NamespaceLabel { name, ..NamespaceLabel::default() },
+            host_pods: None,
+        })
     }
 }
 
@@ -188,8 +200,14 @@ pub struct NamespaceReport {
     pub summary: NamespaceSummary,
     /// Its TCP sysctls.
     pub sysctls: NetnsSysctls,
-    /// Owners of its CLOSE_WAIT sockets, when over the threshold.
+    /// Owners of its CLOSE_WAIT sockets, when over the threshold (not
+    /// looked up for a split namespace: each part has its own).
     pub owners: Option<Owners>,
+    /// For a target with [`Target::host_pods`]: its sockets split by the
+    /// pods whose processes hold them, and the rest (the node's own part,
+    /// `podUid` null). Empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attributed: Vec<AttributedPart>,
 }
 
 /// A namespace that could not be scanned this sweep.
@@ -301,6 +319,8 @@ struct Cached {
     first_seen: Vec<FirstSeenGroup>,
     /// `TCPTimeWaitOverflow` as last read ([`read_overflows_now`] says when).
     time_wait_overflows: Option<u64>,
+    /// The parts of a split namespace.
+    attribution: Attribution,
 }
 
 /// TIME_WAIT share of `tcp_max_tw_buckets` from which a namespace's
@@ -602,6 +622,7 @@ impl Scanner {
                     owners: None,
                     first_seen: Vec::new(),
                     time_wait_overflows: None,
+                    attribution: Attribution::default(),
                 })
             }
         };
@@ -647,17 +668,37 @@ impl Scanner {
             }
             verdict = gate::confirm_listeners(memory, &listen);
         }
+        if let (Verdict::Reuse, Some(pods)) = (verdict, &target.host_pods)
+            && c.attribution.pods_changed(pods)
+        {
+            verdict = Verdict::Dump(DumpReason::HostPodsChanged);
+        }
 
         let mut reset_socket = false;
+        let mut attributed = Vec::new();
         let (mut summary, source) = match verdict {
             Verdict::Reuse => match c.tracker.reuse(&cfg.aggregate, now) {
-                Some(s) => (s, Source::Reused),
+                Some(s) => {
+                    if target.host_pods.is_some() {
+                        attributed = c.attribution.reuse(&cfg.aggregate, now);
+                    }
+                    (s, Source::Reused)
+                }
                 None => unreachable!("the gate reuses only after a dump"),
             },
             Verdict::Dump(reason) => {
                 let params = NamespaceParams::from_sysctls(&c.sysctls);
                 let mut agg = c.tracker.begin(&cfg.aggregate, params, now);
-                let res = dumper.dump(socket, StateSet::ALL, |m| agg.observe(&m));
+                // A namespace to split keeps its sockets until the split
+                // (a node's namespace: hundreds to a few thousand).
+                let split = target.host_pods.is_some();
+                let mut sockets: Vec<Socket> = Vec::new();
+                let res = dumper.dump(socket, StateSet::ALL, |m| {
+                    agg.observe(&m);
+                    if split && let Some(s) = Socket::from_diag(&m) {
+                        sockets.push(s);
+                    }
+                });
                 let dumped = match res {
                     Ok(d) => d,
                     Err(e) => {
@@ -671,10 +712,15 @@ impl Scanner {
                 // Kernel ages for the CLOSE_WAIT sockets not seen before:
                 // the tracker's time of the change when it saw it, else the
                 // socket's tcp_info.
+                let mut known_ages: HashMap<u64, KernelAge> = HashMap::new();
                 for (cookie, id) in agg.take_fresh_close_wait() {
                     if let Some(age) = tracker.as_ref().and_then(|t| t.close_wait_age(target.id.ino, &id)) {
                         stats.tracker_ages += 1;
-                        agg.entered_close_wait_ago(cookie, Instant::now(), age);
+                        let measured_at = Instant::now();
+                        agg.entered_close_wait_ago(cookie, measured_at, age);
+                        if split {
+                            known_ages.insert(cookie, (measured_at, age));
+                        }
                         continue;
                     }
                     if reset_socket {
@@ -682,7 +728,13 @@ impl Scanner {
                     }
                     stats.age_lookups += 1;
                     match dumper.since_last_ack(socket, &id) {
-                        Ok(Some(since)) => agg.entered_close_wait(cookie, Instant::now(), since),
+                        Ok(Some(since)) => {
+                            let measured_at = Instant::now();
+                            agg.entered_close_wait(cookie, measured_at, since);
+                            if split {
+                                known_ages.insert(cookie, (measured_at, since.saturating_sub(KERNEL_CLOCK_STEP)));
+                            }
+                        }
                         // Closed since the dump: aged from the dump, and
                         // gone from the next one.
                         Ok(None) => {}
@@ -700,6 +752,26 @@ impl Scanner {
                 let saw_fin_wait2_time_wait = agg.saw_fin_wait2_time_wait();
                 let time_wait_reusable_at = agg.time_wait_reusable_at();
                 let summary = agg.finish();
+                if let Some(pods) = &target.host_pods {
+                    let input = SplitInput {
+                        cfg: &cfg.aggregate,
+                        params,
+                        now,
+                        wall_now,
+                        host_pids: &c.label.pids,
+                        owners_threshold: cfg.owners_threshold,
+                        proc_root: &cfg.proc_root,
+                    };
+                    // Ages of sockets new to a part but not to the namespace.
+                    let mut look_up_age = |id: &SockId| -> Option<KernelAge> {
+                        if let Some(age) = tracker.as_ref().and_then(|t| t.close_wait_age(target.id.ino, id)) {
+                            return Some((Instant::now(), age));
+                        }
+                        let since = dumper.since_last_ack(socket, id).ok()??;
+                        Some((Instant::now(), since.saturating_sub(KERNEL_CLOCK_STEP)))
+                    };
+                    attributed = c.attribution.split(&input, pods, &sockets, &known_ages, &mut look_up_age);
+                }
                 c.gate = Some(GateMemory {
                     counters: counters.unwrap_or_default(),
                     listen,
@@ -715,7 +787,9 @@ impl Scanner {
             }
         };
 
-        let over = cfg.owners_threshold.is_some_and(|t| summary.close_wait.count >= t.max(1));
+        // A split namespace's owners are its parts'.
+        let over =
+            target.host_pods.is_none() && cfg.owners_threshold.is_some_and(|t| summary.close_wait.count >= t.max(1));
         if !over {
             c.owners = None;
         } else if c.owners.is_none() {
@@ -759,6 +833,7 @@ impl Scanner {
             summary,
             sysctls: c.sysctls.clone(),
             owners: c.owners.clone(),
+            attributed,
         })
     }
 }

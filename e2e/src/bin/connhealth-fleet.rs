@@ -37,7 +37,7 @@ use clap::Parser;
 use connhealth_agent::lease::{self, LeaseSettings};
 use connhealth_agent::metrics::AgentMetrics;
 use connhealth_agent::report::{ChangeRule, to_time};
-use connhealth_agent::reporter::{Offer, PodKey, Reporter};
+use connhealth_agent::reporter::{Offer, ReportKey, Reporter};
 use connhealth_crds::health::{CloseWaitDetail, EndpointCount, FirstSeenGroup, TcpStateCounts};
 use connhealth_crds::names::reasons;
 use connhealth_crds::{ConnectionHealth, ConnectionHealthPolicy, ConnectionHealthStatus, Verdict};
@@ -104,7 +104,7 @@ const EVENT_GRACE: Duration = Duration::from_secs(60);
 /// A pod of the fleet and its plan.
 #[derive(Debug, Clone)]
 struct SimPod {
-    key: PodKey,
+    key: ReportKey,
     /// When it starts leaking, and whether it recovers.
     leak: Option<(SystemTime, bool)>,
     /// Whether it is replaced during the window.
@@ -277,7 +277,7 @@ async fn simulate(args: &Args, seed: u64, cluster: &Cluster, client: &Client, ru
             .iter()
             .filter(|(p, ..)| p / args.pods_per_node == i)
             .map(|(p, _, ns, name)| SimPod {
-                key: PodKey { namespace: ns.clone(), name: name.clone() },
+                key: ReportKey { namespace: ns.clone(), name: name.clone() },
                 leak: leak_plan.get(p).map(|(at, recovers)| (SystemTime::UNIX_EPOCH + *at, *recovers)),
                 churns: churn_plan.contains_key(p),
             })

@@ -265,9 +265,30 @@ fn path_table() {
             container_id: container.map(str::to_owned),
             runtime,
             runtime_helper: helper,
+            // Checked on its own below.
+            systemd_unit: got.systemd_unit.clone(),
         };
         assert_eq!(got, want, "{what}: {path}");
     }
+}
+
+#[test]
+fn a_node_daemon_has_its_systemd_service_and_a_container_none() {
+    let unit = |path: &str| parse_cgroup_path(path).systemd_unit;
+    assert_eq!(unit("/system.slice/kubelet.service").as_deref(), Some("kubelet.service"));
+    assert_eq!(unit("/system.slice/containerd.service/sub").as_deref(), Some("containerd.service"));
+    assert_eq!(
+        unit("/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope").as_deref(),
+        Some("user@1000.service")
+    );
+    assert_eq!(unit("/"), None, "the root cgroup");
+    let pod = format!(
+        "/system.slice/containerd.service/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-{CID}.scope"
+    );
+    assert_eq!(unit(&pod), None, "a pod's process is its pod's, not containerd's");
+    assert_eq!(unit(&format!("/system.slice/docker-{CID}.scope")), None, "a container");
+    let file = "12:memory:/\n1:name=systemd:/system.slice/containerd.service\n0::/\n";
+    assert_eq!(parse_cgroup_file(file).systemd_unit.as_deref(), Some("containerd.service"), "v1 hybrid");
 }
 
 #[test]

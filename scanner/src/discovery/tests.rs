@@ -156,7 +156,10 @@ fn fixture_walk() {
     assert!(pod.pod_uid_ambiguous);
     assert_eq!(
         pod.pod_uids,
-        [PodVote { uid: UID_A.into(), processes: 3 }, PodVote { uid: UID_B.into(), processes: 1 }]
+        [
+            PodVote { uid: UID_A.into(), processes: 3, pids: vec![110, 120, 121] },
+            PodVote { uid: UID_B.into(), processes: 1, pids: vec![130] }
+        ]
     );
     assert_eq!(pod.container_ids, [APP, PAUSE]);
     assert_eq!(pod.runtime, Some(Runtime::Containerd));
