@@ -199,6 +199,13 @@ pub fn plan_for(
             out.selected.push(PodVerdict { pod: pod.name.clone(), verdict, summary, since: None });
         }
 
+        if me.is_none() && report.stale.is_none() {
+            // Every policy's view is this one write's: any of them may
+            // change the verdict by time alone (sockets growing stuck).
+            for (_, assessment) in &assessed {
+                out.recheck_at = earliest(out.recheck_at, assessment.recheck_at);
+            }
+        }
         let decided = evaluate::decide(&assessed);
         let responsible = me.is_none()
             || decided.is_some_and(|(p, _)| Some(p.name) == me)

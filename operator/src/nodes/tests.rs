@@ -270,3 +270,21 @@ fn an_invalid_node_policy_says_why_and_judges_no_node() {
     assert_eq!(status.conditions.iter().find(|c| c.type_ == READY).unwrap().status, "False");
     assert_eq!((status.matched_nodes, status.violating_nodes), (0, 0));
 }
+
+/// Sockets not yet stuck by a policy's `minAge` make the node Healthy now
+/// and Leaking once they are: the plan says when to look again (the agent
+/// need not write for that), and at that time the verdict changes.
+#[test]
+fn a_node_is_judged_again_when_its_sockets_grow_stuck() {
+    let policies = [policy_input(&by_role("edge", "edge"))];
+    let edge = node("edge-1", "edge");
+    let mut edge_report = report("edge-1", 7);
+    let early = plan_node(&policies, &edge, &edge_report, &no_history(), ts(30));
+    let verdict = only_write(&early).verdict.clone().flatten().expect("a verdict");
+    assert_eq!(verdict.result, Verdict::Healthy, "7 sockets, 30 s old: not stuck for 2m yet");
+    assert_eq!(early.recheck_at, Some(ts(120)), "looked at again when they are 2m old");
+    edge_report.status.verdict = Some(verdict);
+    let later = plan_node(&policies, &edge, &edge_report, &no_history(), ts(120));
+    let leaking = only_write(&later).verdict.clone().flatten().expect("a verdict");
+    assert_eq!(leaking.result, Verdict::Leaking);
+}
