@@ -128,6 +128,7 @@ pub async fn run(config: AgentConfig, client: Client, api_health: ApiHealth) -> 
         client: client.clone(),
         node_name: config.node_name.clone(),
         node_uid: None,
+        node_uid_warned: false,
     };
 
     let shutdown = connhealth_runtime::shutdown_signal();
@@ -196,6 +197,8 @@ struct Agent {
     node_name: String,
     /// The Node's UID (the owner of the node's report), once read.
     node_uid: Option<String>,
+    /// Whether failing to read it was logged at warning level (once).
+    node_uid_warned: bool,
 }
 
 /// A pod of this node as the sweep needs it.
@@ -332,14 +335,20 @@ impl Agent {
         }
     }
 
-    /// The Node's UID, for the node report's owner reference; `None` (and
-    /// one line) while it cannot be read: the node report waits for it.
-    async fn read_node_uid(&self) -> Option<String> {
+    /// The Node's UID, for the node report's owner reference; `None` while
+    /// it cannot be read (one warning, then debug lines each sweep): the
+    /// node report waits for it, the pods' reports do not.
+    async fn read_node_uid(&mut self) -> Option<String> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         match nodes.get(&self.node_name).await {
             Ok(node) => node.metadata.uid,
+            Err(error) if self.node_uid_warned => {
+                tracing::debug!(node = %self.node_name, error = %error_chain(&error), "cannot read this node's UID yet");
+                None
+            }
             Err(error) => {
-                tracing::warn!(node = %self.node_name, error = %error_chain(&error), "cannot read this node's UID; its NodeConnectionHealth waits for it");
+                self.node_uid_warned = true;
+                tracing::warn!(node = %self.node_name, error = %error_chain(&error), "cannot read this node's UID; its NodeConnectionHealth waits for it (tried again each sweep)");
                 None
             }
         }
