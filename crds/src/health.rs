@@ -29,7 +29,7 @@ use crate::policy::Verdict;
     shortname = "connhealth",
     category = "connhealth",
     selectable = ".spec.nodeName",
-    doc = "A ConnectionHealth reports the TCP sockets of one pod, as the connhealth agent on the pod's node saw them in the pod's network namespace: how many sockets are in each state, the CLOSE_WAIT sockets with their age, peers and owning process, the pressure on the ephemeral port range, and TIME_WAIT against the namespace's tcp_max_tw_buckets. It has the pod's name, is owned by the pod (so it is deleted with it), and carries the verdict of the ConnectionHealthPolicy that selects the pod.",
+    doc = "A ConnectionHealth reports the TCP sockets of one pod, as the connhealth agent on the pod's node saw them in the pod's network namespace (for a hostNetwork pod: the node's sockets that its processes hold): how many sockets are in each state, the CLOSE_WAIT sockets with their age, peers and owning process, the pressure on the ephemeral port range, and TIME_WAIT against the namespace's tcp_max_tw_buckets. It has the pod's name, is owned by the pod (so it is deleted with it), and carries the verdict of the ConnectionHealthPolicy that selects the pod.",
     printcolumn(
         name = "Node",
         type_ = "string",

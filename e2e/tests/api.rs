@@ -56,8 +56,14 @@ fn crds_are_established_and_explained() {
     assert!(unknown.contains("not renewed its Lease"), "{unknown}");
     let cw = explain("connectionhealth.status.closeWait.stuck");
     assert!(cw.contains("stuckAfterSeconds"), "{cw}");
+    let unattributed = explain("connectionhealth.status.unattributedStates");
+    assert!(unattributed.contains("hostNetwork") && unattributed.contains("timeWait"), "{unattributed}");
+    let shares = explain("nodeconnectionhealth.status.podSockets");
+    assert!(shares.contains("NodeConnectionHealth only"), "{shares}");
+    let selector = explain("nodeconnectionhealthpolicy.spec.nodeSelector");
+    assert!(selector.contains("Which nodes the policy applies to"), "{selector}");
     // Short names and the category resolve.
-    for resource in ["chp", "ch", "connhealth", "connhealth.connhealth.io"] {
+    for resource in ["chp", "ch", "nch", "nchp", "csnap", "connhealth", "connhealth.connhealth.io"] {
         let (ok, _, stderr) = cluster.kubectl_run(&["get", resource, "-A"]);
         assert!(ok, "kubectl get {resource}: {stderr}");
     }
@@ -116,6 +122,28 @@ fn invalid_policies_are_refused_with_the_rule_message() {
             cluster.kubectl_stdin(&["apply", "-f", "-"], &policy_yaml(&ns.name, &format!("bad-{i}"), spec));
         assert!(!ok, "invalid policy accepted:\n{spec}");
         assert!(stderr.contains(message), "case {i}: expected {message:?} in:\n{stderr}");
+    }
+    // Node policies (cluster-scoped) by the same rules; names unique to this
+    // run, and nothing is created when the case is right.
+    let node_cases = [
+        (
+            "  closeWait: {enabled: false}\n  portPressure: {enabled: false}\n  timeWait: {enabled: false}\n",
+            "at least one check (closeWait, portPressure or timeWait) must be enabled",
+        ),
+        ("  actions: {eventCooldown: \"10\"}\n", "must be a positive duration such as 30s, 5m or 1h30m"),
+        ("  closeWait: {stuckCount: 0}\n", "should be greater than or equal to 1"),
+    ];
+    for (i, (spec, message)) in node_cases.iter().enumerate() {
+        let manifest = format!(
+            "apiVersion: connhealth.io/v1alpha1\nkind: NodeConnectionHealthPolicy\nmetadata: {{name: {}-bad-{i}}}\nspec:\n{spec}",
+            ns.name
+        );
+        let (ok, _, stderr) = cluster.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+        if ok {
+            let _ = cluster.kubectl_run(&["delete", "nchp", &format!("{}-bad-{i}", ns.name)]);
+        }
+        assert!(!ok, "invalid node policy accepted:\n{spec}");
+        assert!(stderr.contains(message), "node case {i}: expected {message:?} in:\n{stderr}");
     }
 }
 

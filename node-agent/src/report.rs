@@ -1,6 +1,8 @@
-//! From one namespace's scan result to the pod's `ConnectionHealth` status,
-//! and the rule that decides whether a new status is worth writing. Pure
-//! code: no API calls, time passed in.
+//! From one namespace's scan result to the pod's `ConnectionHealth` status
+//! (a `hostNetwork` pod's from its part of the node's namespace, the node's
+//! own `NodeConnectionHealth` status from the rest), and the rule that
+//! decides whether a new status is worth writing. Pure code: no API calls,
+//! time passed in.
 //!
 //! ## When a report is written
 //!

@@ -1,5 +1,6 @@
-//! Writes ConnectionHealth reports with server-side apply under the agent's
-//! field manager, and remembers what it wrote so that [`crate::report`]'s
+//! Writes ConnectionHealth reports (and the node's own NodeConnectionHealth,
+//! by the same rule: [`ReportKey::node`]) with server-side apply under the
+//! agent's field manager, and remembers what it wrote so that [`crate::report`]'s
 //! rule can decide whether the next status is worth a write.
 //!
 //! The decision is [`WriteBook::decide`], pure and unit-tested; the
