@@ -227,12 +227,9 @@ impl FakePod {
 
     /// What `ss` says about a state in the pod's namespace right now.
     pub fn ss_count(&self, state: &str) -> i64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "ss", "-tanH", "state", state])
-            .output()
-            .expect("run ss");
-        assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count() as i64
+        let mut ss = Command::new("ip");
+        ss.args(["netns", "exec", &self.netns, "ss", "-tanH", "state", state]);
+        ss_lines(ss).len() as i64
     }
 
     /// Kills every process the pod started.
@@ -266,4 +263,20 @@ impl Drop for FakePod {
 pub fn run(args: &[&str]) {
     let status = Command::new(args[0]).args(&args[1..]).status().expect("run command");
     assert!(status.success(), "{args:?} failed");
+}
+
+/// `ss -tanpH state <state>` in the node's own network namespace (this
+/// process's): one line per socket, with the processes holding it.
+pub fn host_ss_lines(state: &str) -> Vec<String> {
+    let mut ss = Command::new("ss");
+    ss.args(["-tanpH", "state", state]);
+    ss_lines(ss)
+}
+
+/// The non-empty lines `ss` printed; fails the test when `ss` fails (an
+/// error is never read as "no sockets").
+fn ss_lines(mut ss: Command) -> Vec<String> {
+    let out = ss.output().expect("run ss");
+    assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect()
 }

@@ -25,7 +25,7 @@ pub mod report;
 
 pub use access::TokenKubeconfig;
 pub use agent::AgentLock;
-pub use fakepod::{FakePod, require_root};
+pub use fakepod::{FakePod, host_ss_lines, require_root};
 pub use proxy::HangingProxy;
 pub use report::{create_pod, write_report, write_report_naming, write_report_seen, write_report_status};
 

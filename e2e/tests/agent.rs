@@ -24,8 +24,9 @@ use connhealth_e2e::agent::{
 use connhealth_e2e::proxy::apiserver_addr;
 use connhealth_e2e::{
     AgentLock, ChildProcess, Cluster, FakePod, HangingProxy, TestNamespace, TokenKubeconfig, apply_policy, eventually,
-    eventually_explained, jsonpath, pod_events, require_root, until,
+    eventually_explained, host_ss_lines, jsonpath, pod_events, require_root, until,
 };
+use connhealth_scan::testing::Child;
 use jiff::SignedDuration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -705,10 +706,7 @@ fn free_loopback_ports<const N: usize>() -> [u16; N] {
 /// `ss -tanpH state <state>` in the node's namespace: the lines, and how
 /// many of them a process of `pids` holds.
 fn host_ss(state: &str, pids: &[u32]) -> (usize, usize) {
-    let out = Command::new("ss").args(["-tanpH", "state", state]).output().expect("run ss");
-    assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines = host_ss_lines(state);
     let held = lines.iter().filter(|l| pids.iter().any(|pid| l.contains(&format!("pid={pid},")))).count();
     (lines.len(), held)
 }
@@ -753,7 +751,7 @@ async fn host_network_pods_and_the_node_have_their_own_figures() {
     // The node's own leak: a process in no pod's cgroup.
     let demo = connhealth_e2e::workspace_binary("connhealth-demo");
     let node_server =
-        ChildGuard(Command::new(&demo).args(["serve", "--listen", &format!("127.0.0.1:{node_port}")]).spawn().unwrap());
+        Child(Command::new(&demo).args(["serve", "--listen", &format!("127.0.0.1:{node_port}")]).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(300));
     leaky.spawn(&["connect", "--to", &format!("127.0.0.1:{leak_port}"), "--count", "8", "--interval-ms", "20"]);
     quiet.spawn(&["connect", "--to", &format!("127.0.0.1:{quiet_port}"), "--count", "4", "--interval-ms", "20"]);
@@ -874,16 +872,6 @@ async fn host_network_pods_and_the_node_have_their_own_figures() {
     .await;
     until(WAIT, "a Recovered Event on the Node", || node_event_count(cluster, &node, "Recovered") > recovered_before)
         .await;
-}
-
-/// Kills and reaps a process on drop.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Deletes a cluster-scoped node policy on drop (a namespace does not take

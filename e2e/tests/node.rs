@@ -321,10 +321,7 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     // namespaces' (no hostNetwork, no unattributed states).
     assert_eq!(report["status"]["hostNetwork"], Value::Null, "{}", report["status"]);
     assert_eq!(report["status"]["unattributedStates"], Value::Null, "{}", report["status"]);
-    let host_ss = |state: &str| {
-        let out = Command::new("ss").args(["-tanH", "state", state]).output().expect("run ss");
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count() as u64
-    };
+    let host_ss = |state: &str| connhealth_e2e::host_ss_lines(state).len() as u64;
     let node_report = eventually("the node report's LISTEN and CLOSE_WAIT to equal ss on the node", WAIT, || async {
         let (ok, out, _) = cluster.kubectl_run(&["get", "nodeconnectionhealth", NODE, "-o", "json"]);
         let report: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;

@@ -748,6 +748,17 @@ fn report_manifest(namespace: &str, pod: &str, pod_uid: &str, node: &str) -> Val
     })
 }
 
+/// A write's outcome as the node restriction tests read it: admitted, or
+/// the API server's refusal as `(code, message)`; any other failure (the
+/// API server unreachable) ends the test, naming `what`.
+fn admitted<T>(result: Result<T, kube::Error>, what: &str) -> Result<(), (u16, String)> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
+        Err(other) => panic!("{what}: {other}"),
+    }
+}
+
 /// Applies `body` to report `namespace/name` (to its status subresource
 /// with `status`) as the agent does (server-side apply, its field manager)
 /// with `kubeconfig`'s token; the API server's refusal as `(code, message)`.
@@ -765,11 +776,7 @@ async fn apply_as(
     } else {
         api.patch(name, &params, &Patch::Apply(body)).await
     };
-    match applied {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
-        Err(other) => panic!("applying {namespace}/{name} (status: {status}): {other}"),
-    }
+    admitted(applied, &format!("applying {namespace}/{name} (status: {status})"))
 }
 
 /// Applies an agent Lease `namespace/name` held by `holder` as the agent
@@ -787,11 +794,8 @@ async fn apply_lease_as(
         "metadata": { "name": name },
         "spec": { "holderIdentity": holder, "leaseDurationSeconds": 40 },
     });
-    match api.patch(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
-        Err(other) => panic!("applying Lease {namespace}/{name}: {other}"),
-    }
+    let applied = api.patch(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await;
+    admitted(applied, &format!("applying Lease {namespace}/{name}"))
 }
 
 /// [`apply_as`] of a whole report as [`report_manifest`] makes it.
@@ -816,11 +820,8 @@ async fn serve_snapshot_as(
         "apiVersion": "connhealth.io/v1alpha1", "kind": "ConnectionSnapshot",
         "status": { "nodeName": node, "total": 0 },
     });
-    match api.patch_status(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
-        Err(other) => panic!("serving snapshot {namespace}/{name}: {other}"),
-    }
+    let served = api.patch_status(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await;
+    admitted(served, &format!("serving snapshot {namespace}/{name}"))
 }
 
 /// Applies the NodeConnectionHealth `name` saying `spec.nodeName: node`, as
@@ -832,11 +833,8 @@ async fn apply_node_report_as(kubeconfig: &TokenKubeconfig, name: &str, node: &s
         "metadata": { "name": name, "labels": { labels::NODE: node } },
         "spec": { "nodeName": node, "nodeUID": "uid-of-the-node" },
     });
-    match api.patch(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(refusal)) => Err((refusal.code, refusal.message)),
-        Err(other) => panic!("applying NodeConnectionHealth {name}: {other}"),
-    }
+    let applied = api.patch(name, &PatchParams::apply(field_managers::AGENT).force(), &Patch::Apply(&body)).await;
+    admitted(applied, &format!("applying NodeConnectionHealth {name}"))
 }
 
 async fn apply_report_status_as(

@@ -40,7 +40,7 @@ use prometheus_client::registry::Registry;
 
 use connhealth_runtime::error_chain;
 use connhealth_scan::aggregate::NamespaceSummary;
-use connhealth_scan::attribution::{AttributedPart, HostPod};
+use connhealth_scan::attribution::{AttributedPart, HostPod, own_part};
 use connhealth_scan::discovery::{self, DiscoveryOptions};
 use connhealth_scan::scan::{NamespaceReport, ScanConfig, Scanner, SweepReport, Target};
 use connhealth_scan::sockdiag::TcpState;
@@ -374,7 +374,7 @@ impl Agent {
             self.metrics.record_tracker_counters(counters);
         }
         if let Some(host) = sweep.namespaces.iter().find(|ns| ns.label.host)
-            && let Some(own) = host.attributed.iter().find(|part| part.pod_uid.is_none())
+            && let Some(own) = own_part(&host.attributed)
         {
             self.metrics.record_host(&self.node_name, &host.summary, &own.summary);
         }

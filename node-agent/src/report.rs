@@ -38,7 +38,7 @@ use connhealth_crds::health::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use connhealth_scan::aggregate::{NamespaceSummary, StateCounts};
-use connhealth_scan::attribution::{AttributedPart, UNATTRIBUTABLE};
+use connhealth_scan::attribution::{AttributedPart, UNATTRIBUTABLE, own_part};
 use connhealth_scan::owners::Owners;
 use connhealth_scan::procfs::RlimitValue;
 use connhealth_scan::scan::NamespaceReport;
@@ -117,7 +117,7 @@ pub fn host_pod_status(
 /// process holds); `podSockets` counts the rest. `None` when `host` was not
 /// split.
 pub fn node_status(host: &NamespaceReport, ctx: ReportContext<'_>) -> Option<ConnectionHealthStatus> {
-    let own = host.attributed.iter().find(|part| part.pod_uid.is_none())?;
+    let own = own_part(&host.attributed)?;
     let pods: Vec<&AttributedPart> = host.attributed.iter().filter(|p| p.pod_uid.is_some()).collect();
     let mut summary = host.summary.clone();
     summary.close_wait = own.summary.close_wait.clone();

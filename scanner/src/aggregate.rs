@@ -562,6 +562,13 @@ struct CwEntry {
 /// kernel reports in jiffies may be up to one step longer than the truth.
 pub const KERNEL_CLOCK_STEP: Duration = Duration::from_millis(10);
 
+/// How long, at least, a socket whose last ACK arrived `since_last_ack` ago
+/// (`tcpi_last_ack_recv`) has been in CLOSE_WAIT: less one
+/// [`KERNEL_CLOCK_STEP`], so that an age is never overstated.
+pub fn close_wait_age_from_last_ack(since_last_ack: Duration) -> Duration {
+    since_last_ack.saturating_sub(KERNEL_CLOCK_STEP)
+}
+
 /// What a namespace's tracking remembers between sweeps: CLOSE_WAIT cookies
 /// with the time each entered CLOSE_WAIT, and the last dump's figures.
 #[derive(Debug, Default)]
@@ -876,8 +883,7 @@ impl DumpAggregator<'_> {
     /// entered CLOSE_WAIT no later than that (see the module's "Ages"),
     /// less one [`KERNEL_CLOCK_STEP`] so that an age is never overstated.
     pub fn entered_close_wait(&mut self, cookie: u64, measured_at: Instant, since_last_ack: Duration) {
-        let age = since_last_ack.saturating_sub(KERNEL_CLOCK_STEP);
-        self.entered_close_wait_ago(cookie, measured_at, age);
+        self.entered_close_wait_ago(cookie, measured_at, close_wait_age_from_last_ack(since_last_ack));
     }
 
     /// The eBPF tracker's word on a fresh CLOSE_WAIT socket: at

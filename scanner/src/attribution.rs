@@ -76,6 +76,11 @@ pub struct AttributedPart {
     pub owners: Option<Owners>,
 }
 
+/// The node's own part of a split (the sockets no pod's process holds).
+pub fn own_part(parts: &[AttributedPart]) -> Option<&AttributedPart> {
+    parts.iter().find(|part| part.pod_uid.is_none())
+}
+
 /// When a fresh CLOSE_WAIT socket entered CLOSE_WAIT, as the kernel said:
 /// `(measured at, age then)`.
 pub(crate) type KernelAge = (Instant, Duration);
@@ -308,7 +313,7 @@ mod tests {
             crate::scan::Source::Dump(crate::gate::DumpReason::HostPodsChanged),
             "a changed pod forces a dump"
         );
-        let node = ns_report.attributed.iter().find(|p| p.pod_uid.is_none()).unwrap();
+        let node = own_part(&ns_report.attributed).unwrap();
         assert_eq!(node.summary.states.get(TcpState::CloseWait), 3);
         drop(pair);
     }

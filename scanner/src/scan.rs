@@ -44,8 +44,8 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use crate::aggregate::{
-    AggregateConfig, FirstSeenGroup, KERNEL_CLOCK_STEP, NamespaceParams, NamespaceSummary, NamespaceTracker, Socket,
-    group_first_seen,
+    AggregateConfig, FirstSeenGroup, NamespaceParams, NamespaceSummary, NamespaceTracker, Socket,
+    close_wait_age_from_last_ack, group_first_seen,
 };
 use crate::attribution::{AttributedPart, Attribution, HostPod, KernelAge, SplitInput};
 use crate::discovery::NamespaceInfo;
@@ -729,10 +729,10 @@ impl Scanner {
                     stats.age_lookups += 1;
                     match dumper.since_last_ack(socket, &id) {
                         Ok(Some(since)) => {
-                            let measured_at = Instant::now();
-                            agg.entered_close_wait(cookie, measured_at, since);
+                            let (measured_at, age) = (Instant::now(), close_wait_age_from_last_ack(since));
+                            agg.entered_close_wait_ago(cookie, measured_at, age);
                             if split {
-                                known_ages.insert(cookie, (measured_at, since.saturating_sub(KERNEL_CLOCK_STEP)));
+                                known_ages.insert(cookie, (measured_at, age));
                             }
                         }
                         // Closed since the dump: aged from the dump, and
@@ -768,7 +768,7 @@ impl Scanner {
                             return Some((Instant::now(), age));
                         }
                         let since = dumper.since_last_ack(socket, id).ok()??;
-                        Some((Instant::now(), since.saturating_sub(KERNEL_CLOCK_STEP)))
+                        Some((Instant::now(), close_wait_age_from_last_ack(since)))
                     };
                     attributed = c.attribution.split(&input, pods, &sockets, &known_ages, &mut look_up_age);
                 }
