@@ -1,5 +1,5 @@
 # connhealth — the commands the README and CONTRIBUTING name.
-.PHONY: test demo demo-down scan crds bench
+.PHONY: test demo demo-down scan crds bench release
 
 # Every test tier: fmt, clippy, unit, root, control plane. What CI runs.
 test:
@@ -12,6 +12,12 @@ demo:
 
 demo-down:
 	scripts/demo down
+
+# Publish the images (by digest, cosign-signed, with CycloneDX SBOMs) and the
+# chart (an OCI artifact, signed) to a registry; see scripts/release --help:
+#   make release REGISTRY=registry.example.com/connhealth KEY=cosign.key
+release:
+	scripts/release publish --registry "$(REGISTRY)" --key "$(KEY)"
 
 # One sweep of every network namespace on this host (needs root).
 scan:

@@ -3,7 +3,7 @@
 # Shared by e2e/node/up and down (sourced, not run). Needs $dir (the cluster
 # state dir) and the cluster's lib.sh (pid_alive).
 
-node_components=(kube-scheduler kubelet apiserver-proxy containerd) # stop order: dependents first
+node_components=(kube-scheduler kubelet apiserver-proxy containerd registry) # stop order: dependents first
 node_dir="$dir/node"
 node_bridge=${CONNHEALTH_NODE_BRIDGE:-chbr0}
 pod_cidr=${CONNHEALTH_POD_CIDR:-10.88.0.0/16}
@@ -26,13 +26,13 @@ mounts_below() {
     awk '{ print length($0) "\t" $0 }' | sort -rn | cut -f2- | uniq
 }
 
-# stop_node: stop the kubelet and scheduler, kill every container containerd
+# stop_node: stop the kubelet, scheduler and registry, kill every container containerd
 # runs for k8s.io, stop containerd, unmount what the kubelet and containerd
 # mounted under $node_dir, remove the bridge, the pod cgroups and the
 # saved kernel tunables. Leaves $node_dir's files.
 stop_node() {
   local name pid i id m
-  local others=(kube-scheduler kubelet apiserver-proxy)
+  local others=(kube-scheduler kubelet apiserver-proxy registry)
   for name in "${others[@]}"; do
     if pid_alive "$dir" "$name"; then kill -TERM "$(<"$dir/pids/$name.pid")" 2>/dev/null || true; fi
   done

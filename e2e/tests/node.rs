@@ -3,8 +3,16 @@
 //! and it holds the agent lock), so nothing else acts on the cluster while
 //! its kubelet and scheduler are up. `e2e/node/up` turns this machine into
 //! a node of the harness cluster (containerd, runc, the CNI bridge, kubelet,
-//! kube-scheduler), the chart is installed with helm from the images of
-//! `scripts/build-image` (imported, `pullPolicy: Never`), the agent DaemonSet
+//! kube-scheduler, the node's loopback OCI registry), and connhealth is
+//! installed as users install it: `scripts/release publish` pushes the
+//! images by digest with signatures and SBOM attestations and the chart as
+//! an OCI artifact, `scripts/release install` verifies them and runs `helm
+//! upgrade --install` from the `oci://` reference, and containerd pulls the
+//! images by digest with the chart's default pull policy. Asserted first:
+//! `helm show chart` and `crane manifest` show the version, the digests and
+//! the SBOM attachment; a chart signed by another key, a tampered image and a
+//! tampered chart are each refused with one line and install nothing; the
+//! pods run the released digests (their `imageID`). Then the agent DaemonSet
 //! and the operator Deployment really run, and the demo workload really
 //! leaks. Asserted: the server pod is reported `Leaking` with a CLOSE_WAIT
 //! count equal to `ss` in its sandbox's network namespace (`nsenter`), the
@@ -24,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use connhealth_e2e::{AgentLock, Cluster, TestNamespace, eventually, random_suffix, repo_root, require_root};
 use serde_json::Value;
 
@@ -147,6 +157,206 @@ fn tcp_port_in_use(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).is_ok()
 }
 
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("connhealth-node-{prefix}-{}", random_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a command printed and whether it succeeded.
+struct Outcome {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(command: &mut Command) -> Outcome {
+    let out = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The release tools' bin dir (registry, cosign, crane), built by e2e/node/up.
+fn release_tool(name: &str) -> PathBuf {
+    let out = run(Command::new(repo_root().join("e2e/cluster/build")).args(["--release-tools", "--print-bin-dir"]));
+    assert!(out.ok, "e2e/cluster/build --release-tools --print-bin-dir: {}", out.stderr);
+    PathBuf::from(out.stdout.trim()).join(name)
+}
+
+/// `crane` against the node's (plain HTTP, loopback) registry.
+fn crane(args: &[&str]) -> String {
+    let out = run(Command::new(release_tool("crane")).args(args).arg("--insecure"));
+    assert!(out.ok, "crane {args:?}: {}{}", out.stdout, out.stderr);
+    out.stdout
+}
+
+/// A release `scripts/release publish` made: its `release.json`.
+struct Published {
+    dir: PathBuf,
+    registry: String,
+    manifest: Value,
+}
+
+impl Published {
+    fn publish(cluster: &Cluster, dir: &Path, registry: &str) -> Self {
+        let key = dir.join("keys/cosign.key");
+        let out = dir.join("out");
+        script(
+            cluster,
+            "scripts/release",
+            &["publish", "--registry", registry, "--key", key.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        );
+        let manifest: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("release.json")).expect("release.json")).unwrap();
+        Self { dir: dir.to_path_buf(), registry: registry.to_owned(), manifest }
+    }
+
+    fn public_key(&self) -> PathBuf {
+        self.dir.join("keys/cosign.pub")
+    }
+
+    fn chart(&self) -> String {
+        format!("oci://{}/charts/connhealth", self.registry)
+    }
+
+    fn repository(&self, component: &str) -> String {
+        format!("{}/connhealth-{component}", self.registry)
+    }
+
+    /// `REGISTRY/connhealth-COMPONENT@sha256:...`, as published.
+    fn image(&self, component: &str) -> String {
+        let image = self.manifest["images"][component].as_str().unwrap_or_else(|| panic!("no {component} image"));
+        assert!(image.starts_with(&format!("{}@sha256:", self.repository(component))), "{image}");
+        image.to_owned()
+    }
+
+    fn digest(&self, component: &str) -> String {
+        self.image(component).rsplit_once('@').unwrap().1.to_owned()
+    }
+
+    /// What a user sees in the registry: the chart's version and image
+    /// digests (`helm show`), each image's manifest under its digest and
+    /// its signature and SBOM attestation beside it (`crane`).
+    fn check_registry(&self, cluster: &Cluster, version: &str) {
+        let chart = self.chart();
+        let (ok, shown, stderr) = cluster.helm_run(&["show", "chart", &chart, "--version", version, "--plain-http"]);
+        assert!(ok, "helm show chart {chart}: {stderr}");
+        assert!(shown.lines().any(|l| l == format!("version: {version}")), "{shown}");
+        assert!(shown.lines().any(|l| l == format!("appVersion: {version}")), "{shown}");
+        let (ok, values, stderr) = cluster.helm_run(&["show", "values", &chart, "--version", version, "--plain-http"]);
+        assert!(ok, "helm show values {chart}: {stderr}");
+        assert!(values.contains(&format!("registry: \"{}\"", self.registry)), "image.registry:\n{values}");
+        for component in ["agent", "operator"] {
+            let digest = format!("digest: \"{}\"", self.digest(component));
+            assert!(values.contains(&digest), "{component} digest:\n{values}");
+        }
+        for component in ["agent", "operator", "demo"] {
+            let repository = self.repository(component);
+            let digest = self.digest(component);
+            assert_eq!(crane(&["digest", &format!("{repository}:{version}")]).trim(), digest, "{component}'s tag");
+            let manifest: Value = serde_json::from_str(&crane(&["manifest", &self.image(component)])).unwrap();
+            assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json", "{manifest}");
+            // cosign's tags beside the image: sha256-<hex>.sig, .att.
+            let tags = crane(&["ls", &repository]);
+            let hex = digest.trim_start_matches("sha256:");
+            assert!(tags.lines().any(|t| t == format!("sha256-{hex}.sig")), "{component}: no signature in {tags}");
+            let attestation: Value =
+                serde_json::from_str(&crane(&["manifest", &format!("{repository}:sha256-{hex}.att")])).unwrap();
+            let layer = &attestation["layers"][0];
+            assert_eq!(layer["annotations"]["predicateType"], "https://cyclonedx.org/bom", "{attestation}");
+            // The attestation is about this image and holds its SBOM.
+            let envelope: Value =
+                serde_json::from_str(&crane(&["blob", &format!("{repository}@{}", layer["digest"].as_str().unwrap())]))
+                    .unwrap();
+            let statement = BASE64.decode(envelope["payload"].as_str().expect("DSSE payload")).expect("base64 payload");
+            let statement: Value = serde_json::from_slice(&statement).expect("in-toto statement");
+            assert_eq!(statement["subject"][0]["digest"]["sha256"], hex, "{component}: attestation subject");
+            let sbom = &statement["predicate"];
+            assert_eq!(sbom["bomFormat"], "CycloneDX", "{component}");
+            assert_eq!(sbom["metadata"]["component"]["name"], format!("connhealth-{component}"));
+            assert_eq!(sbom["metadata"]["component"]["version"], version);
+            // A direct dependency of the binary's crate (the demo is std and clap).
+            let dependency = if component == "demo" { "clap" } else { "kube" };
+            assert!(
+                sbom["components"].as_array().is_some_and(|c| c.iter().any(|c| c["name"] == dependency)),
+                "{component}: the SBOM lists no {dependency}"
+            );
+        }
+    }
+
+    /// `scripts/release install` of this chart version with `key`.
+    fn install(&self, cluster: &Cluster, release: &str, namespace: &str, key: &Path, args: &[&str]) -> Outcome {
+        let version = version();
+        let kubeconfig = cluster.kubeconfig.to_str().unwrap();
+        let chart = self.chart();
+        let mut all =
+            vec!["install", release, &chart, "--version", &version, "--key", key.to_str().unwrap(), "--kubeconfig"];
+        all.extend([kubeconfig, "-n", namespace]);
+        all.extend(args);
+        run(Command::new(repo_root().join("scripts/release")).args(all))
+    }
+
+    /// The released agent tag overwritten with a changed image; its digest.
+    fn tamper_image(&self, version: &str) -> String {
+        let tag = format!("{}:{version}", self.repository("agent"));
+        let tampered = crane(&["mutate", &tag, "--label", "tampered=true", "-t", &tag]);
+        let digest = tampered.trim().rsplit_once('@').expect("crane mutate prints the new reference").1.to_owned();
+        assert_ne!(digest, self.digest("agent"));
+        digest
+    }
+
+    /// The released chart version pushed again, its agent digest `digest`.
+    fn tamper_chart(&self, cluster: &Cluster, version: &str, digest: &str) {
+        let work = TempDir::new("tampered-chart");
+        let package = self.dir.join(format!("out/connhealth-{version}.tgz"));
+        let untar = run(Command::new("tar").arg("-xzf").arg(&package).arg("-C").arg(&work.0));
+        assert!(untar.ok, "untar {}: {}", package.display(), untar.stderr);
+        let values_path = work.0.join("connhealth/values.yaml");
+        let values = std::fs::read_to_string(&values_path).unwrap();
+        let released = format!("digest: \"{}\"", self.digest("agent"));
+        assert!(values.contains(&released), "{released} not in the released values");
+        std::fs::write(&values_path, values.replace(&released, &format!("digest: \"{digest}\""))).unwrap();
+        let dest = work.0.join("package");
+        let chart = work.0.join("connhealth");
+        let (ok, stdout, stderr) =
+            cluster.helm_run(&["package", chart.to_str().unwrap(), "-d", dest.to_str().unwrap()]);
+        assert!(ok, "helm package: {stdout}{stderr}");
+        let tgz = dest.join(format!("connhealth-{version}.tgz"));
+        let charts = format!("oci://{}/charts", self.registry);
+        let (ok, stdout, stderr) = cluster.helm_run(&["push", tgz.to_str().unwrap(), &charts, "--plain-http"]);
+        assert!(ok, "helm push: {stdout}{stderr}");
+    }
+}
+
+/// The install was refused by verification, in one line naming what, and
+/// nothing was installed.
+fn assert_refused(cluster: &Cluster, release: &Release, outcome: &Outcome, what: &str, why: &str) {
+    assert!(!outcome.ok, "installed although it should have been refused:\n{}{}", outcome.stdout, outcome.stderr);
+    let refusals: Vec<&str> = outcome.stderr.lines().filter(|l| l.starts_with("release: refused:")).collect();
+    assert_eq!(refusals.len(), 1, "one refusal line:\n{}", outcome.stderr);
+    let line = refusals[0];
+    assert!(line.starts_with(&format!("release: {what}")) && line.contains(why), "{line}");
+    assert_eq!(outcome.stderr.lines().last(), Some(line), "the refusal is the last word:\n{}", outcome.stderr);
+    let (ok, _, stderr) = cluster.helm_run(&["status", &release.name, "-n", &release.namespace]);
+    assert!(!ok && stderr.contains("not found"), "a release exists after a refusal: {stderr}");
+    let pods = cluster.kubectl_ok(&["get", "pods", "-n", &release.namespace, "-o", "name"]).unwrap();
+    assert!(pods.trim().is_empty(), "pods after a refusal: {pods}");
+}
+
 #[tokio::test]
 async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     if !require_root() {
@@ -162,23 +372,19 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
         node_state.display()
     );
 
-    // Images (cargo is incremental) and the node.
+    // The node, with its registry; connhealth published to it, signed.
     let version = version();
-    let built = Command::new(repo_root().join("scripts/build-image"))
-        .args(["agent", "operator", "demo"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run scripts/build-image");
-    assert!(built.success(), "scripts/build-image failed");
-    let images: Vec<PathBuf> = ["agent", "operator", "demo"]
-        .iter()
-        .map(|c| repo_root().join(format!("target/images/connhealth-{c}-{version}.oci.tar")))
-        .collect();
     let node = NodeGuard { cluster };
     script(cluster, "e2e/node/up", &[]);
     cluster.kubectl_ok(&["taint", "node", NODE, &format!("{TAINT}=true:NoSchedule"), "--overwrite"]).unwrap();
-    let image_args: Vec<&str> = images.iter().map(|p| p.to_str().unwrap()).collect();
-    script(cluster, "e2e/node/import-images", &image_args);
+    let registry = std::fs::read_to_string(node_state.join("registry")).expect("e2e/node/up wrote the registry");
+    let release_dir = TempDir::new("release");
+    let key_dir = release_dir.0.join("keys");
+    let other_key_dir = release_dir.0.join("other-keys");
+    script(cluster, "scripts/release", &["keygen", key_dir.to_str().unwrap()]);
+    script(cluster, "scripts/release", &["keygen", other_key_dir.to_str().unwrap()]);
+    let published = Published::publish(cluster, &release_dir.0, &format!("{}/connhealth", registry.trim()));
+    published.check_registry(cluster, &version);
 
     // The chart, pinned to the real node. The harness owns the CRDs.
     let system = TestNamespace::new("node-system");
@@ -188,7 +394,6 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
         &values,
         format!(
             "crds: {{install: false}}\n\
-             image: {{pullPolicy: Never}}\n\
              agent: {{scanInterval: 2s, closeWaitMinAge: 5s, nodeSelector: {{kubernetes.io/hostname: {NODE}}}}}\n\
              operator: {{nodeSelector: {{kubernetes.io/hostname: {NODE}}}, \
              tolerations: [{{key: {TAINT}, operator: Exists, effect: NoSchedule}}]}}\n"
@@ -201,24 +406,52 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
         namespace: system.name.clone(),
         uninstalled: false,
     };
-    let chart = repo_root().join("charts/connhealth");
-    let (ok, stdout, stderr) = cluster.helm_run(&[
-        "install",
+    let values = values.to_str().unwrap();
+
+    // Refused before anything is installed, each with one line: a chart
+    // signed by another key, a tampered image (the released tag overwritten
+    // with a changed image, chosen by digest), a tampered chart (the released
+    // version pushed again, pointing at that image). Then published again.
+    let other_key = other_key_dir.join("cosign.pub");
+    let refusal = published.install(cluster, &release.name, &system.name, &other_key, &["-f", values]);
+    assert_refused(cluster, &release, &refusal, "refused: chart ", "no valid signature by");
+    let tampered = published.tamper_image(&version);
+    let refusal = published.install(
+        cluster,
         &release.name,
-        chart.to_str().unwrap(),
-        "-n",
         &system.name,
-        "-f",
-        values.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "240s",
-    ]);
-    let _ = std::fs::remove_file(&values);
-    if !ok {
+        &published.public_key(),
+        &["-f", values, "--set", &format!("agent.image.digest={tampered}")],
+    );
+    assert_refused(
+        cluster,
+        &release,
+        &refusal,
+        &format!("refused: image {}", published.repository("agent")),
+        "no valid signature by",
+    );
+    published.tamper_chart(cluster, &version, &tampered);
+    let refusal = published.install(cluster, &release.name, &system.name, &published.public_key(), &["-f", values]);
+    assert_refused(cluster, &release, &refusal, "refused: chart ", "no valid signature by");
+    let published = Published::publish(cluster, &release_dir.0, &published.registry);
+
+    // Verified, then installed from the chart's digest; the node pulls.
+    let installed = published.install(
+        cluster,
+        &release.name,
+        &system.name,
+        &published.public_key(),
+        &["-f", values, "--wait", "--timeout", "240s"],
+    );
+    let _ = std::fs::remove_file(values);
+    if !installed.ok {
         system.dump();
-        panic!("helm install failed:\n{stdout}{stderr}");
+        panic!("scripts/release install failed:\n{}{}", installed.stdout, installed.stderr);
     }
+    let (ok, stdout, stderr) = cluster.helm_run(&["get", "metadata", &release.name, "-n", &system.name, "-o", "json"]);
+    assert!(ok, "helm get metadata: {stdout}{stderr}");
+    let metadata: Value = serde_json::from_str(&stdout).expect("helm metadata JSON");
+    assert_eq!(metadata["version"], version.as_str(), "{metadata}");
     // The agent DaemonSet pod and both operator pods Running, on the node.
     let pods = json(cluster, &["get", "pods", "-n", &system.name]);
     let running: Vec<(String, String)> = pods["items"]
@@ -233,6 +466,16 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
         .collect();
     assert_eq!(running.iter().filter(|(k, _)| k == "DaemonSet").count(), 1, "agent pods: {running:?}");
     assert_eq!(running.iter().filter(|(k, _)| k == "ReplicaSet").count(), 2, "operator pods: {running:?}");
+    // Each runs the released image, pulled by digest from the node's
+    // registry with the chart's default pull policy.
+    for p in pods["items"].as_array().unwrap().iter().filter(|p| p["status"]["phase"] == "Running") {
+        let component = p["metadata"]["labels"]["app.kubernetes.io/component"].as_str().unwrap_or_default();
+        let released = published.image(component);
+        let container = &p["spec"]["containers"][0];
+        assert_eq!(container["image"], released.as_str(), "{component}: {container}");
+        assert_eq!(container["imagePullPolicy"], "IfNotPresent", "{component}: {container}");
+        assert_eq!(p["status"]["containerStatuses"][0]["imageID"], released.as_str(), "{component}: {}", p["status"]);
+    }
 
     // The demo: a policy, a server that leaks, a client that connects 40 times.
     let demo = TestNamespace::new("node-demo");
@@ -242,10 +485,11 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
              nodeName: {NODE}\n  restartPolicy: OnFailure\n  \
              tolerations: [{{key: {TAINT}, operator: Exists}}]\n  \
              securityContext: {{runAsNonRoot: true, seccompProfile: {{type: RuntimeDefault}}}}\n  \
-             containers:\n  - name: {container}\n    image: connhealth-demo:{version}\n    \
-             imagePullPolicy: Never\n    args: {args}\n    \
+             containers:\n  - name: {container}\n    image: {image}\n    \
+             args: {args}\n    \
              securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}\n",
-            ns = demo.name
+            ns = demo.name,
+            image = published.image("demo"),
         )
     };
     let policy = format!(

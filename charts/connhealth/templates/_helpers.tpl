@@ -101,16 +101,21 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-An image reference: `[registry/]repository:tag`. Call with
+An image reference: `[registry/]repository@digest` when the component has a
+digest (a released chart pins its images so), else
+`[registry/]repository:tag`. Call with
 (dict "root" $ "image" .Values.agent.image).
 */}}
 {{- define "connhealth.image" -}}
-{{- $tag := .image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion }}
 {{- $registry := .root.Values.image.registry | trimSuffix "/" }}
+{{- $repository := .image.repository }}
 {{- if $registry }}
-{{- printf "%s/%s:%s" $registry .image.repository $tag }}
+{{- $repository = printf "%s/%s" $registry .image.repository }}
+{{- end }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repository .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .image.repository $tag }}
+{{- printf "%s:%s" $repository (.image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion) }}
 {{- end }}
 {{- end }}
 
