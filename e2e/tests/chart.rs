@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use connhealth_e2e::{Cluster, TestNamespace, random_suffix, repo_root, workspace_binary};
+use connhealth_e2e::{
+    Cluster, Output, TempDir, TestNamespace, random_suffix, repo_root, run_command, workspace_binary,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use serde::Deserialize;
@@ -41,19 +43,8 @@ fn chart_dir() -> PathBuf {
 }
 
 /// What a command did.
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(cmd)
 }
 
 /// `helm` from the harness' bin dir, talking to the test cluster.
@@ -67,29 +58,6 @@ fn helm_ok(args: &[&str]) -> String {
     let out = helm(args);
     assert!(out.ok, "helm {} failed:\n{}{}", args.join(" "), out.stdout, out.stderr);
     out.stdout
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", random_suffix()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Every YAML document of a multi-document stream, as JSON values (empty

@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use connhealth_e2e::{AgentLock, Cluster, TestNamespace, eventually, random_suffix, repo_root, require_root};
+use connhealth_e2e::{
+    AgentLock, Cluster, Output, TempDir, TestNamespace, eventually, random_suffix, repo_root, require_root, run_command,
+};
 use serde_json::Value;
 
 /// The kubelet's Node name (the harness cluster's fake Node keeps its own).
@@ -157,49 +159,17 @@ fn tcp_port_in_use(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).is_ok()
 }
 
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("connhealth-node-{prefix}-{}", random_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// What a command printed and whether it succeeded.
-struct Outcome {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(command: &mut Command) -> Outcome {
-    let out = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run {command:?}: {e}"));
-    Outcome {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// The release tools' bin dir (registry, cosign, crane), built by e2e/node/up.
 fn release_tool(name: &str) -> PathBuf {
-    let out = run(Command::new(repo_root().join("e2e/cluster/build")).args(["--release-tools", "--print-bin-dir"]));
+    let out =
+        run_command(Command::new(repo_root().join("e2e/cluster/build")).args(["--release-tools", "--print-bin-dir"]));
     assert!(out.ok, "e2e/cluster/build --release-tools --print-bin-dir: {}", out.stderr);
     PathBuf::from(out.stdout.trim()).join(name)
 }
 
 /// `crane` against the node's (plain HTTP, loopback) registry.
 fn crane(args: &[&str]) -> String {
-    let out = run(Command::new(release_tool("crane")).args(args).arg("--insecure"));
+    let out = run_command(Command::new(release_tool("crane")).args(args).arg("--insecure"));
     assert!(out.ok, "crane {args:?}: {}{}", out.stdout, out.stderr);
     out.stdout
 }
@@ -299,7 +269,7 @@ impl Published {
     }
 
     /// `scripts/release install` of this chart version with `key`.
-    fn install(&self, cluster: &Cluster, release: &str, namespace: &str, key: &Path, args: &[&str]) -> Outcome {
+    fn install(&self, cluster: &Cluster, release: &str, namespace: &str, key: &Path, args: &[&str]) -> Output {
         let version = version();
         let kubeconfig = cluster.kubeconfig.to_str().unwrap();
         let chart = self.chart();
@@ -307,7 +277,7 @@ impl Published {
             vec!["install", release, &chart, "--version", &version, "--key", key.to_str().unwrap(), "--kubeconfig"];
         all.extend([kubeconfig, "-n", namespace]);
         all.extend(args);
-        run(Command::new(repo_root().join("scripts/release")).args(all))
+        run_command(Command::new(repo_root().join("scripts/release")).args(all))
     }
 
     /// The released agent tag overwritten with a changed image; its digest.
@@ -321,9 +291,9 @@ impl Published {
 
     /// The released chart version pushed again, its agent digest `digest`.
     fn tamper_chart(&self, cluster: &Cluster, version: &str, digest: &str) {
-        let work = TempDir::new("tampered-chart");
+        let work = TempDir::new("connhealth-node-tampered-chart");
         let package = self.dir.join(format!("out/connhealth-{version}.tgz"));
-        let untar = run(Command::new("tar").arg("-xzf").arg(&package).arg("-C").arg(&work.0));
+        let untar = run_command(Command::new("tar").arg("-xzf").arg(&package).arg("-C").arg(&work.0));
         assert!(untar.ok, "untar {}: {}", package.display(), untar.stderr);
         let values_path = work.0.join("connhealth/values.yaml");
         let values = std::fs::read_to_string(&values_path).unwrap();
@@ -344,7 +314,7 @@ impl Published {
 
 /// The install was refused by verification, in one line naming what, and
 /// nothing was installed.
-fn assert_refused(cluster: &Cluster, release: &Release, outcome: &Outcome, what: &str, why: &str) {
+fn assert_refused(cluster: &Cluster, release: &Release, outcome: &Output, what: &str, why: &str) {
     assert!(!outcome.ok, "installed although it should have been refused:\n{}{}", outcome.stdout, outcome.stderr);
     let refusals: Vec<&str> = outcome.stderr.lines().filter(|l| l.starts_with("release: refused:")).collect();
     assert_eq!(refusals.len(), 1, "one refusal line:\n{}", outcome.stderr);
@@ -378,7 +348,7 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     script(cluster, "e2e/node/up", &[]);
     cluster.kubectl_ok(&["taint", "node", NODE, &format!("{TAINT}=true:NoSchedule"), "--overwrite"]).unwrap();
     let registry = std::fs::read_to_string(node_state.join("registry")).expect("e2e/node/up wrote the registry");
-    let release_dir = TempDir::new("release");
+    let release_dir = TempDir::new("connhealth-node-release");
     let key_dir = release_dir.0.join("keys");
     let other_key_dir = release_dir.0.join("other-keys");
     script(cluster, "scripts/release", &["keygen", key_dir.to_str().unwrap()]);
@@ -389,17 +359,15 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
     // The chart, pinned to the real node. The harness owns the CRDs.
     let system = TestNamespace::new("node-system");
     cluster.kubectl_ok(&["label", "namespace", &system.name, "pod-security.kubernetes.io/enforce=privileged"]).unwrap();
-    let values = std::env::temp_dir().join(format!("connhealth-node-values-{}.yaml", random_suffix()));
-    std::fs::write(
-        &values,
-        format!(
+    let values = release_dir.write(
+        "values.yaml",
+        &format!(
             "crds: {{install: false}}\n\
              agent: {{scanInterval: 2s, closeWaitMinAge: 5s, nodeSelector: {{kubernetes.io/hostname: {NODE}}}}}\n\
              operator: {{nodeSelector: {{kubernetes.io/hostname: {NODE}}}, \
              tolerations: [{{key: {TAINT}, operator: Exists, effect: NoSchedule}}]}}\n"
         ),
-    )
-    .unwrap();
+    );
     let mut release = Release {
         cluster,
         name: format!("connhealth-node-{}", random_suffix()),
@@ -443,7 +411,6 @@ async fn the_chart_on_a_real_node_reports_the_demo_leak_as_ss_sees_it() {
         &published.public_key(),
         &["-f", values, "--wait", "--timeout", "240s"],
     );
-    let _ = std::fs::remove_file(values);
     if !installed.ok {
         system.dump();
         panic!("scripts/release install failed:\n{}{}", installed.stdout, installed.stderr);

@@ -40,8 +40,8 @@ use connhealth_e2e::agent::{
     setpriv_with_capabilities, sweeps,
 };
 use connhealth_e2e::{
-    AgentLock, ChildProcess, Cluster, FakePod, TestNamespace, TokenKubeconfig, apply_policy, client_from, eventually,
-    random_suffix, repo_root, require_root, until, write_report,
+    AgentLock, ChildProcess, Cluster, FakePod, TempDir, TestNamespace, TokenKubeconfig, apply_policy, client_from,
+    eventually, random_suffix, repo_root, require_root, until, write_report,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -59,23 +59,6 @@ const WORKLOAD_UID: u32 = 65534;
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// A directory removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", random_suffix()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Values that keep the chart's own pods from ever running (they would act
 /// on the whole cluster), even on a cluster with a kubelet and a scheduler;
