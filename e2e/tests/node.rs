@@ -159,7 +159,7 @@ fn tcp_port_in_use(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).is_ok()
 }
 
-/// The release tools' bin dir (registry, cosign, crane), built by e2e/node/up.
+/// A release tool (registry, cosign, crane), as e2e/node/up built it.
 fn release_tool(name: &str) -> PathBuf {
     let out =
         run_command(Command::new(repo_root().join("e2e/cluster/build")).args(["--release-tools", "--print-bin-dir"]));
@@ -178,7 +178,7 @@ fn crane(args: &[&str]) -> String {
 struct Published {
     dir: PathBuf,
     registry: String,
-    manifest: Value,
+    release_json: Value,
 }
 
 impl Published {
@@ -190,9 +190,9 @@ impl Published {
             "scripts/release",
             &["publish", "--registry", registry, "--key", key.to_str().unwrap(), "--out", out.to_str().unwrap()],
         );
-        let manifest: Value =
+        let release_json: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("release.json")).expect("release.json")).unwrap();
-        Self { dir: dir.to_path_buf(), registry: registry.to_owned(), manifest }
+        Self { dir: dir.to_path_buf(), registry: registry.to_owned(), release_json }
     }
 
     fn public_key(&self) -> PathBuf {
@@ -209,7 +209,7 @@ impl Published {
 
     /// `REGISTRY/connhealth-COMPONENT@sha256:...`, as published.
     fn image(&self, component: &str) -> String {
-        let image = self.manifest["images"][component].as_str().unwrap_or_else(|| panic!("no {component} image"));
+        let image = self.release_json["images"][component].as_str().unwrap_or_else(|| panic!("no {component} image"));
         assert!(image.starts_with(&format!("{}@sha256:", self.repository(component))), "{image}");
         image.to_owned()
     }
