@@ -159,12 +159,19 @@ fn tcp_port_in_use(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).is_ok()
 }
 
-/// A release tool (registry, cosign, crane), as e2e/node/up built it.
+/// A release tool (registry, cosign, crane), as e2e/node/up built it; the
+/// bin dir is asked for once.
 fn release_tool(name: &str) -> PathBuf {
-    let out =
-        run_command(Command::new(repo_root().join("e2e/cluster/build")).args(["--release-tools", "--print-bin-dir"]));
-    assert!(out.ok, "e2e/cluster/build --release-tools --print-bin-dir: {}", out.stderr);
-    PathBuf::from(out.stdout.trim()).join(name)
+    static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN_DIR
+        .get_or_init(|| {
+            let out = run_command(
+                Command::new(repo_root().join("e2e/cluster/build")).args(["--release-tools", "--print-bin-dir"]),
+            );
+            assert!(out.ok, "e2e/cluster/build --release-tools --print-bin-dir: {}", out.stderr);
+            PathBuf::from(out.stdout.trim())
+        })
+        .join(name)
 }
 
 /// `crane` against the node's (plain HTTP, loopback) registry.
